@@ -1,0 +1,273 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # the PF_* variables are used by the scripts sourcing this file
+# Shared functions of the local pushfleet stack (sourced by start.sh, stop.sh, status.sh,
+# restart-component.sh, rabbitmqctl.sh). Not meant to be run on its own.
+#
+# Everything lives under ONE state directory, ${PUSHFLEET_STACK_DIR:-<repo>/.stack}:
+#   settings.env   ports chosen on the first start (env vars override them later)
+#   stack.env      what tests and workers read (addresses, user names, password FILE paths)
+#   config/        generated configs (registries, dockerd, rabbitmq, token-server users)
+#   secrets/       passwords, htpasswd, token signing key + cert (0600 files, 0700 dir)
+#   logs/  pids/   one log and one pid file per component
+#   rabbitmq/ docker/ docker-exec/ registry-basic/ registry-token/   component data
+#
+# Every process we start carries PUSHFLEET_STACK_OWNER=<state dir> in its environment.
+# stop.sh only ends processes whose pid file points to a live process carrying that marker
+# (so a reused pid or a system daemon is never touched), plus stragglers with the marker
+# (e.g. the containerd that dockerd spawns).
+
+PF_DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PF_REPO_DIR=$(cd "$PF_DEPLOY_DIR/../.." && pwd)
+PF_STATE=${PUSHFLEET_STACK_DIR:-$PF_REPO_DIR/.stack}
+case $PF_STATE in /*) ;; *) PF_STATE=$PWD/$PF_STATE ;; esac
+PF_STATE=${PF_STATE%/}
+
+# All components, in start order; stop goes the other way.
+PF_COMPONENTS=(rabbitmq dockerd token-server basic-registry token-registry)
+
+PF_RABBITMQ_BIN=/usr/lib/rabbitmq/bin # the real scripts, without Debian's `su rabbitmq` wrapper
+PF_TOKEN_SERVICE=pushfleet-token-registry
+PF_TOKEN_ISSUER=pushfleet-token-server
+PF_BASIC_USER=pushfleet
+PF_ODD_USER=oddpass
+PF_PUSHER_NAMESPACE=team-a
+
+log() { printf '[pushfleet-stack] %s\n' "$*" >&2; }
+die() {
+    printf '[pushfleet-stack] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# Paths derived from the state directory.
+pf_paths() {
+    PF_CONFIG=$PF_STATE/config
+    PF_SECRETS=$PF_STATE/secrets
+    PF_LOGS=$PF_STATE/logs
+    PF_PIDS=$PF_STATE/pids
+    PF_MARK="PUSHFLEET_STACK_OWNER=$PF_STATE"
+    PF_DOCKER_SOCK=$PF_STATE/docker.sock
+    PF_RMQ_DIR=$PF_STATE/rabbitmq
+    PF_RMQ_PIDFILE=$PF_PIDS/rabbitmq.pid
+    PF_TOKEN_KEY=$PF_SECRETS/token-signing.key
+    PF_TOKEN_CERT=$PF_SECRETS/token-signing.crt
+}
+pf_paths
+
+# Ports: environment variable, else the value saved on the first start, else the default.
+pf_settings() {
+    local saved=$PF_STATE/settings.env
+    local -A old=()
+    if [[ -f $saved ]]; then
+        local k v
+        while IFS='=' read -r k v; do [[ -n $k && $k != \#* ]] && old[$k]=$v; done <"$saved"
+    fi
+    PF_AMQP_PORT=${PUSHFLEET_AMQP_PORT:-${old[PUSHFLEET_AMQP_PORT]:-5672}}
+    PF_EPMD_PORT=${PUSHFLEET_EPMD_PORT:-${old[PUSHFLEET_EPMD_PORT]:-4370}}
+    PF_BASIC_PORT=${PUSHFLEET_BASIC_PORT:-${old[PUSHFLEET_BASIC_PORT]:-5001}}
+    PF_TOKEN_REGISTRY_PORT=${PUSHFLEET_TOKEN_REGISTRY_PORT:-${old[PUSHFLEET_TOKEN_REGISTRY_PORT]:-5002}}
+    PF_TOKEN_SERVER_PORT=${PUSHFLEET_TOKEN_SERVER_PORT:-${old[PUSHFLEET_TOKEN_SERVER_PORT]:-5003}}
+    PF_RMQ_NODE=${PUSHFLEET_RABBITMQ_NODENAME:-${old[PUSHFLEET_RABBITMQ_NODENAME]:-pushfleet@localhost}}
+    # Erlang distribution port of the node: RabbitMQ's own rule (AMQP port + 20000).
+    PF_AMQP_DIST_PORT=$((PF_AMQP_PORT + 20000))
+}
+
+pf_save_settings() {
+    cat >"$PF_STATE/settings.env.tmp" <<EOF
+# Ports of this stack, chosen on the first start; environment variables of the same name
+# override them (then they are saved again).
+PUSHFLEET_AMQP_PORT=$PF_AMQP_PORT
+PUSHFLEET_EPMD_PORT=$PF_EPMD_PORT
+PUSHFLEET_BASIC_PORT=$PF_BASIC_PORT
+PUSHFLEET_TOKEN_REGISTRY_PORT=$PF_TOKEN_REGISTRY_PORT
+PUSHFLEET_TOKEN_SERVER_PORT=$PF_TOKEN_SERVER_PORT
+PUSHFLEET_RABBITMQ_NODENAME=$PF_RMQ_NODE
+EOF
+    mv -f "$PF_STATE/settings.env.tmp" "$PF_STATE/settings.env"
+}
+
+pf_settings
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+# True if $1 is a live (not zombie) process. Here pid 1 may be slow to reap orphans, and
+# `kill -0` succeeds on a zombie, so look at the state in /proc.
+proc_alive() {
+    local pid=$1 stat state
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    state=${stat##*) }
+    state=${state%% *}
+    [[ $state != Z && $state != X ]]
+}
+
+# True if live process $1 carries our marker in its environment.
+proc_ours() {
+    proc_alive "$1" || return 1
+    { tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | grep -qxF "$PF_MARK"
+}
+
+# The number in the pid file of component $1 (alive or not); empty without a file.
+pidfile_pid() {
+    local file=$PF_PIDS/$1.pid
+    [[ -f $file ]] && tr -dc '0-9' <"$file"
+    return 0
+}
+
+# The pid of component $1 if it runs and is ours; empty otherwise.
+pid_of() {
+    local pid
+    pid=$(pidfile_pid "$1")
+    if [[ -n $pid ]] && proc_ours "$pid"; then echo "$pid"; fi
+    return 0
+}
+
+# All live processes carrying our marker (except this shell and its parents).
+pids_with_mark() {
+    local d pid
+    for d in /proc/[0-9]*; do
+        pid=${d#/proc/}
+        [[ $pid == "$$" || $pid == "$PPID" || $pid == "$BASHPID" ]] && continue
+        proc_ours "$pid" && echo "$pid"
+    done
+    return 0
+}
+
+# Sends TERM to $1, waits up to $2 seconds, then KILL; returns when it is gone.
+end_pid() {
+    local pid=$1 timeout=${2:-15} i
+    proc_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < timeout * 10; i++)); do
+        proc_alive "$pid" || return 0
+        sleep 0.1
+    done
+    log "pid $pid did not exit after ${timeout}s, sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        proc_alive "$pid" || return 0
+        sleep 0.1
+    done
+    log "pid $pid is still there after KILL"
+    return 1
+}
+
+# Runs "$@" detached (own session, stdin from /dev/null, output to log $1), marked as ours.
+# Prints the pid.
+launch() {
+    local logfile=$1
+    shift
+    env "$PF_MARK" setsid "$@" </dev/null >>"$logfile" 2>&1 &
+    echo $!
+}
+
+# True if something listens on 127.0.0.1:$1.
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Fails clearly if 127.0.0.1:$1 is taken (we only call it when our component is not running).
+require_free_port() {
+    local port=$1 what=$2 var=$3
+    if port_open "$port"; then
+        local who=""
+        if command -v ss >/dev/null 2>&1; then
+            who=$(ss -Hltnp "sport = :$port" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/ (\1, pid \2)/p' | head -n1)
+        fi
+        die "port 127.0.0.1:$port for $what is taken by a process not started by this stack$who; stop it or choose another port with $var=<port> (the choice is kept in $PF_STATE/settings.env)"
+    fi
+}
+
+# Polls "$@" every 0.1 s until it succeeds or $1 seconds pass (readiness, not test logic).
+wait_until() {
+    local timeout=$1
+    shift
+    local deadline=$((SECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.1
+    done
+}
+
+# Like wait_until, but gives up as soon as process $2 (if not empty) is gone.
+wait_ready() {
+    local timeout=$1 pid=$2
+    shift 2
+    local deadline=$((SECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || return 1
+        if [[ -n $pid ]] && ! proc_alive "$pid"; then
+            "$@" >/dev/null 2>&1 # it may have become ready just before exiting
+            return
+        fi
+        sleep 0.1
+    done
+}
+
+# HTTP status of a GET on loopback (never through a proxy).
+http_status() {
+    curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true
+}
+
+# Mount points below directory $1 (deepest first).
+mounts_below() {
+    awk -v s="$1/" 'index($2, s) == 1 || $2 == substr(s, 1, length(s) - 1) {print $2}' \
+        /proc/self/mounts | sort -r
+}
+
+# ---------------------------------------------------------------------------------------------
+# RabbitMQ (run as root from /usr/lib/rabbitmq/bin: the /usr/sbin wrappers `su` to the
+# rabbitmq user, which would reset HOME (Erlang cookie) and need a rabbitmq-owned state dir).
+
+# Exports the environment rabbitmq-server and rabbitmqctl need (same for both).
+rmq_env() {
+    export HOME=$PF_RMQ_DIR/home # .erlang.cookie lives here
+    export RABBITMQ_NODENAME=$PF_RMQ_NODE
+    export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+    export RABBITMQ_NODE_PORT=$PF_AMQP_PORT
+    export RABBITMQ_DIST_PORT=$PF_AMQP_DIST_PORT
+    export RABBITMQ_MNESIA_BASE=$PF_RMQ_DIR/mnesia
+    export RABBITMQ_LOG_BASE=$PF_LOGS/rabbitmq
+    export RABBITMQ_PID_FILE=$PF_RMQ_PIDFILE
+    export RABBITMQ_CONF_ENV_FILE=$PF_CONFIG/rabbitmq-env.conf       # not /etc/rabbitmq/...
+    export RABBITMQ_CONFIG_FILE=$PF_CONFIG/rabbitmq.conf
+    export RABBITMQ_ADVANCED_CONFIG_FILE=$PF_CONFIG/rabbitmq-advanced.config
+    export RABBITMQ_ENABLED_PLUGINS_FILE=$PF_CONFIG/rabbitmq-enabled-plugins
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export ERL_EPMD_PORT=$PF_EPMD_PORT # our own epmd, so stop.sh can end it
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    export ERL_CRASH_DUMP=$PF_LOGS/rabbitmq-erl_crash.dump
+}
+
+# rabbitmqctl against our node, with our environment (in a subshell).
+rmqctl() {
+    (
+        rmq_env
+        cd "$PF_RMQ_DIR" 2>/dev/null || cd /
+        "$PF_RABBITMQ_BIN/rabbitmqctl" -n "$PF_RMQ_NODE" "$@"
+    )
+}
+
+# ---------------------------------------------------------------------------------------------
+# Status
+
+# One line per component: name, state, pid, address.
+print_status() {
+    local c pid addr
+    for c in epmd "${PF_COMPONENTS[@]}"; do
+        case $c in
+        epmd) addr="127.0.0.1:$PF_EPMD_PORT (Erlang port mapper for RabbitMQ)" ;;
+        rabbitmq) addr="amqp://127.0.0.1:$PF_AMQP_PORT node $PF_RMQ_NODE" ;;
+        dockerd) addr="unix://$PF_DOCKER_SOCK" ;;
+        token-server) addr="http://127.0.0.1:$PF_TOKEN_SERVER_PORT/token" ;;
+        basic-registry) addr="http://127.0.0.1:$PF_BASIC_PORT (htpasswd)" ;;
+        token-registry) addr="http://127.0.0.1:$PF_TOKEN_REGISTRY_PORT (token auth)" ;;
+        esac
+        pid=$(pid_of "$c")
+        if [[ -n $pid ]]; then
+            printf '  %-15s running  pid %-8s %s\n' "$c" "$pid" "$addr"
+        else
+            printf '  %-15s stopped  %-12s %s\n' "$c" "" "$addr"
+        fi
+    done
+}

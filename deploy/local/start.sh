@@ -1,0 +1,503 @@
+#!/usr/bin/env bash
+# Starts the local pushfleet stack on loopback, from nothing, everything under one state
+# directory ${PUSHFLEET_STACK_DIR:-<repo>/.stack}:
+#   RabbitMQ (+ its own epmd), a private dockerd, an htpasswd registry ("basic"), a token-auth
+#   registry ("token") and pushfleet-token-server in front of it.
+# Then writes $STATE/stack.env (KEY=value; passwords only as file paths) for tests and workers.
+#
+# Usage: deploy/local/start.sh [COMPONENT...]
+#   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry (default: all)
+# Idempotent: components that already run (live pid of ours) are left alone, missing ones are
+# started, so after killing one by pid, running start.sh again restarts just that one.
+#
+# Ports (env vars; the first choice is kept in $STATE/settings.env):
+#   PUSHFLEET_AMQP_PORT=5672 PUSHFLEET_EPMD_PORT=4370 PUSHFLEET_BASIC_PORT=5001
+#   PUSHFLEET_TOKEN_REGISTRY_PORT=5002 PUSHFLEET_TOKEN_SERVER_PORT=5003
+# Other knobs: PUSHFLEET_TOKEN_SERVER_BIN (use this binary instead of building it),
+#   PUSHFLEET_STARTUP_TIMEOUT (seconds per component, default 90).
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+TIMEOUT=${PUSHFLEET_STARTUP_TIMEOUT:-90}
+START_TIME=$SECONDS
+
+# ---------------------------------------------------------------------------------------------
+# Arguments and preconditions
+
+wanted=()
+for arg in "$@"; do
+    case $arg in
+    -h | --help)
+        sed -n '2,20p' "$0"
+        exit 0
+        ;;
+    rabbitmq | dockerd | token-server | basic-registry | token-registry) wanted+=("$arg") ;;
+    *) die "unknown component '$arg' (known: ${PF_COMPONENTS[*]})" ;;
+    esac
+done
+((${#wanted[@]})) || wanted=("${PF_COMPONENTS[@]}")
+want() {
+    local c
+    for c in "${wanted[@]}"; do [[ $c == "$1" ]] && return 0; done
+    return 1
+}
+
+[[ $(id -u) == 0 ]] || die "run as root (dockerd and apt-get need it)"
+[[ $PF_STATE != *[[:space:]]* ]] || die "the state directory must not contain spaces: $PF_STATE"
+# containerd puts unix sockets under the exec root; their path must stay below 108 bytes.
+sock_probe="$PF_STATE/docker-exec/containerd/containerd.sock.ttrpc"
+((${#sock_probe} < 100)) || die "state directory path too long for unix sockets: $PF_STATE"
+
+# ---------------------------------------------------------------------------------------------
+# Debian packages (installed only if missing; services they ship are not started)
+
+ensure_packages() {
+    local -A need=(
+        [rabbitmq-server]=/usr/lib/rabbitmq/bin/rabbitmq-server
+        [docker.io]=/usr/sbin/dockerd
+        [docker-registry]=/usr/bin/docker-registry
+        [apache2-utils]=/usr/bin/htpasswd
+        [openssl]=/usr/bin/openssl
+        [curl]=/usr/bin/curl
+    )
+    local missing=() pkg
+    for pkg in "${!need[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+            [[ ! -x ${need[$pkg]} ]]; then
+            missing+=("$pkg")
+        fi
+    done
+    ((${#missing[@]})) || return 0
+    log "installing Debian packages: ${missing[*]}"
+    # Keep the packages' own services (system rabbitmq on 5672, system dockerd, registry on
+    # 5000) from starting during installation: invoke-rc.d and deb-systemd-invoke honour
+    # policy-rc.d. It is removed again right after (only if we created it).
+    local policy=/usr/sbin/policy-rc.d created_policy=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# temporary, from pushfleet deploy/local/start.sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        created_policy=1
+    fi
+    local rc=0
+    {
+        apt-get update &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+    } >"$PF_LOGS/apt.log" 2>&1 || rc=$?
+    [[ -n $created_policy ]] && rm -f "$policy"
+    if ((rc != 0)); then
+        tail -n 30 "$PF_LOGS/apt.log" >&2
+        die "apt-get failed (full log: $PF_LOGS/apt.log)"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# State directory, secrets, configs
+
+# Writes stdin to $1 (mode $2) only if the content changed.
+write_file() {
+    local path=$1 mode=$2 tmp
+    tmp=$(mktemp "$path.XXXXXX")
+    cat >"$tmp"
+    chmod "$mode" "$tmp"
+    if [[ -f $path ]] && cmp -s "$tmp" "$path"; then
+        rm -f "$tmp"
+    else
+        mv -f "$tmp" "$path"
+    fi
+}
+
+# Creates secret file $1 with the output of "${@:2}" if it does not exist yet.
+ensure_secret() {
+    local path=$1
+    shift
+    [[ -s $path ]] && return 0
+    local value
+    value=$("$@")
+    (umask 077 && printf '%s' "$value" >"$path.tmp")
+    mv -f "$path.tmp" "$path"
+}
+
+random_password() { openssl rand -hex 16; }
+# A password whose JSON, base64-encoded, contains '+' and '/': a run of six '?' (0x3F) and a run
+# of six '>' (0x3E) each hold an aligned 3-byte group at any offset; 0x3F3F3F encodes to
+# "Pz8/" and 0x3E3E3E to "Pj4+".
+odd_password() { printf 'odd??????>>>>>>%s' "$(openssl rand -hex 6)"; }
+
+init_state() {
+    mkdir -p "$PF_STATE"
+    chmod 700 "$PF_STATE"
+    touch "$PF_STATE/.pushfleet-stack" # stop.sh --purge only removes a directory carrying this
+    mkdir -p "$PF_CONFIG" "$PF_LOGS" "$PF_PIDS" "$PF_RMQ_DIR/home" "$PF_STATE/docker" \
+        "$PF_STATE/docker-exec" "$PF_STATE/registry-basic" "$PF_STATE/registry-token"
+    (umask 077 && mkdir -p "$PF_SECRETS")
+    chmod 700 "$PF_SECRETS" "$PF_CONFIG"
+}
+
+init_secrets() {
+    ensure_secret "$PF_SECRETS/basic-$PF_BASIC_USER.password" random_password
+    ensure_secret "$PF_SECRETS/basic-$PF_ODD_USER.password" odd_password
+    ensure_secret "$PF_SECRETS/token-pusher.password" random_password
+    ensure_secret "$PF_SECRETS/token-reader.password" random_password
+    ensure_secret "$PF_SECRETS/token-admin.password" random_password
+    ensure_secret "$PF_SECRETS/registry-basic.http-secret" random_password
+    ensure_secret "$PF_SECRETS/registry-token.http-secret" random_password
+    # Signs refresh tokens (`docker login` stores one as identitytoken): a fixed secret keeps
+    # them valid across token-server restarts.
+    ensure_secret "$PF_SECRETS/token-refresh.secret" random_password
+
+    # htpasswd (bcrypt) of the basic registry, rebuilt when a password file is newer.
+    local htpasswd=$PF_SECRETS/registry-basic.htpasswd
+    if [[ ! -s $htpasswd || $PF_SECRETS/basic-$PF_BASIC_USER.password -nt $htpasswd ||
+        $PF_SECRETS/basic-$PF_ODD_USER.password -nt $htpasswd ]]; then
+        {
+            htpasswd -Bbn "$PF_BASIC_USER" "$(cat "$PF_SECRETS/basic-$PF_BASIC_USER.password")"
+            htpasswd -Bbn "$PF_ODD_USER" "$(cat "$PF_SECRETS/basic-$PF_ODD_USER.password")"
+        } | grep -v '^$' | write_file "$htpasswd" 600
+    fi
+
+    # Token signing key and self-signed certificate (the registry's rootcertbundle).
+    if [[ ! -s $PF_TOKEN_KEY || ! -s $PF_TOKEN_CERT ]]; then
+        (umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+            -subj "/CN=pushfleet local token signer" \
+            -keyout "$PF_TOKEN_KEY.tmp" -out "$PF_TOKEN_CERT.tmp" >"$PF_LOGS/openssl.log" 2>&1) ||
+            die "openssl failed, see $PF_LOGS/openssl.log"
+        mv -f "$PF_TOKEN_KEY.tmp" "$PF_TOKEN_KEY"
+        mv -f "$PF_TOKEN_CERT.tmp" "$PF_TOKEN_CERT"
+    fi
+}
+
+# JSON string literal of the content of file $1 (passwords are hex or [?>a-f0-9]; escape
+# anyway).
+json_string_of_file() {
+    local s
+    s=$(cat "$1")
+    s=${s//\\/\\\\}
+    s=${s//\"/\\\"}
+    printf '"%s"' "$s"
+}
+
+write_configs() {
+    # --- token server users: pusher may push in team-a/ and pull everywhere, reader pulls,
+    # admin may do everything (push, pull, delete, `*`, and the catalog).
+    write_file "$PF_CONFIG/token-users.json" 600 <<EOF
+{
+  "users": [
+    {"name": "pusher", "password": $(json_string_of_file "$PF_SECRETS/token-pusher.password"),
+     "grants": [{"name": "$PF_PUSHER_NAMESPACE/*", "actions": ["pull", "push"]},
+                {"name": "*", "actions": ["pull"]}]},
+    {"name": "reader", "password": $(json_string_of_file "$PF_SECRETS/token-reader.password"),
+     "grants": [{"name": "*", "actions": ["pull"]}]},
+    {"name": "admin", "password": $(json_string_of_file "$PF_SECRETS/token-admin.password"),
+     "grants": [{"name": "*", "actions": ["*"]},
+                {"type": "registry", "name": "catalog", "actions": ["*"]}]}
+  ]
+}
+EOF
+
+    write_registry_config basic "$PF_BASIC_PORT" <<EOF
+auth:
+  htpasswd:
+    realm: pushfleet-basic-registry
+    path: $PF_SECRETS/registry-basic.htpasswd
+EOF
+    write_registry_config token "$PF_TOKEN_REGISTRY_PORT" <<EOF
+auth:
+  token:
+    realm: http://127.0.0.1:$PF_TOKEN_SERVER_PORT/token
+    service: $PF_TOKEN_SERVICE
+    issuer: $PF_TOKEN_ISSUER
+    rootcertbundle: $PF_TOKEN_CERT
+    autoredirect: false
+EOF
+
+    # --- dockerd: our own (empty) daemon.json instead of /etc/docker/daemon.json.
+    write_file "$PF_CONFIG/dockerd.json" 600 <<<'{}'
+
+    # --- RabbitMQ: empty env file (instead of /etc/rabbitmq/rabbitmq-env.conf), no plugins
+    # (instead of /etc/rabbitmq/enabled_plugins), a config file of our own.
+    write_file "$PF_CONFIG/rabbitmq-env.conf" 600 <<<'# pushfleet: intentionally empty'
+    write_file "$PF_CONFIG/rabbitmq-enabled-plugins" 600 <<<'[].'
+    write_file "$PF_CONFIG/rabbitmq.conf" 600 <<EOF
+# pushfleet local stack; the listener comes from RABBITMQ_NODE_IP_ADDRESS/PORT.
+log.file.level = info
+log.console = false
+EOF
+}
+
+# write_registry_config NAME PORT < auth-section
+write_registry_config() {
+    local name=$1 port=$2 auth
+    auth=$(cat)
+    write_file "$PF_CONFIG/registry-$name.yml" 600 <<EOF
+# docker-registry (distribution 2.8) "$name" of the pushfleet local stack.
+version: 0.1
+log:
+  level: info
+  formatter: text
+  fields:
+    service: registry-$name
+storage:
+  filesystem:
+    rootdirectory: $PF_STATE/registry-$name
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:$port
+  secret: $(cat "$PF_SECRETS/registry-$name.http-secret")
+  headers:
+    X-Content-Type-Options: [nosniff]
+$auth
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Components. start_* launch without waiting; wait_* wait for readiness.
+
+STARTED=()
+
+start_epmd() {
+    [[ -n $(pid_of epmd) ]] && return 0
+    if port_open "$PF_EPMD_PORT"; then
+        log "epmd port $PF_EPMD_PORT is already served by an epmd not started by this stack; sharing it"
+        return 0
+    fi
+    local pid
+    pid=$(ERL_EPMD_ADDRESS=127.0.0.1 launch "$PF_LOGS/epmd.log" epmd -port "$PF_EPMD_PORT")
+    echo "$pid" >"$PF_PIDS/epmd.pid"
+    wait_until 10 port_open "$PF_EPMD_PORT" || die "epmd did not listen on $PF_EPMD_PORT (see $PF_LOGS/epmd.log)"
+}
+
+start_rabbitmq() {
+    [[ -n $(pid_of rabbitmq) ]] && return 0
+    require_free_port "$PF_AMQP_PORT" "RabbitMQ (AMQP)" PUSHFLEET_AMQP_PORT
+    require_free_port "$PF_AMQP_DIST_PORT" "RabbitMQ (Erlang distribution, AMQP port + 20000)" PUSHFLEET_AMQP_PORT
+    start_epmd
+    rm -f "$PF_RMQ_PIDFILE"
+    log "starting RabbitMQ node $PF_RMQ_NODE on 127.0.0.1:$PF_AMQP_PORT"
+    (
+        rmq_env
+        cd "$PF_RMQ_DIR"
+        env "$PF_MARK" "$PF_RABBITMQ_BIN/rabbitmq-server" -detached \
+            </dev/null >>"$PF_LOGS/rabbitmq-startup.log" 2>&1
+    ) || die "rabbitmq-server -detached failed (see $PF_LOGS/rabbitmq-startup.log)"
+    STARTED+=(rabbitmq)
+}
+
+wait_rabbitmq() {
+    # `await_startup` fails at once while the node is not yet registered, so first `wait`
+    # for the pid file (it also waits for the boot), then `await_startup`.
+    local started=""
+    [[ " ${STARTED[*]} " == *" rabbitmq "* ]] && started=1
+    if { [[ -n $started ]] && ! rmqctl wait --timeout "$TIMEOUT" "$PF_RMQ_PIDFILE" >>"$PF_LOGS/rabbitmq-startup.log" 2>&1; } ||
+        ! rmqctl await_startup --timeout "$TIMEOUT" >>"$PF_LOGS/rabbitmq-startup.log" 2>&1; then
+        tail -n 20 "$PF_LOGS/rabbitmq-startup.log" >&2
+        tail -n 20 "$PF_LOGS/rabbitmq/$PF_RMQ_NODE.log" >&2 2>/dev/null || true
+        die "RabbitMQ did not start within ${TIMEOUT}s (logs: $PF_LOGS/rabbitmq-startup.log, $PF_LOGS/rabbitmq/)"
+    fi
+    [[ -n $(pid_of rabbitmq) ]] || die "RabbitMQ answers but its pid file $PF_RMQ_PIDFILE does not point to our process"
+}
+
+start_dockerd() {
+    [[ -n $(pid_of dockerd) ]] && return 0
+    if [[ -S $PF_DOCKER_SOCK ]] && docker -H "unix://$PF_DOCKER_SOCK" version >/dev/null 2>&1; then
+        die "a docker daemon not started by this stack (no live pid in $PF_PIDS/dockerd.pid) answers on $PF_DOCKER_SOCK"
+    fi
+    rm -f "$PF_PIDS/dockerd.pid" "$PF_DOCKER_SOCK"
+    log "starting dockerd on unix://$PF_DOCKER_SOCK"
+    # --exec-root keeps its runtime state and the containerd it spawns (sockets, pid) apart
+    # from a system dockerd; --data-root keeps images (and containerd's root) under the state
+    # dir; --config-file avoids /etc/docker/daemon.json; no bridge, iptables, ip_forward or
+    # masquerading, so the host network setup is not touched. dockerd writes its own pid file.
+    DOCKERD_LAUNCH_PID=$(launch "$PF_LOGS/dockerd.log" dockerd \
+        --config-file="$PF_CONFIG/dockerd.json" \
+        --host="unix://$PF_DOCKER_SOCK" \
+        --data-root="$PF_STATE/docker" \
+        --exec-root="$PF_STATE/docker-exec" \
+        --pidfile="$PF_PIDS/dockerd.pid" \
+        --storage-driver=vfs \
+        --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+        --userland-proxy=false)
+    STARTED+=(dockerd)
+}
+
+docker_ready() { docker -H "unix://$PF_DOCKER_SOCK" version >/dev/null 2>&1; }
+
+wait_dockerd() {
+    if ! wait_ready "$TIMEOUT" "${DOCKERD_LAUNCH_PID:-}" docker_ready; then
+        tail -n 20 "$PF_LOGS/dockerd.log" >&2
+        die "dockerd did not answer within ${TIMEOUT}s (log: $PF_LOGS/dockerd.log)"
+    fi
+    [[ -n $(pid_of dockerd) ]] || die "dockerd answers but $PF_PIDS/dockerd.pid does not point to our process"
+}
+
+token_server_bin() {
+    if [[ -n ${PUSHFLEET_TOKEN_SERVER_BIN:-} ]]; then
+        [[ -x $PUSHFLEET_TOKEN_SERVER_BIN ]] || die "PUSHFLEET_TOKEN_SERVER_BIN=$PUSHFLEET_TOKEN_SERVER_BIN is not executable"
+        echo "$PUSHFLEET_TOKEN_SERVER_BIN"
+        return
+    fi
+    local bin=${CARGO_TARGET_DIR:-$PF_REPO_DIR/target}/debug/pushfleet-token-server
+    # Reuse a binary newer than every source file of the crate; otherwise build it.
+    if [[ -x $bin && -z $(find "$PF_DEPLOY_DIR/token-server" -type f -newer "$bin" -print -quit) ]]; then
+        echo "$bin"
+        return
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (rustup) to build the token server, or set PUSHFLEET_TOKEN_SERVER_BIN"
+    log "building pushfleet-token-server (cargo build -p pushfleet-token-server; log: $PF_LOGS/token-server-build.log)"
+    if ! (cd "$PF_REPO_DIR" && cargo build -p pushfleet-token-server) >"$PF_LOGS/token-server-build.log" 2>&1; then
+        tail -n 30 "$PF_LOGS/token-server-build.log" >&2
+        die "cargo build -p pushfleet-token-server failed"
+    fi
+    [[ -x $bin ]] || die "cargo built, but $bin is missing (CARGO_TARGET_DIR elsewhere? set PUSHFLEET_TOKEN_SERVER_BIN)"
+    echo "$bin"
+}
+
+start_token_server() {
+    [[ -n $(pid_of token-server) ]] && return 0
+    local bin pid
+    bin=$(token_server_bin)
+    require_free_port "$PF_TOKEN_SERVER_PORT" "the token server" PUSHFLEET_TOKEN_SERVER_PORT
+    log "starting token server on 127.0.0.1:$PF_TOKEN_SERVER_PORT"
+    pid=$(launch "$PF_LOGS/token-server.log" "$bin" \
+        --listen "127.0.0.1:$PF_TOKEN_SERVER_PORT" \
+        --issuer "$PF_TOKEN_ISSUER" --service "$PF_TOKEN_SERVICE" \
+        --key "$PF_TOKEN_KEY" --cert "$PF_TOKEN_CERT" \
+        --users "$PF_CONFIG/token-users.json" \
+        --refresh-secret-file "$PF_SECRETS/token-refresh.secret")
+    echo "$pid" >"$PF_PIDS/token-server.pid"
+    STARTED+=(token-server)
+}
+
+token_server_ready() { [[ $(http_status "http://127.0.0.1:$PF_TOKEN_SERVER_PORT/healthz") == 200 ]]; }
+
+wait_token_server() {
+    if ! wait_ready "$TIMEOUT" "$(pidfile_pid token-server)" token_server_ready ||
+        [[ -z $(pid_of token-server) ]]; then
+        tail -n 20 "$PF_LOGS/token-server.log" >&2
+        die "token server not ready (log: $PF_LOGS/token-server.log)"
+    fi
+}
+
+# start_registry basic|token PORT PORTVAR
+start_registry() {
+    local name=$1 port=$2 var=$3 pid
+    [[ -n $(pid_of "$name-registry") ]] && return 0
+    require_free_port "$port" "the $name registry" "$var"
+    log "starting $name registry on 127.0.0.1:$port"
+    pid=$(launch "$PF_LOGS/registry-$name.log" docker-registry serve "$PF_CONFIG/registry-$name.yml")
+    echo "$pid" >"$PF_PIDS/$name-registry.pid"
+    STARTED+=("$name-registry")
+}
+
+# Both registries demand authentication: /v2/ answers 401 once they listen.
+registry_ready() { [[ $(http_status "http://127.0.0.1:$1/v2/") == 401 ]]; }
+
+wait_registry() {
+    local name=$1 port=$2
+    if ! wait_ready "$TIMEOUT" "$(pidfile_pid "$name-registry")" registry_ready "$port" ||
+        [[ -z $(pid_of "$name-registry") ]]; then
+        tail -n 20 "$PF_LOGS/registry-$name.log" >&2
+        die "$name registry not ready on 127.0.0.1:$port (log: $PF_LOGS/registry-$name.log)"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# stack.env
+
+write_stack_env() {
+    local s=$PF_SECRETS
+    write_file "$PF_STATE/stack.env" 644 <<EOF
+# Written by deploy/local/start.sh. Passwords are never here, only the paths of 0600 files.
+PUSHFLEET_STACK_DIR=$PF_STATE
+PUSHFLEET_STACK_ENV=$PF_STATE/stack.env
+PUSHFLEET_DEPLOY_DIR=$PF_DEPLOY_DIR
+PUSHFLEET_LOGS_DIR=$PF_LOGS
+PUSHFLEET_PIDS_DIR=$PF_PIDS
+PUSHFLEET_AMQP_URL=amqp://guest:guest@127.0.0.1:$PF_AMQP_PORT/%2f
+PUSHFLEET_AMQP_PORT=$PF_AMQP_PORT
+PUSHFLEET_RABBITMQ_NODENAME=$PF_RMQ_NODE
+PUSHFLEET_DOCKER_HOST=unix://$PF_DOCKER_SOCK
+PUSHFLEET_BASIC_REGISTRY=127.0.0.1:$PF_BASIC_PORT
+PUSHFLEET_BASIC_USER=$PF_BASIC_USER
+PUSHFLEET_BASIC_PASSWORD_FILE=$s/basic-$PF_BASIC_USER.password
+PUSHFLEET_ODD_USER=$PF_ODD_USER
+PUSHFLEET_ODD_PASSWORD_FILE=$s/basic-$PF_ODD_USER.password
+PUSHFLEET_TOKEN_REGISTRY=127.0.0.1:$PF_TOKEN_REGISTRY_PORT
+PUSHFLEET_TOKEN_SERVER=http://127.0.0.1:$PF_TOKEN_SERVER_PORT
+PUSHFLEET_TOKEN_REALM=http://127.0.0.1:$PF_TOKEN_SERVER_PORT/token
+PUSHFLEET_TOKEN_SERVICE=$PF_TOKEN_SERVICE
+PUSHFLEET_TOKEN_ISSUER=$PF_TOKEN_ISSUER
+PUSHFLEET_TOKEN_CERT=$PF_TOKEN_CERT
+PUSHFLEET_TOKEN_PUSHER_USER=pusher
+PUSHFLEET_TOKEN_PUSHER_PASSWORD_FILE=$s/token-pusher.password
+PUSHFLEET_TOKEN_PUSHER_NAMESPACE=$PF_PUSHER_NAMESPACE
+PUSHFLEET_TOKEN_READER_USER=reader
+PUSHFLEET_TOKEN_READER_PASSWORD_FILE=$s/token-reader.password
+PUSHFLEET_TOKEN_ADMIN_USER=admin
+PUSHFLEET_TOKEN_ADMIN_PASSWORD_FILE=$s/token-admin.password
+EOF
+}
+
+# A running component keeps its port: refuse to write a stack.env with another one.
+check_port_changes() {
+    local saved=$PF_STATE/settings.env k v comp now
+    [[ -f $saved ]] || return 0
+    while IFS='=' read -r k v; do
+        case $k in
+        PUSHFLEET_AMQP_PORT | PUSHFLEET_RABBITMQ_NODENAME) comp=rabbitmq ;;
+        PUSHFLEET_EPMD_PORT) comp=epmd ;;
+        PUSHFLEET_BASIC_PORT) comp=basic-registry ;;
+        PUSHFLEET_TOKEN_REGISTRY_PORT) comp=token-registry ;;
+        PUSHFLEET_TOKEN_SERVER_PORT) comp=token-server ;;
+        *) continue ;;
+        esac
+        case $k in
+        PUSHFLEET_AMQP_PORT) now=$PF_AMQP_PORT ;;
+        PUSHFLEET_RABBITMQ_NODENAME) now=$PF_RMQ_NODE ;;
+        PUSHFLEET_EPMD_PORT) now=$PF_EPMD_PORT ;;
+        PUSHFLEET_BASIC_PORT) now=$PF_BASIC_PORT ;;
+        PUSHFLEET_TOKEN_REGISTRY_PORT) now=$PF_TOKEN_REGISTRY_PORT ;;
+        PUSHFLEET_TOKEN_SERVER_PORT) now=$PF_TOKEN_SERVER_PORT ;;
+        esac
+        if [[ $v != "$now" && -n $(pid_of "$comp") ]]; then
+            [[ $comp == epmd ]] && comp=rabbitmq
+            die "$comp runs with $k=$v; stop it first (deploy/local/stop.sh $comp) to change it to $now"
+        fi
+    done <"$saved"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main: RabbitMQ boots slowest, so it goes first and is awaited last.
+
+init_state
+ensure_packages
+check_port_changes
+init_secrets
+write_configs
+pf_save_settings
+
+want rabbitmq && start_rabbitmq
+want dockerd && start_dockerd
+want token-server && start_token_server
+want basic-registry && start_registry basic "$PF_BASIC_PORT" PUSHFLEET_BASIC_PORT
+want token-registry && start_registry token "$PF_TOKEN_REGISTRY_PORT" PUSHFLEET_TOKEN_REGISTRY_PORT
+
+want dockerd && wait_dockerd
+want token-server && wait_token_server
+want basic-registry && wait_registry basic "$PF_BASIC_PORT"
+want token-registry && wait_registry token "$PF_TOKEN_REGISTRY_PORT"
+want rabbitmq && wait_rabbitmq
+
+write_stack_env
+
+if ((${#STARTED[@]})); then
+    log "started: ${STARTED[*]} in $((SECONDS - START_TIME))s"
+else
+    log "everything was already running"
+fi
+echo "pushfleet local stack ($PF_STATE):"
+print_status
+echo "env file: $PF_STATE/stack.env   logs: $PF_LOGS   stop: $PF_DEPLOY_DIR/stop.sh [--purge]"

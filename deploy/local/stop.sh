@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Stops what deploy/local/start.sh started, by pid, and waits for each process to exit.
+#
+# Usage: deploy/local/stop.sh [--purge] [COMPONENT...]
+#   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry (default: all, plus
+#   RabbitMQ's epmd and any straggler carrying this stack's marker, e.g. dockerd's containerd)
+#   --purge: afterwards remove the whole state directory (data, secrets, logs); only with all
+#   components.
+# Idempotent: stopping what is not running does nothing. Only processes whose pid file names a
+# live process carrying PUSHFLEET_STACK_OWNER=<this state dir> in its environment are touched.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+purge=""
+wanted=()
+for arg in "$@"; do
+    case $arg in
+    --purge) purge=1 ;;
+    -h | --help)
+        sed -n '2,11p' "$0"
+        exit 0
+        ;;
+    rabbitmq | dockerd | token-server | basic-registry | token-registry) wanted+=("$arg") ;;
+    *) die "unknown argument '$arg' (--purge, ${PF_COMPONENTS[*]})" ;;
+    esac
+done
+all=""
+if ((${#wanted[@]} == 0)); then
+    all=1
+    wanted=(token-registry basic-registry token-server dockerd rabbitmq)
+fi
+[[ -n $purge && -z $all ]] && die "--purge only together with stopping everything"
+
+if [[ ! -d $PF_STATE ]]; then
+    log "no state directory $PF_STATE: nothing to stop"
+    exit 0
+fi
+
+# Ends component $1 (TERM, wait up to $2 s, then KILL) and removes its pid file.
+stop_simple() {
+    local name=$1 timeout=${2:-15} pid
+    pid=$(pid_of "$name")
+    if [[ -n $pid ]]; then
+        log "stopping $name (pid $pid)"
+        end_pid "$pid" "$timeout" || die "could not stop $name (pid $pid)"
+    fi
+    rm -f "$PF_PIDS/$name.pid"
+}
+
+stop_rabbitmq() {
+    local pid
+    pid=$(pid_of rabbitmq)
+    if [[ -n $pid ]]; then
+        log "stopping RabbitMQ node $PF_RMQ_NODE (pid $pid)"
+        # `stop <pidfile>` returns once the OS process has exited.
+        if ! PUSHFLEET_STACK_DIR=$PF_STATE timeout 60 "$PF_DEPLOY_DIR/rabbitmqctl.sh" stop "$PF_RMQ_PIDFILE" \
+            >>"$PF_LOGS/rabbitmq-stop.log" 2>&1; then
+            log "rabbitmqctl stop failed (see $PF_LOGS/rabbitmq-stop.log); ending pid $pid"
+        fi
+        end_pid "$pid" 30 || die "could not stop RabbitMQ (pid $pid)"
+    fi
+    rm -f "$PF_RMQ_PIDFILE"
+}
+
+stop_dockerd() {
+    local pid
+    pid=$(pid_of dockerd)
+    if [[ -n $pid ]]; then
+        log "stopping dockerd (pid $pid)"
+        # dockerd stops its containers (10 s grace each) and its containerd on TERM.
+        end_pid "$pid" 60 || die "could not stop dockerd (pid $pid)"
+    fi
+    rm -f "$PF_PIDS/dockerd.pid"
+    # A killed dockerd may leave its containerd (and shims) behind; they carry our marker.
+    local p
+    for p in $(pids_with_mark); do
+        case $(cat "/proc/$p/comm" 2>/dev/null) in
+        containerd*)
+            log "stopping leftover $(cat "/proc/$p/comm") (pid $p)"
+            end_pid "$p" 15 || true
+            ;;
+        esac
+    done
+    # dockerd bind-mounts its data root (and mounts below it); a clean exit undoes that, a
+    # killed dockerd does not.
+    local dir mnt
+    for dir in "$PF_STATE/docker" "$PF_STATE/docker-exec"; do
+        while read -r mnt; do
+            [[ -n $mnt ]] || continue
+            log "unmounting leftover $mnt"
+            umount "$mnt" 2>/dev/null || umount -l "$mnt" || true
+        done < <(mounts_below "$dir")
+    done
+}
+
+for c in "${wanted[@]}"; do
+    case $c in
+    rabbitmq) stop_rabbitmq ;;
+    dockerd) stop_dockerd ;;
+    *) stop_simple "$c" 15 ;;
+    esac
+done
+
+if [[ -n $all ]]; then
+    stop_simple epmd 10
+    # Anything else still carrying our marker (should be nothing).
+    for p in $(pids_with_mark); do
+        log "stopping straggler pid $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-120)"
+        end_pid "$p" 10 || true
+    done
+fi
+
+if [[ -n $purge ]]; then
+    [[ -f $PF_STATE/.pushfleet-stack ]] || die "$PF_STATE has no .pushfleet-stack marker; not removing it"
+    leftover=$(pids_with_mark)
+    [[ -z $leftover ]] || die "processes of this stack still run ($leftover); not purging"
+    # stop_dockerd already unmounted dockerd's leftovers; anything else below is unexpected.
+    while read -r mnt; do
+        [[ -n $mnt ]] || continue
+        log "unmounting leftover $mnt"
+        umount "$mnt" 2>/dev/null || umount -l "$mnt" || true
+    done < <(mounts_below "$PF_STATE")
+    [[ -z $(mounts_below "$PF_STATE") ]] || die "mounts remain below $PF_STATE; not purging"
+    log "removing $PF_STATE"
+    rm -rf "$PF_STATE"
+fi
+log "stopped"

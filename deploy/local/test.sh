@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite against the real local stack: starts what is missing (installing
+# Debian packages on a fresh machine), then runs every test of the workspace.
+# This is the README's test command and what CI runs.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+
+command -v cargo >/dev/null || {
+    echo "cargo not found: install the Rust toolchain (1.88 or newer) first" >&2
+    exit 1
+}
+bash deploy/local/start.sh
+export PUSHFLEET_STACK_ENV=${PUSHFLEET_STACK_ENV:-$repo/.stack/stack.env}
+exec cargo test --workspace --all-targets --no-fail-fast "$@"

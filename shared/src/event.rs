@@ -1,0 +1,289 @@
+//! Result events: what workers tell monitoring consumers and Django about a job.
+//!
+//! Every event is published to the events topic exchange with routing key `job.<state>`
+//! ([`Event::routing_key`]). Consumers dedupe by `event_id` (delivery is at-least-once) and
+//! correlate by `job_id` and the `metadata` echoed from the job. A job's life is
+//! `accepted` -> `progress`* -> one terminal state: `succeeded`, `failed` or `dead`;
+//! `retrying` ends one attempt and announces the next.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error_code::ErrorCode;
+
+/// The only event version this crate writes.
+pub const EVENT_VERSION: u32 = 1;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// A worker took the job and is starting on it.
+    Accepted,
+    /// The push is under way (at most about one a second per job).
+    Progress,
+    /// This attempt failed with a retryable error; the job comes back after a delay.
+    Retrying,
+    /// Every target tag is in the registry with the reported digest. Terminal.
+    Succeeded,
+    /// The job failed and will not be retried. Terminal.
+    Failed,
+    /// The job failed retryably too often and was dead-lettered. Terminal.
+    Dead,
+}
+
+impl JobState {
+    /// The wire form, e.g. `"succeeded"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Accepted => "accepted",
+            JobState::Progress => "progress",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+        }
+    }
+
+    /// Whether no further event follows for this job.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Dead)
+    }
+}
+
+/// The error object of `failed`, `retrying` and `dead` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventError {
+    /// Stable machine-readable code (see `docs/errors.md`).
+    pub code: ErrorCode,
+    /// What happened, for a person. Never contains a credential.
+    pub message: String,
+    /// Whether trying again later can succeed.
+    pub retryable: bool,
+    /// What to do about it.
+    pub hint: String,
+}
+
+impl EventError {
+    /// An error with the code's own `retryable` flag.
+    pub fn new(code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retryable: code.retryable(), hint: hint.into() }
+    }
+}
+
+/// Bytes moved so far, in `progress` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// The stage under way: `preflight`, `push`, `verify`, ...
+    pub phase: String,
+    /// Bytes uploaded so far over all layers.
+    pub bytes_done: u64,
+    /// Bytes to upload over all layers known so far (grows as the daemon reports layers).
+    pub bytes_total: u64,
+}
+
+/// Milliseconds spent in each stage of an attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTimings {
+    /// Looking the source image up in the daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolve_ms: Option<u64>,
+    /// Registry reachability, authentication and push-rights checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preflight_ms: Option<u64>,
+    /// Tagging the source with the target references.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag_ms: Option<u64>,
+    /// The daemon's push, all tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_ms: Option<u64>,
+    /// Checking the manifest digest in the registry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_ms: Option<u64>,
+    /// Removing the local target tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untag_ms: Option<u64>,
+    /// The whole attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+}
+
+/// When the next attempt of a `retrying` job is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryInfo {
+    /// Delay before the next attempt, in milliseconds.
+    pub delay_ms: u64,
+    /// The attempt number that comes next.
+    pub next_attempt: u32,
+    /// When it is due (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub next_attempt_at: OffsetDateTime,
+}
+
+/// One event about one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "pushfleet job event, version 1")]
+pub struct Event {
+    /// Event format version; always 1.
+    pub version: u32,
+    /// Unique per event: consumers dedupe by it.
+    pub event_id: Uuid,
+    /// The job's id; absent only when the message was too broken to read one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// Where the job is.
+    pub state: JobState,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// The worker that published this event.
+    pub worker: String,
+    /// When the event was made (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub at: OffsetDateTime,
+    /// The catalogue key of the target registry, once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The source image, normalised, once the job was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The exact references pushed (or to be pushed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    /// The manifest digest in the registry (`succeeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The manifest size in bytes as the daemon reported it (`succeeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Bytes uploaded by this attempt (`succeeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// The targets already held the expected digest, so nothing was pushed (`succeeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub already_present: Option<bool>,
+    /// Upload progress (`progress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Time per stage (`succeeded`, `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<PhaseTimings>,
+    /// The next attempt (`retrying`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryInfo>,
+    /// What went wrong (`failed`, `retrying`, `dead`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<EventError>,
+    /// The job's `metadata`, echoed unchanged.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+impl Event {
+    /// A new event with a fresh `event_id`, stamped now, with no optional fields set.
+    pub fn new(state: JobState, job_id: Option<String>, attempt: u32, worker: &str) -> Self {
+        Self {
+            version: EVENT_VERSION,
+            event_id: Uuid::new_v4(),
+            job_id,
+            state,
+            attempt,
+            worker: worker.to_owned(),
+            at: OffsetDateTime::now_utc(),
+            registry: None,
+            source: None,
+            targets: Vec::new(),
+            digest: None,
+            size: None,
+            bytes: None,
+            already_present: None,
+            progress: None,
+            phases: None,
+            retry: None,
+            error: None,
+            metadata: Map::new(),
+        }
+    }
+
+    /// The routing key on the events exchange: `job.<state>`.
+    pub fn routing_key(&self) -> String {
+        routing_key(self.state)
+    }
+
+    /// The wire form.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Only strings, numbers, dates and JSON values: this cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses an event body.
+    pub fn from_slice(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+}
+
+/// The routing key for events in `state`: `job.<state>`.
+pub fn routing_key(state: JobState) -> String {
+    format!("job.{}", state.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_follow_job_dot_state() {
+        assert_eq!(routing_key(JobState::Succeeded), "job.succeeded");
+        assert_eq!(routing_key(JobState::Dead), "job.dead");
+        let e = Event::new(JobState::Progress, Some("j".into()), 1, "w");
+        assert_eq!(e.routing_key(), "job.progress");
+    }
+
+    #[test]
+    fn terminal_states() {
+        let terminal: Vec<_> = [
+            JobState::Accepted,
+            JobState::Progress,
+            JobState::Retrying,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Dead,
+        ]
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(JobState::as_str)
+        .collect();
+        assert_eq!(terminal, ["succeeded", "failed", "dead"]);
+    }
+
+    #[test]
+    fn failed_event_round_trips_and_omits_empty_fields() {
+        let mut e = Event::new(JobState::Failed, Some("j-1".into()), 2, "worker-a");
+        e.error = Some(EventError::new(ErrorCode::RegistryUnreachable, "connection refused", "h"));
+        e.metadata.insert("step".into(), 129.into());
+        let json: Value = serde_json::from_slice(&e.to_json()).expect("json");
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["error"]["code"], "registry_unreachable");
+        assert_eq!(json["error"]["retryable"], true);
+        assert_eq!(json["metadata"]["step"], 129);
+        assert!(json.get("digest").is_none());
+        assert!(json.get("targets").is_none());
+        let back = Event::from_slice(&e.to_json()).expect("parses");
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn event_error_takes_retryable_from_the_code() {
+        assert!(!EventError::new(ErrorCode::RegistryAuthFailed, "m", "h").retryable);
+        assert!(EventError::new(ErrorCode::DaemonUnavailable, "m", "h").retryable);
+    }
+}

@@ -1,0 +1,23 @@
+//! pushfleet's shared contracts: what travels over the broker and what every part agrees on.
+//!
+//! - [`job`]: the `PushJob` message Django publishes, and its validation.
+//! - [`django`]: the mapping from the Django step parameters (`image`, `tag`, `registry_id`,
+//!   project path) to a job.
+//! - [`event`]: the result events workers publish.
+//! - [`error_code`]: the stable error codes carried by failed events.
+//! - [`reference`]: image references, parsed and normalised with Docker's grammar.
+//! - [`topology`]: exchange, queue and routing-key names and queue arguments.
+//! - [`schema`]: JSON Schemas generated from these types (checked in under `schemas/`).
+
+pub mod django;
+pub mod error_code;
+pub mod event;
+pub mod job;
+pub mod reference;
+pub mod schema;
+pub mod topology;
+
+pub use error_code::ErrorCode;
+pub use event::{Event, EventError, JobState};
+pub use job::{JobError, PushJob};
+pub use reference::{ImageRef, ReferenceError};

@@ -1,0 +1,248 @@
+//! The broker topology: every exchange, queue and routing-key name, and the queue arguments,
+//! in one place. The worker declares it, the tests and `pushfleet submit` publish into it, and
+//! `pushfleet topology` prints it as JSON for other callers (the Python client).
+//!
+//! Names derive from one prefix (default `pushfleet`), so several fleets, or parallel tests,
+//! can share one broker without meeting.
+//!
+//! ```text
+//! <p>.jobs    (direct) --"job"--> <p>.jobs    (quorum queue, delivery limit, DLX <p>.dlx)
+//! <p>.retry   (direct) --"job"--> <p>.retry   (quorum queue, per-message TTL, DLX <p>.jobs)
+//! <p>.dlx     (direct) --"job"--> <p>.dead    (quorum queue: dead letters, kept for replay)
+//! <p>.events  (topic)  --"job.<state>"--> consumers' own queues
+//! <p>.control (fanout) --> one exclusive queue per worker (cancel requests)
+//! ```
+//!
+//! The module does not depend on an AMQP library: arguments are plain [`QueueArg`] values the
+//! worker converts.
+
+use serde::Serialize;
+
+/// The default name prefix.
+pub const DEFAULT_PREFIX: &str = "pushfleet";
+/// The routing key jobs are published with, to the jobs, retry and dead-letter exchanges.
+pub const JOB_ROUTING_KEY: &str = "job";
+/// How many times the broker redelivers a job (e.g. after worker crashes) before it
+/// dead-letters it: a job that kills its worker cannot loop forever.
+pub const DEFAULT_DELIVERY_LIMIT: i64 = 5;
+/// The content type of jobs and events.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// A queue argument value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum QueueArg {
+    /// A string argument (`x-queue-type`).
+    Str(String),
+    /// An integer argument (`x-delivery-limit`).
+    Int(i64),
+}
+
+/// The kind of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeKind {
+    /// Routes by exact routing key.
+    Direct,
+    /// Routes by routing-key pattern.
+    Topic,
+    /// Routes to every bound queue.
+    Fanout,
+}
+
+/// An exchange to declare (always durable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExchangeSpec {
+    /// Exchange name.
+    pub name: String,
+    /// Exchange kind.
+    pub kind: ExchangeKind,
+}
+
+/// A durable queue to declare and the exchange it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueSpec {
+    /// Queue name.
+    pub name: String,
+    /// Arguments given at declaration, e.g. `x-queue-type: quorum`.
+    pub arguments: Vec<(String, QueueArg)>,
+    /// The exchange it is bound to.
+    pub bound_to: String,
+    /// The binding's routing key.
+    pub binding_key: String,
+}
+
+/// All names of one fleet's topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    prefix: String,
+    delivery_limit: i64,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Topology {
+    /// The topology whose names start with `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned(), delivery_limit: DEFAULT_DELIVERY_LIMIT }
+    }
+
+    /// The same topology with another broker delivery limit for jobs.
+    pub fn with_delivery_limit(mut self, limit: i64) -> Self {
+        self.delivery_limit = limit;
+        self
+    }
+
+    /// The name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where Django publishes jobs (direct exchange).
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+
+    /// The queue workers consume jobs from.
+    pub fn jobs_queue(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+
+    /// Where retryable jobs wait out their delay (direct exchange).
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.prefix)
+    }
+
+    /// The delay queue: messages carry a per-message TTL and dead-letter back to the jobs
+    /// exchange when it expires. Nobody consumes it.
+    pub fn retry_queue(&self) -> String {
+        format!("{}.retry", self.prefix)
+    }
+
+    /// Where jobs that cannot be done are dead-lettered (direct exchange).
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    /// The dead-letter queue: failed and unreadable jobs, kept for inspection and replay.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Where workers publish events (topic exchange, routing key `job.<state>`).
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// Where cancel requests are published (fanout: every worker hears every request).
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
+    /// Every exchange, in declaration order.
+    pub fn exchanges(&self) -> Vec<ExchangeSpec> {
+        use ExchangeKind::*;
+        [
+            (self.jobs_exchange(), Direct),
+            (self.retry_exchange(), Direct),
+            (self.dead_letter_exchange(), Direct),
+            (self.events_exchange(), Topic),
+            (self.control_exchange(), Fanout),
+        ]
+        .into_iter()
+        .map(|(name, kind)| ExchangeSpec { name, kind })
+        .collect()
+    }
+
+    /// Every durable queue with its arguments and binding, in declaration order.
+    pub fn queues(&self) -> Vec<QueueSpec> {
+        let s = |v: &str| QueueArg::Str(v.to_owned());
+        let quorum = ("x-queue-type".to_owned(), s("quorum"));
+        vec![
+            QueueSpec {
+                name: self.jobs_queue(),
+                arguments: vec![
+                    quorum.clone(),
+                    ("x-delivery-limit".to_owned(), QueueArg::Int(self.delivery_limit)),
+                    ("x-dead-letter-exchange".to_owned(), s(&self.dead_letter_exchange())),
+                    ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
+                    ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
+                    ("x-overflow".to_owned(), s("reject-publish")),
+                ],
+                bound_to: self.jobs_exchange(),
+                binding_key: JOB_ROUTING_KEY.to_owned(),
+            },
+            QueueSpec {
+                name: self.retry_queue(),
+                arguments: vec![
+                    quorum.clone(),
+                    ("x-dead-letter-exchange".to_owned(), s(&self.jobs_exchange())),
+                    ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
+                    ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
+                    ("x-overflow".to_owned(), s("reject-publish")),
+                ],
+                bound_to: self.retry_exchange(),
+                binding_key: JOB_ROUTING_KEY.to_owned(),
+            },
+            QueueSpec {
+                name: self.dead_letter_queue(),
+                arguments: vec![quorum],
+                bound_to: self.dead_letter_exchange(),
+                binding_key: JOB_ROUTING_KEY.to_owned(),
+            },
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let t = Topology::new("t1");
+        assert_eq!(t.jobs_exchange(), "t1.jobs");
+        assert_eq!(t.jobs_queue(), "t1.jobs");
+        assert_eq!(t.retry_queue(), "t1.retry");
+        assert_eq!(t.dead_letter_queue(), "t1.dead");
+        assert_eq!(t.events_exchange(), "t1.events");
+        assert_eq!(t.control_exchange(), "t1.control");
+        assert_eq!(Topology::default().jobs_queue(), "pushfleet.jobs");
+    }
+
+    #[test]
+    fn jobs_queue_is_quorum_with_at_least_once_dead_lettering() {
+        let t = Topology::new("p").with_delivery_limit(3);
+        let jobs = &t.queues()[0];
+        let arg = |k: &str| jobs.arguments.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(arg("x-queue-type"), Some(QueueArg::Str("quorum".into())));
+        assert_eq!(arg("x-delivery-limit"), Some(QueueArg::Int(3)));
+        assert_eq!(arg("x-dead-letter-exchange"), Some(QueueArg::Str("p.dlx".into())));
+        assert_eq!(arg("x-dead-letter-strategy"), Some(QueueArg::Str("at-least-once".into())));
+        assert_eq!(arg("x-overflow"), Some(QueueArg::Str("reject-publish".into())));
+    }
+
+    #[test]
+    fn retry_queue_dead_letters_back_into_the_jobs_exchange() {
+        let t = Topology::new("p");
+        let retry = &t.queues()[1];
+        assert_eq!(retry.name, "p.retry");
+        assert!(retry.arguments.contains(&(
+            "x-dead-letter-exchange".to_owned(),
+            QueueArg::Str("p.jobs".to_owned())
+        )));
+    }
+
+    #[test]
+    fn every_queue_is_bound_to_a_declared_exchange() {
+        let t = Topology::new("p");
+        let exchanges: Vec<_> = t.exchanges().into_iter().map(|e| e.name).collect();
+        for q in t.queues() {
+            assert!(exchanges.contains(&q.bound_to), "{} bound to {}", q.name, q.bound_to);
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests against the real local stack (RabbitMQ, dockerd, the registries), started
+//! by `deploy/local/start.sh`. One test binary, so the stack is shared; every test uses its own
+//! topology prefix and repository names, so tests run in parallel without meeting.
+
+mod broker;
+mod daemon;
+mod pipeline;
+mod registries;

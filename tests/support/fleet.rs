@@ -1,0 +1,343 @@
+//! Running workers and jobs in tests: a worker in this process on its own topology prefix,
+//! images made in the stack's daemon, jobs published and their events collected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, Consumer};
+use pushfleet_shared::event::{Event, JobState};
+use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
+use pushfleet_worker::broker::{ConfirmedPublisher, connect, declare_topology};
+use pushfleet_worker::config::{Config, load_from_str};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{StackEnv, unique};
+
+/// How long a test waits for a job's terminal event before failing.
+pub const JOB_WAIT: Duration = Duration::from_secs(90);
+
+/// The catalogue every pipeline test starts from, as TOML `[registries.*]` tables:
+/// - `basic`: the htpasswd registry, alias `5` (a Django registry id), namespaces
+///   `production` and `team-a`;
+/// - `token`: the token-auth registry as `pusher` (push in `team-a` only), alias `7`,
+///   namespaces `team-a` and `team-b` (so `team-b` passes policy but lacks push scope);
+/// - `token-reader`: the token-auth registry as `reader` (pull only), namespace `team-a`.
+pub fn base_registries(env: &StackEnv) -> Result<String> {
+    Ok(format!(
+        r#"
+[registries.basic]
+url = "http://{basic}"
+username = "{basic_user}"
+password_file = "{basic_pw}"
+aliases = ["5"]
+namespaces = ["production", "team-a"]
+
+[registries.token]
+url = "http://{token}"
+username = "{pusher}"
+password_file = "{pusher_pw}"
+aliases = ["7"]
+namespaces = ["team-a", "team-b"]
+
+[registries.token-reader]
+url = "http://{token}"
+username = "{reader}"
+password_file = "{reader_pw}"
+namespaces = ["team-a"]
+"#,
+        basic = env.get("PUSHFLEET_BASIC_REGISTRY")?,
+        basic_user = env.get("PUSHFLEET_BASIC_USER")?,
+        basic_pw = env.get("PUSHFLEET_BASIC_PASSWORD_FILE")?,
+        token = env.get("PUSHFLEET_TOKEN_REGISTRY")?,
+        pusher = env.get("PUSHFLEET_TOKEN_PUSHER_USER")?,
+        pusher_pw = env.get("PUSHFLEET_TOKEN_PUSHER_PASSWORD_FILE")?,
+        reader = env.get("PUSHFLEET_TOKEN_READER_USER")?,
+        reader_pw = env.get("PUSHFLEET_TOKEN_READER_PASSWORD_FILE")?,
+    ))
+}
+
+/// A worker configuration on a fresh topology prefix, with `registries` as its catalogue.
+pub fn worker_config(env: &StackEnv, prefix: &str, registries: &str) -> Result<Config> {
+    let text = format!(
+        r#"
+[amqp]
+url = "{amqp}"
+topology_prefix = "{prefix}"
+
+[worker]
+id = "{prefix}-worker"
+concurrency = 4
+job_timeout_s = 120
+shutdown_grace_s = 10
+
+[docker]
+host = "{docker}"
+{registries}
+"#,
+        amqp = env.get("PUSHFLEET_AMQP_URL")?,
+        docker = env.get("PUSHFLEET_DOCKER_HOST")?,
+    );
+    load_from_str(&text, Some(HashMap::new())).map_err(|e| anyhow!("test config invalid: {e}"))
+}
+
+/// A worker running in this process until dropped or stopped.
+#[derive(Debug)]
+pub struct TestWorker {
+    /// The topology it consumes from.
+    pub topology: Topology,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<Result<(), pushfleet_worker::runner::RunError>>>,
+}
+
+impl TestWorker {
+    /// Starts a worker with `config` and returns once its topology is declared.
+    pub async fn start(config: Config) -> Result<Self> {
+        let topology = Topology::new(&config.amqp.topology_prefix);
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let config = Arc::new(config);
+        let handle = tokio::spawn(async move {
+            pushfleet_worker::runner::run(config, async move { token.cancelled().await }).await
+        });
+        Ok(Self { topology, stop, handle: Some(handle) })
+    }
+
+    /// Asks the worker to stop and waits for it; returns its result.
+    pub async fn stop(mut self) -> Result<()> {
+        self.stop.cancel();
+        match self.handle.take() {
+            Some(h) => Ok(h.await??),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A test's view of the broker: publishes jobs and collects every event of its topology.
+pub struct Broker {
+    /// The connection (kept open for the consumer).
+    pub conn: Connection,
+    publisher: ConfirmedPublisher,
+    events: Consumer,
+    topology: Topology,
+    seen: Vec<Event>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("topology", &self.topology).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connects, declares `topology` and subscribes to all of its events.
+    pub async fn connect(env: &StackEnv, topology: &Topology) -> Result<Self> {
+        let conn = connect(&env.get("PUSHFLEET_AMQP_URL")?, "pushfleet-tests").await?;
+        let publisher = ConfirmedPublisher::open(&conn).await?;
+        declare_topology(publisher.channel(), topology).await?;
+        let channel = conn.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                topology.events_exchange().as_str().into(),
+                "job.*".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let events = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self { conn, publisher, events, topology: topology.clone(), seen: Vec::new() })
+    }
+
+    /// Publishes a raw job body to the jobs exchange.
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) -> Result<()> {
+        self.publisher
+            .publish_raw(&self.topology.jobs_exchange(), JOB_ROUTING_KEY, body, properties)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a job given as JSON.
+    pub async fn publish_job(&self, job: &Value) -> Result<()> {
+        let properties = BasicProperties::default().with_content_type("application/json".into());
+        self.publish_raw(&serde_json::to_vec(job)?, properties).await
+    }
+
+    /// Waits for the terminal event of `job_id` and returns every event of that job, in order.
+    pub async fn wait_for(&mut self, job_id: &str) -> Result<Vec<Event>> {
+        self.wait_until(|e| e.job_id.as_deref() == Some(job_id) && e.state.is_terminal()).await?;
+        Ok(self.events_of(job_id))
+    }
+
+    /// Waits for the first event matching `pred` (events already seen count).
+    pub async fn wait_until(&mut self, pred: impl Fn(&Event) -> bool) -> Result<Event> {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return Ok(e.clone());
+        }
+        let deadline = tokio::time::Instant::now() + JOB_WAIT;
+        loop {
+            let delivery = tokio::time::timeout_at(deadline, self.events.next())
+                .await
+                .map_err(|_| anyhow!("no matching event within {JOB_WAIT:?}; seen: {:#?}", self.seen))?
+                .context("event stream ended")??;
+            let event = Event::from_slice(&delivery.data)
+                .with_context(|| format!("not an event: {}", String::from_utf8_lossy(&delivery.data)))?;
+            self.seen.push(event.clone());
+            if pred(&event) {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Every event seen so far for `job_id`.
+    pub fn events_of(&self, job_id: &str) -> Vec<Event> {
+        self.seen.iter().filter(|e| e.job_id.as_deref() == Some(job_id)).cloned().collect()
+    }
+
+    /// Every event seen so far.
+    pub fn seen(&self) -> &[Event] {
+        &self.seen
+    }
+
+    /// Takes one message from the dead-letter queue (acking it), if any.
+    pub async fn take_dead_letter(&self) -> Result<Option<lapin::message::Delivery>> {
+        let channel = self.conn.create_channel().await?;
+        let got = channel
+            .basic_get(
+                self.topology.dead_letter_queue().as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await?;
+        Ok(got.map(|m| m.delivery))
+    }
+}
+
+/// The terminal event of a job's events, or an error listing them.
+pub fn terminal(events: &[Event]) -> Result<&Event> {
+    events.iter().find(|e| e.state.is_terminal()).ok_or_else(|| anyhow!("no terminal event in {events:#?}"))
+}
+
+/// Asserts the job failed with `code` and returns its terminal event.
+pub fn expect_failed<'a>(events: &'a [Event], code: &str) -> Result<&'a Event> {
+    let last = terminal(events)?;
+    if last.state != JobState::Failed {
+        bail!("expected failed/{code}, got {:?}: {last:#?}", last.state);
+    }
+    let got = last.error.as_ref().map(|e| e.code.as_str()).unwrap_or("none");
+    if got != code {
+        bail!("expected {code}, got {got}: {last:#?}");
+    }
+    Ok(last)
+}
+
+/// Creates an image in the stack's daemon from a one-file tarball whose content is unique, and
+/// tags it as each of `references` (Docker's familiar names, e.g. `myapp-1a2b:0722`).
+pub async fn make_image(docker: &bollard::Docker, references: &[&str]) -> Result<String> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let content = unique("content");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, "pushfleet-test.txt", content.as_bytes())?;
+    let tarball = builder.into_inner()?;
+
+    let first = references.first().context("no reference to create")?;
+    let (repo, tag) = first.rsplit_once(':').context("references need a tag")?;
+    let options = bollard::query_parameters::CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo.to_owned()),
+        tag: Some(tag.to_owned()),
+        ..Default::default()
+    };
+    let mut stream =
+        docker.create_image(Some(options), Some(bollard::body_full(bytes::Bytes::from(tarball))), None);
+    while let Some(item) = stream.next().await {
+        item?;
+    }
+    let inspect = docker.inspect_image(first).await?;
+    let id = inspect.id.context("image without id")?;
+    for reference in &references[1..] {
+        let (repo, tag) = reference.rsplit_once(':').context("references need a tag")?;
+        let options = bollard::query_parameters::TagImageOptions {
+            repo: Some(repo.to_owned()),
+            tag: Some(tag.to_owned()),
+        };
+        docker.tag_image(&id, Some(options)).await?;
+    }
+    Ok(id)
+}
+
+/// The manifest digest of `repository:tag` in a registry, asked directly over HTTP (not
+/// through the worker), or None when the tag is absent. `auth` is a ready `Authorization`
+/// header value.
+pub async fn registry_digest(base: &str, repository: &str, tag: &str, auth: &str) -> Result<Option<String>> {
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, \
+                  application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.list.v2+json, \
+                  application/vnd.oci.image.index.v1+json";
+    let response = reqwest::Client::new()
+        .head(format!("{base}/v2/{repository}/manifests/{tag}"))
+        .header("Accept", accept)
+        .header("Authorization", auth)
+        .send()
+        .await?;
+    match response.status().as_u16() {
+        404 => Ok(None),
+        200 => Ok(response
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)),
+        other => bail!("HEAD manifest answered {other}"),
+    }
+}
+
+/// A `Basic` Authorization header value.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// A `Bearer` Authorization header value from the stack's token server for `scope`.
+pub async fn bearer_auth(env: &StackEnv, user: &str, password: &str, scope: &str) -> Result<String> {
+    let server = env.get("PUSHFLEET_TOKEN_SERVER")?;
+    let service = env.get("PUSHFLEET_TOKEN_SERVICE")?;
+    let response: Value = reqwest::Client::new()
+        .get(format!("{server}/token"))
+        .query(&[("service", service.as_str()), ("scope", scope)])
+        .header("Authorization", basic_auth(user, password))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = response["token"].as_str().context("no token in the token server's answer")?;
+    Ok(format!("Bearer {token}"))
+}

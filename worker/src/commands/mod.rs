@@ -1,0 +1,67 @@
+//! The binary's commands, one function (or module) each, returning an exit code.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use pushfleet_shared::schema::schema_files;
+use pushfleet_shared::topology::Topology;
+
+use crate::config;
+
+pub mod submit;
+pub mod worker;
+
+/// `pushfleet check-config`: loads and validates the configuration without network I/O and
+/// prints it redacted, or prints every problem with the key that causes it.
+pub fn check_config(file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    match config::load(file, None) {
+        Ok(config) => {
+            println!("{}", config.describe());
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `pushfleet schemas`: prints the schemas, or writes them into `dir`.
+pub fn schemas(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    for (name, text) in schema_files() {
+        match dir {
+            Some(dir) => {
+                let path = dir.join(name);
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => print!("{text}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pushfleet topology`: prints the topology for `prefix` as JSON.
+pub fn topology(prefix: &str) -> anyhow::Result<ExitCode> {
+    let t = Topology::new(prefix);
+    let json = serde_json::json!({
+        "prefix": t.prefix(),
+        "jobs_exchange": t.jobs_exchange(),
+        "jobs_queue": t.jobs_queue(),
+        "job_routing_key": pushfleet_shared::topology::JOB_ROUTING_KEY,
+        "retry_exchange": t.retry_exchange(),
+        "retry_queue": t.retry_queue(),
+        "dead_letter_exchange": t.dead_letter_exchange(),
+        "dead_letter_queue": t.dead_letter_queue(),
+        "events_exchange": t.events_exchange(),
+        "event_routing_keys": "job.<state>",
+        "control_exchange": t.control_exchange(),
+        "exchanges": t.exchanges(),
+        "queues": t.queues(),
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(ExitCode::SUCCESS)
+}

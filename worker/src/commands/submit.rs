@@ -1,0 +1,278 @@
+//! `pushfleet submit`: build a job (from flags, a JSON file, or the Django step parameters),
+//! then publish it and optionally follow its events, or with `--dry-run` only show the plan.
+//!
+//! Exit codes: 0 the job succeeded (or, without `--wait`, was published; with `--dry-run`, is
+//! valid); 1 the job failed or could not be published; 2 the job is invalid for this
+//! configuration (dry run) or the command line is; 3 `--wait` gave up before a terminal event.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use pushfleet_shared::django::DjangoPushStep;
+use pushfleet_shared::event::{Event, JobState};
+use pushfleet_shared::job::{JOB_VERSION, JobOptions, JobTarget, PushJob, ValidJob};
+use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+
+use crate::broker::{self, ConfirmedPublisher};
+use crate::config::{self, Config};
+use crate::failure::Coded;
+use crate::plan::plan;
+
+/// Where the job comes from and what to do with it.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The configuration file (for the broker address, the topology prefix and, with
+    /// --dry-run, the registry catalogue).
+    #[arg(short, long, env = "PUSHFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// A job as a JSON file (`-` for standard input).
+    #[arg(long, conflicts_with_all = ["source", "django"])]
+    file: Option<PathBuf>,
+    /// The Django step parameters as JSON, e.g. '{"image":"myapp","tag":"0722","registry_id":5}'.
+    #[arg(long, requires = "project", conflicts_with = "source")]
+    django: Option<String>,
+    /// With --django: the project path pushed into, e.g. `production`.
+    #[arg(long)]
+    project: Option<String>,
+    /// The local source image, e.g. `myapp:0722`.
+    #[arg(long, requires_all = ["registry", "repository"])]
+    source: Option<String>,
+    /// The target registry: a key or alias of the catalogue.
+    #[arg(long)]
+    registry: Option<String>,
+    /// The target repository, e.g. `production/myapp`.
+    #[arg(long)]
+    repository: Option<String>,
+    /// A target tag (repeatable). Default: the source's tag.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Remove the local target tags after the push.
+    #[arg(long)]
+    remove_local_tag: bool,
+    /// The job's time limit in seconds.
+    #[arg(long)]
+    timeout_s: Option<u32>,
+    /// The job id (default: a new UUID).
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Caller metadata as a JSON object, echoed in every event.
+    #[arg(long)]
+    metadata: Option<String>,
+    /// Validate against the configuration and print the plan; publish nothing, touch no network.
+    #[arg(long, conflicts_with = "wait")]
+    dry_run: bool,
+    /// Print the job's events until the terminal one; exit 0 only on success.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    wait_timeout_s: u64,
+}
+
+/// Runs `pushfleet submit`.
+pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let config = match config::load(args.config.as_deref(), None) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let job = match build_job(&args) {
+        Ok(job) => job,
+        Err(BuildError::Invalid { code, message, hint }) => {
+            print_error(code.as_str(), &message, &hint);
+            return Ok(ExitCode::from(2));
+        }
+        Err(BuildError::Usage(e)) => return Err(e),
+    };
+    if args.dry_run {
+        return Ok(dry_run(&job, &config));
+    }
+    publish(&job, &config, args.wait, Duration::from_secs(args.wait_timeout_s)).await
+}
+
+enum BuildError {
+    Invalid { code: pushfleet_shared::ErrorCode, message: String, hint: String },
+    Usage(anyhow::Error),
+}
+
+impl From<anyhow::Error> for BuildError {
+    fn from(e: anyhow::Error) -> Self {
+        BuildError::Usage(e)
+    }
+}
+
+fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
+    let job_id = args.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let metadata: Map<String, Value> = match &args.metadata {
+        Some(text) => serde_json::from_str(text).context("--metadata must be a JSON object")?,
+        None => Map::new(),
+    };
+    let invalid = |e: pushfleet_shared::JobError| BuildError::Invalid {
+        code: e.code(),
+        message: e.to_string(),
+        hint: e.hint(),
+    };
+    if let Some(path) = &args.file {
+        let body = read_input(path)?;
+        return PushJob::from_slice(&body).map_err(invalid);
+    }
+    if let Some(params) = &args.django {
+        let step: DjangoPushStep =
+            serde_json::from_str(params).context("--django must be the step's parameters as JSON")?;
+        let project = args.project.as_deref().unwrap_or_default();
+        return step.to_job(project, &job_id, metadata).map_err(|e| BuildError::Invalid {
+            code: e.code(),
+            message: e.to_string(),
+            hint: "check the step's image, tag and registry_id".to_owned(),
+        });
+    }
+    let (Some(source), Some(registry), Some(repository)) =
+        (&args.source, &args.registry, &args.repository)
+    else {
+        return Err(BuildError::Usage(anyhow::anyhow!(
+            "give a job: --file, --django with --project, or --source with --registry and --repository"
+        )));
+    };
+    let tags = if args.tags.is_empty() {
+        let parsed = pushfleet_shared::ImageRef::parse(source)
+            .map_err(|e| invalid(pushfleet_shared::JobError::Reference { field: "source".into(), source: e }))?;
+        vec![parsed.tag_or_latest().to_owned()]
+    } else {
+        args.tags.clone()
+    };
+    let job = PushJob {
+        version: JOB_VERSION,
+        job_id,
+        source: source.clone(),
+        target: JobTarget { registry: registry.clone(), repository: repository.clone(), tags },
+        options: JobOptions { remove_local_tag: args.remove_local_tag, timeout_s: args.timeout_s },
+        metadata,
+    };
+    job.validate().map_err(invalid)
+}
+
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body).context("reading stdin")?;
+        Ok(body)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+fn print_error(code: &str, message: &str, hint: &str) {
+    eprintln!("error[{code}]: {message}");
+    eprintln!("hint: {hint}");
+}
+
+fn dry_run(job: &ValidJob, config: &Config) -> ExitCode {
+    match plan(job, &config.registries) {
+        Ok((plan, registry)) => {
+            let mut value = serde_json::to_value(&plan).unwrap_or_default();
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("dry_run".into(), true.into());
+                let creds = match registry.credentials() {
+                    Ok(Some(_)) => "resolved",
+                    Ok(None) => "anonymous",
+                    Err(_) => "missing",
+                };
+                obj.insert("credentials".into(), creds.into());
+            }
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_error(e.code().as_str(), &e.to_string(), &e.hint());
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn publish(job: &ValidJob, config: &Config, wait: bool, wait_timeout: Duration) -> anyhow::Result<ExitCode> {
+    let topology = Topology::new(&config.amqp.topology_prefix);
+    let url = config.amqp.url_with_password().context("amqp.password_file")?;
+    let conn = broker::connect(url.expose_secret(), "pushfleet submit")
+        .await
+        .with_context(|| format!("cannot reach the broker at {}", config.amqp.url))?;
+    let publisher = ConfirmedPublisher::open(&conn).await?;
+    broker::declare_topology(publisher.channel(), &topology).await?;
+
+    // Subscribe before publishing, so no event can be missed.
+    let events = if wait {
+        let channel = conn.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                topology.events_exchange().as_str().into(),
+                "job.*".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Some(consumer)
+    } else {
+        None
+    };
+
+    publisher
+        .publish_json(&topology.jobs_exchange(), JOB_ROUTING_KEY, &job.job.to_json(), lapin::BasicProperties::default())
+        .await?;
+    eprintln!("published job {} to {}", job.job.job_id, topology.jobs_exchange());
+    let Some(mut consumer) = events else {
+        return Ok(ExitCode::SUCCESS);
+    };
+
+    let deadline = tokio::time::Instant::now() + wait_timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let delivery = match next {
+            Err(_) => {
+                eprintln!("gave up waiting after {wait_timeout:?}; the job may still finish");
+                return Ok(ExitCode::from(3));
+            }
+            Ok(None) => bail!("the broker closed the event stream"),
+            Ok(Some(d)) => d?,
+        };
+        let Ok(event) = Event::from_slice(&delivery.data) else { continue };
+        if event.job_id.as_deref() != Some(job.job.job_id.as_str()) {
+            continue;
+        }
+        println!("{}", String::from_utf8_lossy(&event.to_json()));
+        match event.state {
+            JobState::Succeeded => return Ok(ExitCode::SUCCESS),
+            JobState::Failed | JobState::Dead => {
+                if let Some(e) = &event.error {
+                    print_error(e.code.as_str(), &e.message, &e.hint);
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+    }
+}

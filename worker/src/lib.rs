@@ -1,0 +1,28 @@
+//! The pushfleet worker library: everything the `pushfleet` binary does, in modules named by
+//! role, so tests and benchmarks drive the same code the binary runs.
+//!
+//! - [`config`], [`credentials`]: the configuration file, environment overrides, the registry
+//!   catalogue and password sources.
+//! - [`broker`]: the RabbitMQ connections, the topology declared on them, confirmed publishes.
+//! - [`runner`]: the consume loop; what happens to each delivery.
+//! - [`pipeline`]: one job, stage by stage; [`plan`] is its I/O-free first stage.
+//! - [`daemon`]: the Docker daemon stages (source, tag, push, untag).
+//! - [`registry`]: the registry stages (preflight, manifest digest).
+//! - [`failure`], [`retry`]: stable error codes for every stage's errors, and what follows a
+//!   failed attempt.
+//! - [`report`]: building and publishing events.
+//! - [`commands`]: the binary's subcommands; [`telemetry`]: logging.
+
+pub mod broker;
+pub mod commands;
+pub mod config;
+pub mod credentials;
+pub mod daemon;
+pub mod failure;
+pub mod pipeline;
+pub mod plan;
+pub mod registry;
+pub mod report;
+pub mod retry;
+pub mod runner;
+pub mod telemetry;

@@ -1,0 +1,74 @@
+//! `pushfleet`: the worker binary. A thin shell over the library: parse the command line, set
+//! up logging, run one command, turn its error into an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pushfleet_worker::{commands, telemetry};
+
+/// pushfleet: push Docker images to registries, as jobs from RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(name = "pushfleet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a worker: consume push jobs until SIGTERM or SIGINT.
+    Worker {
+        /// The configuration file (TOML); `PUSHFLEET__...` variables override it.
+        #[arg(short, long, env = "PUSHFLEET_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration without touching the network and print it (redacted).
+    CheckConfig {
+        /// The configuration file (TOML); `PUSHFLEET__...` variables override it.
+        #[arg(short, long, env = "PUSHFLEET_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Publish a push job, optionally wait for its outcome, or only show what it would do.
+    Submit(Box<commands::submit::SubmitArgs>),
+    /// Print the JSON Schemas of jobs and events, or write them into a folder.
+    Schemas {
+        /// Write `job.schema.json` and `event.schema.json` into this folder.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// Print the broker topology (exchanges, queues, arguments) as JSON.
+    Topology {
+        /// The name prefix.
+        #[arg(long, default_value = pushfleet_shared::topology::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Worker { config } => commands::worker::run(config.as_deref()).await,
+            Command::CheckConfig { config } => commands::check_config(config.as_deref()),
+            Command::Submit(args) => commands::submit::run(*args).await,
+            Command::Schemas { write } => commands::schemas(write.as_deref()),
+            Command::Topology { prefix } => commands::topology(&prefix),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! One job, stage by stage: plan -> source -> credentials -> preflight -> tag -> push ->
+//! verify -> untag. Each stage returns its own typed error; every error becomes a
+//! [`JobFailure`] carrying a stable code, so the runner never inspects error text.
+//!
+//! The order puts the cheap, local, certain checks first: a job naming an unknown registry, a
+//! forbidden namespace or a Docker Hub root repository fails before the daemon or the network
+//! is touched; a missing source image fails before the registry is bothered; missing push
+//! rights fail before a byte is uploaded.
+//!
+//! Redelivery is harmless: when the daemon already knows the manifest digest this image has in
+//! the target repository and the registry's tags already point at it, nothing is pushed and
+//! the job succeeds with `already_present`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pushfleet_shared::ErrorCode;
+use pushfleet_shared::event::{PhaseTimings, Progress};
+use pushfleet_shared::job::ValidJob;
+use tokio::sync::watch;
+
+use crate::config::{Config, Registry};
+use crate::credentials::Credentials;
+use crate::daemon::{Daemon, DaemonError, PushProgress};
+use crate::failure::{Coded, JobFailure};
+use crate::plan::{Plan, plan};
+use crate::registry::{RegistryClient, RegistryEndpoint, RegistryError};
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct Success {
+    /// What was done.
+    pub plan: Plan,
+    /// The manifest digest now in the registry under every target tag.
+    pub digest: String,
+    /// The manifest size, when a push reported it.
+    pub size: Option<u64>,
+    /// Bytes uploaded (approximate).
+    pub bytes: u64,
+    /// Time per stage.
+    pub phases: PhaseTimings,
+    /// The registry already had it; nothing was pushed.
+    pub already_present: bool,
+}
+
+/// A failed job attempt, with what was known when it failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The coded failure.
+    pub failure: JobFailure,
+    /// The plan, when planning succeeded.
+    pub plan: Option<Plan>,
+    /// Time per stage up to the failure.
+    pub phases: PhaseTimings,
+}
+
+/// Why the pipeline could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineSetupError {
+    /// The daemon address is unusable.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// A registry's client could not be built (e.g. an unreadable CA file).
+    #[error("registry {key}: {source}")]
+    Registry {
+        /// The catalogue key.
+        key: String,
+        /// What went wrong.
+        source: RegistryError,
+    },
+    /// A registry's CA file could not be read.
+    #[error("registry {key}: cannot read ca_file {path}: {source}")]
+    CaFile {
+        /// The catalogue key.
+        key: String,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Everything a worker needs to run jobs: one daemon client and one registry client per
+/// catalogue entry, shared by all jobs (connection reuse, one auth cache).
+#[derive(Debug)]
+pub struct Pipeline {
+    config: Arc<Config>,
+    daemon: Daemon,
+    registries: HashMap<String, RegistryClient>,
+}
+
+/// Milliseconds since `start`.
+fn ms(start: Instant) -> Option<u64> {
+    Some(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Pipeline {
+    /// Builds the clients. No network I/O happens here.
+    pub fn new(config: Arc<Config>) -> Result<Self, PipelineSetupError> {
+        let daemon = Daemon::connect(&config.docker.host)?;
+        let mut registries = HashMap::new();
+        for registry in config.registries.iter() {
+            let ca_pem = match &registry.ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|source| {
+                    PipelineSetupError::CaFile {
+                        key: registry.key.clone(),
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
+            let endpoint = RegistryEndpoint {
+                key: registry.key.clone(),
+                base_url: registry.url.clone(),
+                ca_pem,
+            };
+            let client = RegistryClient::new(endpoint).map_err(|source| {
+                PipelineSetupError::Registry { key: registry.key.clone(), source }
+            })?;
+            registries.insert(registry.key.clone(), client);
+        }
+        Ok(Self { config, daemon, registries })
+    }
+
+    /// The daemon client.
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs one attempt of `job`, publishing upload progress into `progress`.
+    pub async fn run(
+        &self,
+        job: &ValidJob,
+        progress: &watch::Sender<Option<Progress>>,
+    ) -> Result<Success, Failure> {
+        let mut phases = PhaseTimings::default();
+        let started = Instant::now();
+        let fail = |failure: JobFailure, plan: Option<Plan>, mut phases: PhaseTimings| {
+            phases.total_ms = ms(started);
+            Failure { failure, plan, phases }
+        };
+
+        let (plan, registry) = match plan(job, &self.config.registries) {
+            Ok(p) => p,
+            Err(e) => return Err(fail(e.into(), None, phases)),
+        };
+        match self.run_planned(job, &plan, registry, progress, &mut phases).await {
+            Ok((digest, size, bytes, already_present)) => {
+                phases.total_ms = ms(started);
+                Ok(Success { plan, digest, size, bytes, phases, already_present })
+            }
+            Err(failure) => Err(fail(failure, Some(plan), phases)),
+        }
+    }
+
+    async fn run_planned(
+        &self,
+        job: &ValidJob,
+        plan: &Plan,
+        registry: &Registry,
+        progress: &watch::Sender<Option<Progress>>,
+        phases: &mut PhaseTimings,
+    ) -> Result<(String, Option<u64>, u64, bool), JobFailure> {
+        let repository = &job.job.target.repository;
+        let client = self.registries.get(&registry.key).ok_or_else(|| {
+            JobFailure::new(ErrorCode::UnknownRegistry, "registry client missing")
+        })?;
+
+        let t = Instant::now();
+        let source = self.daemon.resolve_source(&job.source).await.map_err(|e| coded(&e))?;
+        phases.resolve_ms = ms(t);
+
+        let t = Instant::now();
+        let login: Option<Credentials> = registry.credentials().map_err(|e| {
+            JobFailure::new(
+                ErrorCode::RegistryCredentialsMissing,
+                format!("registry {}: {e}", registry.key),
+            )
+        })?;
+        client.preflight_push(repository, login.as_ref()).await.map_err(|e| coded(&e))?;
+        phases.preflight_ms = ms(t);
+
+        // Redelivery: if the daemon knows this image's digest in the target repository and
+        // every target tag already points at it, there is nothing to push.
+        let targets = plan.target_refs();
+        let target_name = targets.first().map(|t| t.name()).unwrap_or_default();
+        let known_digest = source.repo_digests.iter().find_map(|d| {
+            let (name, digest) = d.rsplit_once('@')?;
+            (pushfleet_shared::ImageRef::parse(name).ok()?.name() == target_name)
+                .then(|| digest.to_owned())
+        });
+        if let Some(expected) = known_digest {
+            let t = Instant::now();
+            let mut all_present = true;
+            for target in targets {
+                let tag = target.tag_or_latest();
+                let found = client
+                    .manifest_digest(repository, tag, login.as_ref())
+                    .await
+                    .map_err(|e| coded(&e))?;
+                if found.as_deref() != Some(expected.as_str()) {
+                    all_present = false;
+                    break;
+                }
+            }
+            phases.verify_ms = ms(t);
+            if all_present {
+                return Ok((expected, None, 0, true));
+            }
+        }
+
+        let t = Instant::now();
+        for target in targets {
+            self.daemon.tag(&source.id, target).await.map_err(|e| coded(&e))?;
+        }
+        phases.tag_ms = ms(t);
+
+        let t = Instant::now();
+        let mut pushed: Option<(String, u64)> = None;
+        let mut bytes = 0;
+        for target in targets {
+            let report = |p: PushProgress| {
+                progress.send_replace(Some(Progress {
+                    phase: "push".to_owned(),
+                    bytes_done: p.bytes_done,
+                    bytes_total: p.bytes_total,
+                }));
+            };
+            let outcome = match self.daemon.push(target, login.as_ref(), report).await {
+                Ok(o) => o,
+                Err(e) => {
+                    if matches!(
+                        e.code(),
+                        ErrorCode::RegistryAuthFailed
+                            | ErrorCode::RegistryDenied
+                            | ErrorCode::RegistryInsufficientScope
+                    ) {
+                        client.invalidate(repository);
+                    }
+                    return Err(coded(&e));
+                }
+            };
+            bytes += outcome.bytes_uploaded;
+            if let Some((digest, _)) = &pushed {
+                if *digest != outcome.digest {
+                    return Err(JobFailure::new(
+                        ErrorCode::DigestMismatch,
+                        format!(
+                            "{target} was pushed as {} but an earlier tag of the same job as {digest}",
+                            outcome.digest
+                        ),
+                    ));
+                }
+            }
+            pushed = Some((outcome.digest, outcome.size));
+        }
+        phases.push_ms = ms(t);
+        let (digest, size) = pushed.ok_or_else(|| {
+            JobFailure::new(ErrorCode::PushFailed, "the job has no target tag to push")
+        })?;
+
+        let t = Instant::now();
+        for target in targets {
+            let tag = target.tag_or_latest();
+            let found = client
+                .manifest_digest(repository, tag, login.as_ref())
+                .await
+                .map_err(|e| coded(&e))?;
+            if found.as_deref() != Some(digest.as_str()) {
+                return Err(JobFailure::new(
+                    ErrorCode::DigestMismatch,
+                    format!(
+                        "the daemon pushed {target} as {digest}, but the registry holds {}",
+                        found.as_deref().unwrap_or("no manifest under that tag")
+                    ),
+                ));
+            }
+        }
+        phases.verify_ms = ms(t);
+
+        if job.job.options.remove_local_tag {
+            let t = Instant::now();
+            for target in targets {
+                if target.name() == job.source.name() && target.tag() == job.source.tag() {
+                    continue; // never remove the source itself
+                }
+                // A tag left behind is untidy, not a failed push: log it and go on.
+                if let Err(e) = self.daemon.untag(target).await {
+                    tracing::warn!(target = %target, error = %e, "could not remove the local tag");
+                }
+            }
+            phases.untag_ms = ms(t);
+        }
+        Ok((digest, Some(size), bytes, false))
+    }
+}
+
+fn coded<E: Coded>(e: &E) -> JobFailure {
+    JobFailure::from(e)
+}

@@ -1,0 +1,139 @@
+//! The part of a job decided by the message and the configuration alone: which registry,
+//! which exact references, and whether policy allows them. No I/O happens here, so the same
+//! function serves the worker (before it touches the daemon or the network) and
+//! `pushfleet submit --dry-run` (which touches nothing).
+
+use pushfleet_shared::job::{JobError, ValidJob};
+use pushfleet_shared::{ErrorCode, ImageRef};
+use serde::Serialize;
+
+use crate::config::{Catalogue, Registry};
+use crate::failure::{Coded, JobFailure};
+
+/// What a job will do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The job's id.
+    pub job_id: String,
+    /// The catalogue key of the target registry (even when the job named an alias).
+    pub registry: String,
+    /// The registry's API URL.
+    pub registry_url: String,
+    /// The source image, normalised.
+    pub source: String,
+    /// The exact references that will be tagged and pushed.
+    pub targets: Vec<String>,
+    /// Whether the local target tags are removed afterwards.
+    pub remove_local_tag: bool,
+    #[serde(skip)]
+    target_refs: Vec<ImageRef>,
+}
+
+impl Plan {
+    /// The target references, parsed.
+    pub fn target_refs(&self) -> &[ImageRef] {
+        &self.target_refs
+    }
+}
+
+/// Why a job cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `target.registry` is not in the catalogue.
+    #[error("registry {name:?} is not in this worker's catalogue (known: {known})")]
+    UnknownRegistry {
+        /// The name the job gave.
+        name: String,
+        /// The catalogue's keys and aliases.
+        known: String,
+    },
+    /// The target repository is outside the registry's allowed namespaces.
+    #[error("repository {repository:?} is outside the namespaces allowed for registry {registry} ({allowed})")]
+    NamespaceNotAllowed {
+        /// The catalogue key.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// The allowed namespaces.
+        allowed: String,
+    },
+    /// The target is a Docker Hub root repository.
+    #[error("{target} is a Docker Hub root repository, which cannot be pushed to")]
+    RootRepositoryOnDockerHub {
+        /// The target reference.
+        target: String,
+    },
+    /// A target reference is invalid.
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+impl Coded for PlanError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            PlanError::UnknownRegistry { .. } => ErrorCode::UnknownRegistry,
+            PlanError::NamespaceNotAllowed { .. } => ErrorCode::NamespaceNotAllowed,
+            PlanError::RootRepositoryOnDockerHub { .. } => ErrorCode::RootRepositoryOnDockerHub,
+            PlanError::Job(e) => e.code(),
+        }
+    }
+
+    fn hint(&self) -> String {
+        match self {
+            PlanError::Job(e) => e.hint(),
+            PlanError::RootRepositoryOnDockerHub { target } => {
+                let name = target.rsplit('/').next().unwrap_or(target);
+                format!("Docker Hub needs a namespace: push to docker.io/<user-or-org>/{name}")
+            }
+            other => other.code().default_hint().to_owned(),
+        }
+    }
+}
+
+impl From<PlanError> for JobFailure {
+    fn from(e: PlanError) -> Self {
+        JobFailure::from(&e)
+    }
+}
+
+/// Plans `job` against `catalogue`: resolves the registry (key or alias), builds each exact
+/// target reference on that registry's host, and applies policy. Never consults a default
+/// registry.
+pub fn plan<'c>(job: &ValidJob, catalogue: &'c Catalogue) -> Result<(Plan, &'c Registry), PlanError> {
+    let name = &job.job.target.registry;
+    let registry = catalogue.get(name).ok_or_else(|| PlanError::UnknownRegistry {
+        name: name.clone(),
+        known: known_names(catalogue),
+    })?;
+    let targets = job.targets_at(&registry.host)?;
+    let repository = &job.job.target.repository;
+    if !registry.allows_repository(repository) {
+        return Err(PlanError::NamespaceNotAllowed {
+            registry: registry.key.clone(),
+            repository: repository.clone(),
+            allowed: registry.namespaces.join(", "),
+        });
+    }
+    if let Some(root) = targets.iter().find(|t| t.is_docker_hub_root()) {
+        return Err(PlanError::RootRepositoryOnDockerHub { target: root.to_string() });
+    }
+    let plan = Plan {
+        job_id: job.job.job_id.clone(),
+        registry: registry.key.clone(),
+        registry_url: registry.url.to_string(),
+        source: job.source.to_string(),
+        targets: targets.iter().map(ToString::to_string).collect(),
+        remove_local_tag: job.job.options.remove_local_tag,
+        target_refs: targets,
+    };
+    Ok((plan, registry))
+}
+
+fn known_names(catalogue: &Catalogue) -> String {
+    let mut names: Vec<String> = catalogue
+        .iter()
+        .flat_map(|r| std::iter::once(r.key.clone()).chain(r.aliases.iter().cloned()))
+        .collect();
+    names.sort();
+    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+}

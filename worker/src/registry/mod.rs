@@ -1,0 +1,547 @@
+//! The registry client of the preflight and verify stages: talks to the target registry
+//! directly over the Docker Registry HTTP API v2 (never through the daemon), so problems are
+//! found before a push starts and the pushed digest is checked where it matters.
+//!
+//! # Preflight (`preflight_push`)
+//!
+//! 1. `GET /v2/` without credentials: reachability and the challenge (200: no auth;
+//!    401 `Basic ...`; 401 `Bearer realm=..,service=..`).
+//! 2. Authenticate. Basic: `GET /v2/` again with the credentials (a 401 means they are wrong).
+//!    Bearer: `GET <realm>?service=..&scope=repository:<repo>:pull,push` with the credentials
+//!    as Basic auth (401 from the token server means they are wrong). A token server answers
+//!    200 with *reduced* access when the user lacks a right, so a token alone proves nothing.
+//! 3. Prove push rights the way buildkit does: `POST /v2/<repo>/blobs/uploads/` must answer 202.
+//!    401 there (`error="insufficient_scope"` from distribution) means no push right, 403 is a
+//!    denial, 404 usually a missing project (Harbor) or namespace.
+//! 4. `DELETE` the returned upload `Location`, ignoring the outcome: a token registry needs the
+//!    `delete` action for that and answers 401 to a pull,push token. The abandoned, empty
+//!    upload session then expires in the registry on its own (distribution purges upload
+//!    directories older than a week by default, `storage.maintenance.uploadpurging`); it
+//!    holds no data. The DELETE is only sent to the registry's own origin.
+//!
+//! # Caching: the hot path stays lean
+//!
+//! Per endpoint, the `/v2/` challenge is kept for [`cache::PING_TTL`]. Per repository and
+//! credential (user name plus a keyed hash of the password, so a rotated password misses),
+//! the proven authorisation is kept: a Bearer token until shortly before its `expires_in`
+//! (60 s when absent, the token spec's default), Basic or anonymous access for
+//! [`cache::BASIC_TTL`]. A second preflight within that time sends no request at all and
+//! answers [`PushAccess::cached`] = `true`. A 401 on a later request drops the entry;
+//! [`RegistryClient::manifest_digest`] then retries once with fresh authentication, and the
+//! runner calls [`RegistryClient::invalidate`] when a push fails as unauthorized or denied.
+//! The cache sits behind a `std::sync::Mutex` that is never held across an `.await`.
+//!
+//! # Errors
+//!
+//! [`RegistryError`] implements [`crate::failure::Coded`]. Decisions worth knowing:
+//! - a `401` without a usable challenge (missing, unparsable, `Negotiate` only, Bearer
+//!   without realm) and `/v2/` answering anything but 200/401/403/429/5xx are
+//!   [`RegistryError::Protocol`] → `push_failed`, not retryable: the URL most likely does not
+//!   point at a registry, and retrying will not change that;
+//! - an `https` registry whose token realm is `http` is refused
+//!   ([`RegistryError::InsecureRealm`], `push_failed`) rather than sending the password in
+//!   clear text;
+//! - with no login, any demand for authentication (Basic challenge, 401 from the token
+//!   server, or a 401 on the upload probe with an anonymous token) is
+//!   `registry_credentials_missing`.
+//!
+//! # Transport
+//!
+//! One `reqwest` client per endpoint, rustls with the webpki roots plus the endpoint's own CA
+//! bundle when one is configured (added to, not replacing, the built-in roots, as Docker's
+//! `certs.d` does). Invalid certificates are never accepted; an `https` endpoint is
+//! `https_only`, and a redirect from `https` to `http` is refused. Every request has a time
+//! limit ([`DEFAULT_REQUEST_TIMEOUT`] unless given to [`RegistryClient::with_timeout`]).
+
+mod cache;
+mod challenge;
+mod error;
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Response, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use self::cache::{AccessEntry, AccessKey, Authorization, Cache};
+use self::challenge::Challenge;
+pub use self::error::{RegistryError, Right, Target};
+use self::error::{from_transport, parse_retry_after, summarize_body};
+
+/// Time limit of one registry request (connect, send, answer and body).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time limit of establishing a connection (TCP and TLS), within the request limit.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response body read (token responses, error bodies).
+const MAX_BODY: usize = 256 * 1024;
+
+/// The manifest media types asked for when checking a tag: Docker v2 manifest and manifest
+/// list, OCI manifest and index.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+
+/// Where a registry is: its catalogue key, its base URL (`http://127.0.0.1:5001`,
+/// `https://harbor.example.com`) and optionally a PEM CA bundle to trust for it.
+#[derive(Clone)]
+pub struct RegistryEndpoint {
+    /// The catalogue key, used in every error and log line.
+    pub key: String,
+    /// Scheme, host and port of the registry; no path, credentials, query or fragment.
+    pub base_url: Url,
+    /// PEM certificates to trust in addition to the built-in roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for RegistryEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryEndpoint")
+            .field("key", &self.key)
+            .field("base_url", &self.base_url.as_str())
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
+            .finish()
+    }
+}
+
+/// A user name and password for a registry. `Debug` hides the password.
+#[derive(Clone)]
+pub struct Login {
+    /// The user name (not secret; appears in error messages).
+    pub username: String,
+    /// The password or access token.
+    pub password: SecretString,
+}
+
+impl Login {
+    /// A login from a user name and a password.
+    pub fn new(username: impl Into<String>, password: SecretString) -> Self {
+        Self { username: username.into(), password }
+    }
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("username", &self.username)
+            .field("password", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// How requests to a registry are authorised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// No credentials needed.
+    Anonymous,
+    /// HTTP Basic with the login.
+    Basic,
+    /// A Bearer token from the registry's token service.
+    Bearer,
+}
+
+/// Proven push access to one repository: how to authorise further requests, until when.
+#[derive(Clone)]
+pub struct PushAccess {
+    authorization: Authorization,
+    valid_until: Instant,
+    /// Served from the cache, without any request.
+    pub cached: bool,
+}
+
+impl PushAccess {
+    /// The scheme of the authorisation.
+    pub fn scheme(&self) -> AuthScheme {
+        match self.authorization {
+            Authorization::Anonymous => AuthScheme::Anonymous,
+            Authorization::Basic(_) => AuthScheme::Basic,
+            Authorization::Bearer(_) => AuthScheme::Bearer,
+        }
+    }
+
+    /// Until when the access is reused without asking the registry again.
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+
+    /// The `Authorization` header value (`Basic ..` or `Bearer ..`), `None` when anonymous.
+    pub fn authorization_header(&self) -> Option<SecretString> {
+        match &self.authorization {
+            Authorization::Anonymous => None,
+            Authorization::Basic(value) => Some(value.clone()),
+            Authorization::Bearer(token) => {
+                Some(SecretString::from(format!("Bearer {}", token.expose_secret())))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PushAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushAccess")
+            .field("scheme", &self.scheme())
+            .field("valid_until", &self.valid_until)
+            .field("cached", &self.cached)
+            .finish()
+    }
+}
+
+
+
+/// The client of one registry endpoint. Cheap to share (`Arc`); all methods take `&self`.
+pub struct RegistryClient {
+    key: String,
+    base: Url,
+    http: reqwest::Client,
+    timeout: Duration,
+    cache: Mutex<Cache>,
+    hasher: RandomState,
+    requests: AtomicU64,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("key", &self.key)
+            .field("base", &self.base.as_str())
+            .field("timeout", &self.timeout)
+            .field("requests", &self.request_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryClient {
+    /// A client for `endpoint` with [`DEFAULT_REQUEST_TIMEOUT`].
+    pub fn new(endpoint: RegistryEndpoint) -> Result<Self, RegistryError> {
+        Self::with_timeout(endpoint, DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// A client for `endpoint` whose requests each get at most `timeout`.
+    pub fn with_timeout(endpoint: RegistryEndpoint, timeout: Duration) -> Result<Self, RegistryError> {
+        let target = Target { registry: endpoint.key.clone(), repository: None };
+        let invalid = |reason: String| RegistryError::InvalidEndpoint { target: target.clone(), reason };
+        let base = endpoint.base_url;
+        let https = match base.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(invalid(format!("scheme `{other}` is not http or https"))),
+        };
+        if base.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("the URL has no host".to_owned()));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            // Not echoed: the URL holds credentials.
+            return Err(invalid(
+                "the URL holds credentials: configure username and password separately".to_owned(),
+            ));
+        }
+        if base.path() != "/" || base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid(format!(
+                "`{base}` has a path, query or fragment: give scheme, host and port only \
+                 (the registry API lives at /v2/ on the host)"
+            )));
+        }
+        if timeout.is_zero() {
+            return Err(invalid("the request timeout is zero".to_owned()));
+        }
+
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("pushfleet/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            .https_only(https)
+            .redirect(redirect_policy());
+        if let Some(pem) = &endpoint.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| invalid(format!("cannot read the CA bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(invalid("the CA bundle holds no PEM certificate".to_owned()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            key: endpoint.key,
+            base,
+            http,
+            timeout,
+            cache: Mutex::new(Cache::default()),
+            hasher: RandomState::new(),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// The registry's catalogue key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// How many HTTP requests this client has sent (tests use it to see the cache work).
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Checks, before a push, that `repository` (e.g. `production/myapp`) can be pushed to
+    /// with `login` (`None`: anonymously); see the module documentation for the steps. A
+    /// valid cached result is returned without any request.
+    pub async fn preflight_push(
+        &self,
+        repository: &str,
+        login: Option<&Login>,
+    ) -> Result<PushAccess, RegistryError> {
+        let target = self.target(repository);
+        validate_repository(&target, repository)?;
+        let key = self.access_key(repository, login);
+        if let Some(entry) = self.lock().access(&key, true, Instant::now()) {
+            tracing::debug!(registry = %self.key, repository, "push access served from cache");
+            return Ok(PushAccess {
+                authorization: entry.authorization,
+                valid_until: entry.expires_at,
+                cached: true,
+            });
+        }
+        let mut retried = false;
+        loop {
+            let (challenge, ping_cached) = self.challenge(&target).await?;
+            let obtained_at = Instant::now();
+            let (authorization, validity) = self
+                .authorize(&target, repository, login, challenge.as_ref(), Actions::PullPush, true)
+                .await?;
+            match self.probe_push(&target, repository, login, &authorization, challenge.as_ref()).await {
+                Ok(()) => {
+                    let valid_until = obtained_at + validity;
+                    if !validity.is_zero() {
+                        let entry = AccessEntry {
+                            authorization: authorization.clone(),
+                            push: true,
+                            expires_at: valid_until,
+                        };
+                        self.lock().put_access(key, entry, Instant::now());
+                    }
+                    tracing::debug!(registry = %self.key, repository, "push access proven");
+                    return Ok(PushAccess { authorization, valid_until, cached: false });
+                }
+                Err(ProbeFailure::StaleChallenge(e)) => {
+                    self.lock().drop_ping();
+                    if ping_cached && !retried {
+                        retried = true;
+                        tracing::debug!(registry = %self.key, "challenge changed; pinging again");
+                        continue;
+                    }
+                    return Err(e);
+                }
+                Err(ProbeFailure::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// The digest (`Docker-Content-Digest`) of manifest `reference` (a tag or digest) in
+    /// `repository`, or `None` when the registry has no such manifest (404). A 401 drops the
+    /// cached authorisation and is retried once with fresh authentication.
+    pub async fn manifest_digest(
+        &self,
+        repository: &str,
+        reference: &str,
+        login: Option<&Login>,
+    ) -> Result<Option<String>, RegistryError> {
+        let target = self.target(repository);
+        validate_repository(&target, repository)?;
+        validate_reference(&target, reference)?;
+        let key = self.access_key(repository, login);
+        let request = format!("HEAD /v2/{repository}/manifests/{reference}");
+        let url = self.url(&format!("v2/{repository}/manifests/{reference}"), &target)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let cached = self.lock().access(&key, false, Instant::now());
+            let authorization = match cached {
+                Some(entry) => entry.authorization,
+                None => {
+                    let (challenge, _) = self.challenge(&target).await?;
+                    let obtained_at = Instant::now();
+                    let (authorization, validity) = self
+                        .authorize(&target, repository, login, challenge.as_ref(), Actions::Pull, false)
+                        .await?;
+                    if !validity.is_zero() {
+                        let entry = AccessEntry {
+                            authorization: authorization.clone(),
+                            push: false,
+                            expires_at: obtained_at + validity,
+                        };
+                        self.lock().put_access(key.clone(), entry, Instant::now());
+                    }
+                    authorization
+                }
+            };
+            let mut builder = self.http.head(url.clone()).header(header::ACCEPT, MANIFEST_ACCEPT);
+            if let Some(value) = self.header_value(&target, &request, &authorization)? {
+                builder = builder.header(header::AUTHORIZATION, value);
+            }
+            let response = self.send(&target, &request, builder).await?;
+            let status = response.status();
+            match status {
+                s if s.is_success() => {
+                    let digest = response
+                        .headers()
+                        .get("docker-content-digest")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty());
+                    return match digest {
+                        Some(d) => Ok(Some(d.to_owned())),
+                        None => Err(RegistryError::Protocol {
+                            target,
+                            request,
+                            detail: format!("HTTP {} without a Docker-Content-Digest header", s.as_u16()),
+                        }),
+                    };
+                }
+                StatusCode::NOT_FOUND => return Ok(None),
+                StatusCode::UNAUTHORIZED => {
+                    {
+                        let mut cache = self.lock();
+                        cache.invalidate_key(&key);
+                        cache.drop_ping();
+                    }
+                    if attempt < 2 {
+                        tracing::debug!(registry = %self.key, repository, "401 on manifest HEAD; retrying with fresh auth");
+                        continue;
+                    }
+                    let bearer_error = challenge::bearer_error(www_authenticate(response.headers()));
+                    let detail = match &bearer_error {
+                        Some(e) => format!("HTTP 401 ({e})"),
+                        None => "HTTP 401".to_owned(),
+                    };
+                    return Err(match (login, bearer_error.as_deref()) {
+                        (None, _) => RegistryError::CredentialsMissing {
+                            target,
+                            request,
+                            scheme: scheme_name(&authorization),
+                        },
+                        (Some(l), Some("insufficient_scope")) => RegistryError::InsufficientScope {
+                            target,
+                            request,
+                            username: l.username.clone(),
+                            action: Right::Pull,
+                            detail,
+                        },
+                        (Some(l), _) => RegistryError::AuthFailed {
+                            target,
+                            request,
+                            username: l.username.clone(),
+                            detail,
+                        },
+                    });
+                }
+                StatusCode::FORBIDDEN => {
+                    return Err(RegistryError::Denied {
+                        target,
+                        request,
+                        status: status.as_u16(),
+                        detail: "HTTP 403".to_owned(),
+                    });
+                }
+                _ => return Err(self.unexpected(&target, &request, response, login, &[]).await),
+            }
+        }
+    }
+
+    /// Forgets the cached authorisation for `repository` (every credential), and the
+    /// endpoint's cached challenge; call it when a push fails as unauthorized or denied.
+    pub fn invalidate(&self, repository: &str) {
+        let mut cache = self.lock();
+        cache.invalidate_repository(repository);
+        cache.drop_ping();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cache> {
+        // The cache holds plain data: a panic elsewhere cannot leave it half-updated in a way
+        // that matters, so a poisoned lock is used as is.
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn target(&self, repository: &str) -> Target {
+        Target { registry: self.key.clone(), repository: Some(repository.to_owned()) }
+    }
+
+    fn access_key(&self, repository: &str, login: Option<&Login>) -> AccessKey {
+        match login {
+            Some(l) => AccessKey {
+                repository: repository.to_owned(),
+                username: l.username.clone(),
+                credential: self.hasher.hash_one((&l.username, l.password.expose_secret())),
+            },
+            None => AccessKey { repository: repository.to_owned(), username: String::new(), credential: 0 },
+        }
+    }
+
+    fn url(&self, path: &str, target: &Target) -> Result<Url, RegistryError> {
+        self.base.join(path).map_err(|e| RegistryError::InvalidEndpoint {
+            target: target.clone(),
+            reason: format!("cannot build the URL for {path}: {e}"),
+        })
+    }
+
+    async fn send(
+        &self,
+        target: &Target,
+        request: &str,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        builder.send().await.map_err(|e| from_transport(target, request, e, self.timeout))
+    }
+
+}
+
+/// Redirects: at most 5, and never from https to http.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error("refusing a redirect from https to http")
+        } else if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+fn www_authenticate(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(header::WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok())
+}
+
+fn sensitive(text: &str) -> Result<HeaderValue, ()> {
+    let mut value = HeaderValue::from_str(text).map_err(|_| ())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+async fn read_body(mut response: Response, limit: usize) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests;

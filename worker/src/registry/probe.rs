@@ -1,0 +1,219 @@
+//! The push-rights probe (`POST /v2/<repo>/blobs/uploads/`, then a best-effort `DELETE`)
+//! and the mapping of answers no caller handled.
+
+USE_PROBE
+
+/// The outcome of the upload probe when it did not answer 202.
+enum ProbeFailure {
+    /// 401 with a challenge of another kind than the cached one: the cached `/v2/` answer is
+    /// stale (the registry's auth set-up changed).
+    StaleChallenge(RegistryError),
+    Failed(RegistryError),
+}
+
+impl RegistryClient {
+    /// `POST /v2/<repo>/blobs/uploads/` must answer 202; then the session is cancelled.
+    async fn probe_push(
+        &self,
+        target: &Target,
+        repository: &str,
+        login: Option<&Login>,
+        authorization: &Authorization,
+        challenge: Option<&Challenge>,
+    ) -> Result<(), ProbeFailure> {
+        let request = format!("POST /v2/{repository}/blobs/uploads/");
+        let url = self
+            .url(&format!("v2/{repository}/blobs/uploads/"), target)
+            .map_err(ProbeFailure::Failed)?;
+        let header_value = self.header_value(target, &request, authorization).map_err(ProbeFailure::Failed)?;
+        let mut builder = self.http.post(url).body(Vec::<u8>::new());
+        if let Some(value) = header_value.clone() {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        let response = self.send(target, &request, builder).await.map_err(ProbeFailure::Failed)?;
+        let status = response.status();
+        let username = || login.map_or_else(|| "<anonymous>".to_owned(), |l| l.username.clone());
+        match status {
+            StatusCode::ACCEPTED => {
+                self.cancel_upload(repository, response.headers(), header_value).await;
+                Ok(())
+            }
+            StatusCode::UNAUTHORIZED => {
+                let values: Vec<String> = www_authenticate(response.headers()).map(str::to_owned).collect();
+                let now = challenge::challenge_from_headers(values.iter().map(String::as_str)).ok();
+                let bearer_error = match &now {
+                    Some(Challenge::Bearer { error, .. }) => error.clone(),
+                    _ => None,
+                };
+                let secrets = self.secrets(login, authorization);
+                let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+                let body = self.body_summary(response, &secrets).await;
+                let detail = match &bearer_error {
+                    Some(e) => format!("{body} ({e})"),
+                    None => body,
+                };
+                let err = match (login, bearer_error.as_deref()) {
+                    (None, _) => RegistryError::CredentialsMissing {
+                        target: target.clone(),
+                        request,
+                        scheme: if matches!(now, Some(Challenge::Bearer { .. })) { "Bearer" } else { "Basic" },
+                    },
+                    (Some(l), Some("invalid_token")) => RegistryError::AuthFailed {
+                        target: target.clone(),
+                        request,
+                        username: l.username.clone(),
+                        detail: format!("{detail}: the registry did not accept the token its token service issued"),
+                    },
+                    (Some(_), _) => RegistryError::InsufficientScope {
+                        target: target.clone(),
+                        request,
+                        username: username(),
+                        action: Right::Push,
+                        detail,
+                    },
+                };
+                if now.is_some() && !same_kind(now.as_ref(), challenge) {
+                    Err(ProbeFailure::StaleChallenge(err))
+                } else {
+                    Err(ProbeFailure::Failed(err))
+                }
+            }
+            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                let secrets = self.secrets(login, authorization);
+                let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+                let detail = self.body_summary(response, &secrets).await;
+                Err(ProbeFailure::Failed(RegistryError::Denied {
+                    target: target.clone(),
+                    request,
+                    status: status.as_u16(),
+                    detail,
+                }))
+            }
+            _ => {
+                let secrets = self.secrets(login, authorization);
+                let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+                Err(ProbeFailure::Failed(self.unexpected(target, &request, response, login, &secrets).await))
+            }
+        }
+    }
+
+    /// Best effort `DELETE` of the upload session the probe opened; the outcome is ignored
+    /// (a pull,push token may not delete: 401). Only sent to the registry's own origin.
+    async fn cancel_upload(&self, repository: &str, headers: &HeaderMap, authorization: Option<HeaderValue>) {
+        let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+            tracing::debug!(registry = %self.key, repository, "upload probe answered 202 without Location");
+            return;
+        };
+        let Ok(url) = self.base.join(location) else {
+            return;
+        };
+        if url.origin() != self.base.origin() {
+            tracing::debug!(registry = %self.key, repository, "upload Location on another origin; not cancelled");
+            return;
+        }
+        let mut builder = self.http.delete(url);
+        if let Some(value) = authorization {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match builder.send().await {
+            Ok(r) => tracing::debug!(
+                registry = %self.key, repository, status = r.status().as_u16(),
+                "upload probe session cancelled (status ignored)"
+            ),
+            Err(e) => tracing::debug!(
+                registry = %self.key, repository, error = %e.without_url(),
+                "cancelling the upload probe session failed (ignored)"
+            ),
+        }
+    }
+
+    fn header_value(
+        &self,
+        target: &Target,
+        request: &str,
+        authorization: &Authorization,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        let text = match authorization {
+            Authorization::Anonymous => return Ok(None),
+            Authorization::Basic(value) => value.expose_secret().to_owned(),
+            Authorization::Bearer(token) => format!("Bearer {}", token.expose_secret()),
+        };
+        sensitive(&text).map(Some).map_err(|()| RegistryError::Protocol {
+            target: target.clone(),
+            request: request.to_owned(),
+            detail: "the credentials or token cannot be sent in an HTTP header".to_owned(),
+        })
+    }
+
+    /// Secrets that must not appear in a kept error body.
+    fn secrets(&self, login: Option<&Login>, authorization: &Authorization) -> Vec<SecretString> {
+        let mut out: Vec<SecretString> = login.map(|l| l.password.clone()).into_iter().collect();
+        match authorization {
+            Authorization::Bearer(token) => out.push(token.clone()),
+            Authorization::Basic(value) => out.push(value.clone()),
+            Authorization::Anonymous => {}
+        }
+        out
+    }
+
+    async fn body_summary(&self, response: Response, secrets: &[&str]) -> String {
+        let status = response.status().as_u16();
+        let body = read_body(response, MAX_BODY).await.unwrap_or_default();
+        summarize_body(status, &body, secrets)
+    }
+
+    /// Maps an answer no caller handled: 429, 5xx and 408 as transient, the rest as protocol
+    /// errors.
+    async fn unexpected(
+        &self,
+        target: &Target,
+        request: &str,
+        response: Response,
+        login: Option<&Login>,
+        secrets: &[&str],
+    ) -> RegistryError {
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()));
+            return RegistryError::RateLimited { target: target.clone(), request: request.to_owned(), retry_after };
+        }
+        let mut all: Vec<&str> = secrets.to_vec();
+        if let Some(l) = login {
+            all.push(l.password.expose_secret());
+        }
+        let detail = self.body_summary(response, &all).await;
+        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+            RegistryError::Unreachable { target: target.clone(), request: request.to_owned(), detail, source: None }
+        } else {
+            RegistryError::Protocol { target: target.clone(), request: request.to_owned(), detail }
+        }
+    }
+}
+
+fn same_kind(a: Option<&Challenge>, b: Option<&Challenge>) -> bool {
+    match (a, b) {
+        (Some(Challenge::Bearer { realm: r1, .. }), Some(Challenge::Bearer { realm: r2, .. })) => r1 == r2,
+        (Some(Challenge::Basic), Some(Challenge::Basic)) | (None, None) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_kinds() {
+        let bearer = |realm: &str| Challenge::Bearer { realm: realm.into(), service: None, scope: None, error: None };
+        assert!(same_kind(Some(&bearer("a")), Some(&bearer("a"))));
+        assert!(!same_kind(Some(&bearer("a")), Some(&bearer("b"))));
+        assert!(!same_kind(Some(&bearer("a")), Some(&Challenge::Basic)));
+        assert!(!same_kind(Some(&Challenge::Basic), None));
+        assert!(same_kind(None, None));
+    }
+}
