@@ -3,6 +3,6 @@
 # (Erlang cookie under the state dir, private epmd port, node name).
 # Example: deploy/local/rabbitmqctl.sh list_queues name messages
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 rmqctl "$@"

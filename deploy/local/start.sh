@@ -16,7 +16,7 @@
 # Other knobs: PUSHFLEET_TOKEN_SERVER_BIN (use this binary instead of building it),
 #   PUSHFLEET_STARTUP_TIMEOUT (seconds per component, default 90).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TIMEOUT=${PUSHFLEET_STARTUP_TIMEOUT:-90}

@@ -2,7 +2,7 @@
 # Prints which components of the local pushfleet stack run (pid, address).
 # Exit status: 0 if all run, 3 if some or all are stopped.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 echo "pushfleet local stack ($PF_STATE):"

@@ -3,13 +3,15 @@
 #
 # Usage: deploy/local/stop.sh [--purge] [COMPONENT...]
 #   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry (default: all, plus
-#   RabbitMQ's epmd and any straggler carrying this stack's marker, e.g. dockerd's containerd)
+#   RabbitMQ's epmd and any other process carrying this stack's marker: first processes
+#   started with lib.sh's `launch` that are no component (a demo worker), last stragglers
+#   such as the containerd of a killed dockerd)
 #   --purge: afterwards remove the whole state directory (data, secrets, logs); only with all
 #   components.
 # Idempotent: stopping what is not running does nothing. Only processes whose pid file names a
 # live process carrying PUSHFLEET_STACK_OWNER=<this state dir> in its environment are touched.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 purge=""
@@ -18,7 +20,7 @@ for arg in "$@"; do
     case $arg in
     --purge) purge=1 ;;
     -h | --help)
-        sed -n '2,11p' "$0"
+        sed -n '2,13p' "$0"
         exit 0
         ;;
     rabbitmq | dockerd | token-server | basic-registry | token-registry) wanted+=("$arg") ;;
@@ -94,6 +96,30 @@ stop_dockerd() {
     done
 }
 
+# True if process $1 is, or descends from, one of the pids in $2 (space separated).
+within() {
+    local pid=$1 known=" $2 " i
+    for ((i = 0; i < 64 && pid > 1; i++)); do
+        [[ $known == *" $pid "* ]] && return 0
+        pid=$(awk '{print $4}' "/proc/$pid/stat" 2>/dev/null) || return 1
+        [[ -n $pid ]] || return 1
+    done
+    return 1
+}
+
+if [[ -n $all ]]; then
+    # First whatever else carries our marker and is no component nor a child of one (e.g. a
+    # worker launched with lib.sh's `launch`, as demo.sh does): it may need the broker and
+    # the daemon to shut down cleanly, so it goes before them.
+    known=""
+    for c in epmd "${PF_COMPONENTS[@]}"; do known+=" $(pid_of "$c")"; done
+    for p in $(pids_with_mark); do
+        within "$p" "$known" && continue
+        log "stopping pid $p (not a component): $({ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | cut -c1-100)"
+        end_pid "$p" 15 || true
+    done
+fi
+
 for c in "${wanted[@]}"; do
     case $c in
     rabbitmq) stop_rabbitmq ;;
@@ -106,7 +132,7 @@ if [[ -n $all ]]; then
     stop_simple epmd 10
     # Anything else still carrying our marker (should be nothing).
     for p in $(pids_with_mark); do
-        log "stopping straggler pid $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-120)"
+        log "stopping straggler pid $p: $({ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | cut -c1-120)"
         end_pid "$p" 10 || true
     done
 fi

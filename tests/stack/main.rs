@@ -6,3 +6,4 @@ mod broker;
 mod daemon;
 mod pipeline;
 mod registries;
+mod registry_client;

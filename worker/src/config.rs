@@ -56,12 +56,27 @@ pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 60;
 /// The largest accepted `worker.shutdown_grace_s`.
 pub const MAX_SHUTDOWN_GRACE_S: u64 = 3600;
 
+/// `worker.max_attempts` when not set: attempts of a job failing retryably before it is dead.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// `worker.retry_min_delay_ms` when not set: the delay before the second attempt.
+pub const DEFAULT_RETRY_MIN_DELAY_MS: u64 = 5_000;
+/// `worker.retry_max_delay_s` when not set: the longest delay between attempts (before jitter).
+pub const DEFAULT_RETRY_MAX_DELAY_S: u64 = 300;
+
 /// The origin the `config` crate gives every value that came from an `Environment` source.
 const ENV_ORIGIN: &str = "the environment";
 
 const ROOT_KEYS: &[&str] = &["amqp", "worker", "docker", "registries"];
 const AMQP_KEYS: &[&str] = &["url", "password_file", "topology_prefix"];
-const WORKER_KEYS: &[&str] = &["id", "concurrency", "job_timeout_s", "shutdown_grace_s"];
+const WORKER_KEYS: &[&str] = &[
+    "id",
+    "concurrency",
+    "job_timeout_s",
+    "shutdown_grace_s",
+    "max_attempts",
+    "retry_min_delay_ms",
+    "retry_max_delay_s",
+];
 const DOCKER_KEYS: &[&str] = &["host"];
 const REGISTRY_KEYS: &[&str] = &[
     "url",
@@ -209,6 +224,12 @@ pub struct WorkerConfig {
     pub job_timeout_s: u64,
     /// How long a shutdown waits for running jobs, in seconds.
     pub shutdown_grace_s: u64,
+    /// Attempts of a job failing retryably, the first included, before it is `dead`.
+    pub max_attempts: u32,
+    /// The delay before the second attempt, in milliseconds (doubling after each attempt).
+    pub retry_min_delay_ms: u64,
+    /// The longest delay between two attempts, in seconds (before jitter).
+    pub retry_max_delay_s: u64,
 }
 
 impl WorkerConfig {
@@ -226,6 +247,15 @@ impl WorkerConfig {
     /// The AMQP prefetch count: one unacked delivery per concurrent job.
     pub fn prefetch(&self) -> u16 {
         self.concurrency
+    }
+
+    /// How failed attempts are retried.
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            max_attempts: self.max_attempts,
+            min_delay: Duration::from_millis(self.retry_min_delay_ms),
+            max_delay: Duration::from_secs(self.retry_max_delay_s),
+        }
     }
 }
 
@@ -1092,12 +1122,31 @@ fn read_worker(mut s: Section<'_>, problems: &mut Problems) -> Option<WorkerConf
         DEFAULT_SHUTDOWN_GRACE_S,
         |v| in_range(to_u64(v)?, 0, MAX_SHUTDOWN_GRACE_S, ""),
     );
+    let max_attempts = s.get_or(problems, "max_attempts", u64::from(DEFAULT_MAX_ATTEMPTS), |v| {
+        let n = in_range(to_u64(v)?, 1, 100, "")?;
+        u32::try_from(n).map_err(|_| "must be at most 100".to_owned())
+    });
+    let retry_min_delay_ms = s.get_or(
+        problems,
+        "retry_min_delay_ms",
+        DEFAULT_RETRY_MIN_DELAY_MS,
+        |v| in_range(to_u64(v)?, 10, 3_600_000, ""),
+    );
+    let retry_max_delay_s = s.get_or(
+        problems,
+        "retry_max_delay_s",
+        DEFAULT_RETRY_MAX_DELAY_S,
+        |v| in_range(to_u64(v)?, 1, 86_400, ""),
+    );
     s.finish(problems);
     Some(WorkerConfig {
         id: id?,
         concurrency: concurrency?,
         job_timeout_s: job_timeout_s?,
         shutdown_grace_s: shutdown_grace_s?,
+        max_attempts: max_attempts?,
+        retry_min_delay_ms: retry_min_delay_ms?,
+        retry_max_delay_s: retry_max_delay_s?,
     })
 }
 
@@ -1477,6 +1526,11 @@ impl fmt::Display for Description<'_> {
         )?;
         writeln!(f, "  job timeout:      {} s", c.worker.job_timeout_s)?;
         writeln!(f, "  shutdown grace:   {} s", c.worker.shutdown_grace_s)?;
+        writeln!(
+            f,
+            "  retries:          {} attempts, delay {} ms doubling up to {} s",
+            c.worker.max_attempts, c.worker.retry_min_delay_ms, c.worker.retry_max_delay_s
+        )?;
         writeln!(f, "registries ({})", c.registries.len())?;
         for r in c.registries.iter() {
             writeln!(f, "  {}", r.key)?;
@@ -1659,6 +1713,9 @@ namespaces = ["scratch"]
                 concurrency: 8,
                 job_timeout_s: 600,
                 shutdown_grace_s: 30,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                retry_min_delay_ms: DEFAULT_RETRY_MIN_DELAY_MS,
+                retry_max_delay_s: DEFAULT_RETRY_MAX_DELAY_S,
             }
         );
         assert_eq!(config.worker.job_timeout(), Duration::from_secs(600));

@@ -180,6 +180,13 @@ pub struct Credentials {
     pub password: SecretString,
 }
 
+impl Credentials {
+    /// Credentials from a user name and a password (a `String`, `&str` or `SecretString`).
+    pub fn new(username: impl Into<String>, password: impl Into<SecretString>) -> Self {
+        Self { username: username.into(), password: password.into() }
+    }
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")

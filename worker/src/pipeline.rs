@@ -21,6 +21,7 @@ use pushfleet_shared::job::ValidJob;
 use tokio::sync::watch;
 
 use crate::config::{Config, Registry};
+
 use crate::credentials::Credentials;
 use crate::daemon::{Daemon, DaemonError, PushProgress};
 use crate::failure::{Coded, JobFailure};

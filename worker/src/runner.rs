@@ -103,7 +103,7 @@ pub async fn run(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Res
     broker::declare_topology(publisher.channel(), &topology).await?;
 
     let channel = consume_conn.create_channel().await?;
-    let prefetch = u16::try_from(config.worker.concurrency).unwrap_or(u16::MAX);
+    let prefetch = config.worker.prefetch();
     channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
     let consumer_tag = format!("{worker_id}-{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
@@ -124,8 +124,8 @@ pub async fn run(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Res
         publisher,
         topology,
         worker_id,
-        job_timeout: Duration::from_secs(u64::from(config.worker.job_timeout_s)),
-        retry: RetryPolicy::default(),
+        job_timeout: config.worker.job_timeout(),
+        retry: config.worker.retry_policy(),
     });
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -148,7 +148,7 @@ pub async fn run(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Res
         warn!(error = %e, "basic.cancel failed");
     }
     tracker.close();
-    let grace = Duration::from_secs(u64::from(config.worker.shutdown_grace_s));
+    let grace = config.worker.shutdown_grace();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(?grace, "jobs still running after the grace period: they return to the queue");
     }

@@ -1,16 +1,28 @@
 //! Getting an authorisation: the `/v2/` challenge, Basic credentials check, Bearer tokens.
 
-USE_AUTH
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::StatusCode;
+use reqwest::header;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::cache::{self, Authorization};
+use super::challenge::{self, Challenge};
+use super::error::{RegistryError, Target, from_transport};
+use super::{Credentials, MAX_BODY, RegistryClient, read_body, sensitive, www_authenticate};
 
 /// The actions a token is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Actions {
+pub(super) enum Actions {
     Pull,
     PullPush,
 }
 
 impl Actions {
-    fn scope(self, repository: &str) -> String {
+    pub(super) fn scope(self, repository: &str) -> String {
         match self {
             Self::Pull => format!("repository:{repository}:pull"),
             Self::PullPush => format!("repository:{repository}:pull,push"),
@@ -20,7 +32,10 @@ impl Actions {
 
 impl RegistryClient {
     /// The `/v2/` challenge, from the cache or by `GET /v2/`; the flag says it was cached.
-    async fn challenge(&self, target: &Target) -> Result<(Option<Challenge>, bool), RegistryError> {
+    pub(super) async fn challenge(
+        &self,
+        target: &Target,
+    ) -> Result<(Option<Challenge>, bool), RegistryError> {
         if let Some(challenge) = self.lock().ping(Instant::now()) {
             return Ok((challenge, true));
         }
@@ -35,7 +50,7 @@ impl RegistryClient {
                 Ok(c) => Some(c),
                 Err(e) => {
                     return Err(RegistryError::Protocol {
-                        target: target.clone(),
+                        target: target.boxed(),
                         request: request.to_owned(),
                         detail: e.to_string(),
                     });
@@ -44,7 +59,7 @@ impl RegistryClient {
         } else if status == StatusCode::FORBIDDEN {
             let detail = self.body_summary(response, &[]).await;
             return Err(RegistryError::Denied {
-                target: target.clone(),
+                target: target.boxed(),
                 request: request.to_owned(),
                 status: status.as_u16(),
                 detail,
@@ -59,11 +74,11 @@ impl RegistryClient {
     /// Obtains an authorisation for `repository` under `challenge`, and how long to reuse it.
     /// `check_basic` verifies Basic credentials with `GET /v2/` (preflight); without it they
     /// are checked by the request that uses them.
-    async fn authorize(
+    pub(super) async fn authorize(
         &self,
         target: &Target,
         repository: &str,
-        login: Option<&Login>,
+        login: Option<&Credentials>,
         challenge: Option<&Challenge>,
         actions: Actions,
         check_basic: bool,
@@ -73,7 +88,7 @@ impl RegistryClient {
             Some(Challenge::Basic) => {
                 let Some(login) = login else {
                     return Err(RegistryError::CredentialsMissing {
-                        target: target.clone(),
+                        target: target.boxed(),
                         request: "GET /v2/".to_owned(),
                         scheme: "Basic",
                     });
@@ -85,16 +100,24 @@ impl RegistryClient {
                 Ok((authorization, cache::BASIC_TTL))
             }
             Some(Challenge::Bearer { realm, service, .. }) => {
-                self.fetch_token(target, repository, login, realm, service.as_deref(), actions).await
+                self.fetch_token(
+                    target,
+                    repository,
+                    login,
+                    realm,
+                    service.as_deref(),
+                    actions,
+                )
+                .await
             }
         }
     }
 
     /// `GET /v2/` with Basic credentials: 200 means they are right.
-    async fn check_basic(
+    pub(super) async fn check_basic(
         &self,
         target: &Target,
-        login: &Login,
+        login: &Credentials,
         authorization: &Authorization,
     ) -> Result<(), RegistryError> {
         let request = "GET /v2/ (credentials check)";
@@ -109,39 +132,47 @@ impl RegistryClient {
             return Ok(());
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            let detail = self.body_summary(response, &[login.password.expose_secret()]).await;
+            let detail = self
+                .body_summary(response, &[login.password.expose_secret()])
+                .await;
             return Err(RegistryError::AuthFailed {
-                target: target.clone(),
+                target: target.boxed(),
                 request: request.to_owned(),
                 username: login.username.clone(),
                 detail,
             });
         }
-        Err(self.unexpected(target, request, response, Some(login), &[]).await)
+        Err(self
+            .unexpected(target, request, response, Some(login), &[])
+            .await)
     }
 
     /// Asks the token service for a token with `actions` on `repository`.
-    async fn fetch_token(
+    pub(super) async fn fetch_token(
         &self,
         target: &Target,
         repository: &str,
-        login: Option<&Login>,
+        login: Option<&Credentials>,
         realm: &str,
         service: Option<&str>,
         actions: Actions,
     ) -> Result<(Authorization, Duration), RegistryError> {
         let protocol = |detail: String| RegistryError::Protocol {
-            target: target.clone(),
+            target: target.boxed(),
             request: "GET /v2/".to_owned(),
             detail,
         };
-        let mut url = self
-            .base
-            .join(realm)
-            .map_err(|e| protocol(format!("the Bearer challenge's realm {realm:?} is not a URL: {e}")))?;
+        let mut url = self.base.join(realm).map_err(|e| {
+            protocol(format!(
+                "the Bearer challenge's realm {realm:?} is not a URL: {e}"
+            ))
+        })?;
         match (self.base.scheme(), url.scheme()) {
             ("https", "http") => {
-                return Err(RegistryError::InsecureRealm { target: target.clone(), realm: url.to_string() });
+                return Err(RegistryError::InsecureRealm {
+                    target: target.boxed(),
+                    realm: url.to_string(),
+                });
             }
             (_, "http" | "https") => {}
             (_, other) => return Err(protocol(format!("the token realm has scheme `{other}`"))),
@@ -161,7 +192,7 @@ impl RegistryClient {
         if let Some(login) = login {
             let value = sensitive(basic_header(login).expose_secret()).map_err(|()| {
                 RegistryError::InvalidEndpoint {
-                    target: target.clone(),
+                    target: target.boxed(),
                     reason: "the user name cannot be sent in an HTTP header".to_owned(),
                 }
             })?;
@@ -169,49 +200,60 @@ impl RegistryClient {
         }
         let response = self.send(target, &request, builder).await?;
         let status = response.status();
-        let secrets: Vec<&str> = login.map(|l| l.password.expose_secret()).into_iter().collect();
+        let secrets: Vec<&str> = login
+            .map(|l| l.password.expose_secret())
+            .into_iter()
+            .collect();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let detail = self.body_summary(response, &secrets).await;
             return Err(match login {
                 Some(l) => RegistryError::AuthFailed {
-                    target: target.clone(),
+                    target: target.boxed(),
                     request,
                     username: l.username.clone(),
                     detail,
                 },
-                None => RegistryError::CredentialsMissing { target: target.clone(), request, scheme: "Bearer" },
+                None => RegistryError::CredentialsMissing {
+                    target: target.boxed(),
+                    request,
+                    scheme: "Bearer",
+                },
             });
         }
         if !status.is_success() {
-            return Err(self.unexpected(target, &request, response, login, &secrets).await);
+            return Err(self
+                .unexpected(target, &request, response, login, &secrets)
+                .await);
         }
         let body = read_body(response, MAX_BODY)
             .await
             .map_err(|e| from_transport(target, &request, e, self.timeout))?;
         let token = parse_token_response(&body).map_err(|detail| RegistryError::Protocol {
-            target: target.clone(),
+            target: target.boxed(),
             request: request.clone(),
             detail,
         })?;
-        Ok((Authorization::Bearer(token.token), cache::token_validity(token.expires_in)))
+        Ok((
+            Authorization::Bearer(token.token),
+            cache::token_validity(token.expires_in),
+        ))
     }
-
 }
 
-fn scheme_name(authorization: &Authorization) -> &'static str {
+pub(super) fn scheme_name(authorization: &Authorization) -> &'static str {
     match authorization {
         Authorization::Bearer(_) => "Bearer",
         _ => "Basic",
     }
 }
 
-fn basic_header(login: &Login) -> SecretString {
+pub(super) fn basic_header(login: &Credentials) -> SecretString {
     let raw = format!("{}:{}", login.username, login.password.expose_secret());
     SecretString::from(format!("Basic {}", STANDARD.encode(raw)))
 }
 
 /// The realm without its query, for messages.
-fn realm_label(url: &Url) -> String {
+pub(super) fn realm_label(url: &Url) -> String {
     let mut u = url.clone();
     u.set_query(None);
     u.set_fragment(None);
@@ -219,14 +261,14 @@ fn realm_label(url: &Url) -> String {
 }
 
 /// A parsed token response.
-struct TokenResponse {
+pub(super) struct TokenResponse {
     token: SecretString,
     expires_in: Option<u64>,
 }
 
 /// Parses `{"token": .., "access_token": .., "expires_in": ..}` (either token field; `token`
 /// wins; `expires_in` as a number or a numeric string). The error text never holds the body.
-fn parse_token_response(body: &[u8]) -> Result<TokenResponse, String> {
+pub(super) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, String> {
     #[derive(serde::Deserialize)]
     struct Raw {
         #[serde(default)]
@@ -261,23 +303,30 @@ mod tests {
 
     #[test]
     fn token_responses() {
-        let r = parse_token_response(br#"{"token":"abc","access_token":"def","expires_in":300}"#).expect("ok");
+        let r = parse_token_response(br#"{"token":"abc","access_token":"def","expires_in":300}"#)
+            .expect("ok");
         assert_eq!(r.token.expose_secret(), "abc");
         assert_eq!(r.expires_in, Some(300));
         let r = parse_token_response(br#"{"access_token":"def"}"#).expect("ok");
         assert_eq!(r.token.expose_secret(), "def");
         assert_eq!(r.expires_in, None);
-        let r = parse_token_response(br#"{"token":"","access_token":"def","expires_in":"60"}"#).expect("ok");
+        let r = parse_token_response(br#"{"token":"","access_token":"def","expires_in":"60"}"#)
+            .expect("ok");
         assert_eq!(r.token.expose_secret(), "def");
         assert_eq!(r.expires_in, Some(60));
         assert!(parse_token_response(br#"{"expires_in":60}"#).is_err());
-        let e = parse_token_response(br#"{"token": "secret-tok"#).err().unwrap_or_default();
+        let e = parse_token_response(br#"{"token": "secret-tok"#)
+            .err()
+            .unwrap_or_default();
         assert!(!e.contains("secret-tok"), "{e}");
     }
 
     #[test]
     fn scopes() {
-        assert_eq!(Actions::PullPush.scope("team-a/app"), "repository:team-a/app:pull,push");
+        assert_eq!(
+            Actions::PullPush.scope("team-a/app"),
+            "repository:team-a/app:pull,push"
+        );
         assert_eq!(Actions::Pull.scope("x"), "repository:x:pull");
     }
 }

@@ -23,7 +23,10 @@ pub(crate) const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 /// tenth of it, at least 5 s and at most 60 s (a push started just before expiry must still
 /// find it valid at the registry), capped at [`MAX_TOKEN_TTL`]. Zero when too short to reuse.
 pub(crate) fn token_validity(expires_in: Option<u64>) -> Duration {
-    let lifetime = expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_TTL).min(MAX_TOKEN_TTL);
+    let lifetime = expires_in
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_TTL)
+        .min(MAX_TOKEN_TTL);
     let margin = (lifetime / 10).clamp(Duration::from_secs(5), Duration::from_secs(60));
     lifetime.saturating_sub(margin)
 }
@@ -139,11 +142,19 @@ mod tests {
     use super::*;
 
     fn key(repo: &str) -> AccessKey {
-        AccessKey { repository: repo.into(), username: "u".into(), credential: 7 }
+        AccessKey {
+            repository: repo.into(),
+            username: "u".into(),
+            credential: 7,
+        }
     }
 
     fn entry(push: bool, expires_at: Instant) -> AccessEntry {
-        AccessEntry { authorization: Authorization::Bearer("t".into()), push, expires_at }
+        AccessEntry {
+            authorization: Authorization::Bearer("t".into()),
+            push,
+            expires_at,
+        }
     }
 
     #[test]
@@ -164,8 +175,16 @@ mod tests {
         let mut cache = Cache::default();
         cache.put_access(key("a/b"), entry(true, t0 + Duration::from_secs(270)), t0);
         assert!(cache.access(&key("a/b"), true, t0).is_some());
-        assert!(cache.access(&key("a/b"), true, t0 + Duration::from_secs(269)).is_some());
-        assert!(cache.access(&key("a/b"), true, t0 + Duration::from_secs(270)).is_none());
+        assert!(
+            cache
+                .access(&key("a/b"), true, t0 + Duration::from_secs(269))
+                .is_some()
+        );
+        assert!(
+            cache
+                .access(&key("a/b"), true, t0 + Duration::from_secs(270))
+                .is_none()
+        );
         assert_eq!(cache.len(), 0, "expired entry removed");
     }
 
@@ -175,9 +194,15 @@ mod tests {
         let mut cache = Cache::default();
         cache.put_access(key("a/b"), entry(true, t0 + Duration::from_secs(10)), t0);
         assert!(cache.access(&key("a/c"), false, t0).is_none());
-        let rotated = AccessKey { credential: 8, ..key("a/b") };
+        let rotated = AccessKey {
+            credential: 8,
+            ..key("a/b")
+        };
         assert!(cache.access(&rotated, false, t0).is_none());
-        let other_user = AccessKey { username: "v".into(), ..key("a/b") };
+        let other_user = AccessKey {
+            username: "v".into(),
+            ..key("a/b")
+        };
         assert!(cache.access(&other_user, false, t0).is_none());
     }
 
@@ -190,7 +215,9 @@ mod tests {
         assert!(cache.access(&key("a/b"), false, t0).is_some());
         cache.put_access(key("a/b"), entry(true, t0 + Duration::from_secs(10)), t0);
         cache.put_access(key("a/b"), entry(false, t0 + Duration::from_secs(20)), t0);
-        let kept = cache.access(&key("a/b"), true, t0).expect("push entry kept");
+        let kept = cache
+            .access(&key("a/b"), true, t0)
+            .expect("push entry kept");
         assert_eq!(kept.expires_at, t0 + Duration::from_secs(10));
         // Once the push entry has expired, a pull entry may take its place.
         let t1 = t0 + Duration::from_secs(11);
@@ -204,7 +231,14 @@ mod tests {
         let mut cache = Cache::default();
         let later = t0 + Duration::from_secs(60);
         cache.put_access(key("a/b"), entry(true, later), t0);
-        cache.put_access(AccessKey { username: "v".into(), ..key("a/b") }, entry(true, later), t0);
+        cache.put_access(
+            AccessKey {
+                username: "v".into(),
+                ..key("a/b")
+            },
+            entry(true, later),
+            t0,
+        );
         cache.put_access(key("a/c"), entry(true, later), t0);
         cache.invalidate_repository("a/b");
         assert_eq!(cache.len(), 1);
@@ -219,7 +253,10 @@ mod tests {
         let mut cache = Cache::default();
         assert_eq!(cache.ping(t0), None);
         cache.put_ping(Some(Challenge::Basic), t0);
-        assert_eq!(cache.ping(t0 + PING_TTL - Duration::from_secs(1)), Some(Some(Challenge::Basic)));
+        assert_eq!(
+            cache.ping(t0 + PING_TTL - Duration::from_secs(1)),
+            Some(Some(Challenge::Basic))
+        );
         assert_eq!(cache.ping(t0 + PING_TTL), None);
         cache.put_ping(None, t0);
         assert_eq!(cache.ping(t0), Some(None));

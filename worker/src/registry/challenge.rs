@@ -30,7 +30,10 @@ pub(crate) struct RawChallenge {
 impl RawChallenge {
     /// The first value of parameter `name` (give it lowercased).
     pub(crate) fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -52,7 +55,10 @@ impl fmt::Display for ChallengeSyntaxError {
 pub(crate) fn parse_www_authenticate(
     header: &str,
 ) -> Result<Vec<RawChallenge>, ChallengeSyntaxError> {
-    let mut p = Parser { s: header.as_bytes(), pos: 0 };
+    let mut p = Parser {
+        s: header.as_bytes(),
+        pos: 0,
+    };
     let mut out = Vec::new();
     loop {
         p.skip_ws_and_commas();
@@ -198,7 +204,9 @@ pub(crate) fn select(challenges: &[RawChallenge]) -> Result<Challenge, Challenge
     if challenges.is_empty() {
         Err(ChallengeError::Missing)
     } else {
-        Err(ChallengeError::Unsupported(challenges.iter().map(|c| c.scheme.clone()).collect()))
+        Err(ChallengeError::Unsupported(
+            challenges.iter().map(|c| c.scheme.clone()).collect(),
+        ))
     }
 }
 
@@ -295,7 +303,10 @@ impl Parser<'_> {
         loop {
             match self.peek() {
                 None => {
-                    return Err(ChallengeSyntaxError { at: open, what: "unterminated quoted string" });
+                    return Err(ChallengeSyntaxError {
+                        at: open,
+                        what: "unterminated quoted string",
+                    });
                 }
                 Some(b'"') => {
                     self.pos += 1;
@@ -336,16 +347,23 @@ mod tests {
     }
 
     fn params(c: &RawChallenge) -> Vec<(&str, &str)> {
-        c.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+        c.params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     #[test]
     fn bearer_realm_and_service() {
-        let c = one(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com""#);
+        let c =
+            one(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com""#);
         assert_eq!(c.scheme, "bearer");
         assert_eq!(
             params(&c),
-            [("realm", "https://auth.example.com/token"), ("service", "registry.example.com")]
+            [
+                ("realm", "https://auth.example.com/token"),
+                ("service", "registry.example.com")
+            ]
         );
         assert_eq!(c.token68, None);
     }
@@ -387,20 +405,36 @@ mod tests {
     fn scheme_and_parameter_names_are_case_insensitive_values_are_not() {
         let c = one(r#"BEARER Realm="http://A/Token",SERVICE="Svc""#);
         assert_eq!(c.scheme, "bearer");
-        assert_eq!(params(&c), [("realm", "http://A/Token"), ("service", "Svc")]);
+        assert_eq!(
+            params(&c),
+            [("realm", "http://A/Token"), ("service", "Svc")]
+        );
         assert_eq!(one("bAsIc realm=x").scheme, "basic");
     }
 
     #[test]
     fn white_space_around_equals_and_commas() {
         let c = one("Bearer  realm = \"r\" ,\tservice= \"s\" , scope =\"repository:x:pull\"");
-        assert_eq!(params(&c), [("realm", "r"), ("service", "s"), ("scope", "repository:x:pull")]);
+        assert_eq!(
+            params(&c),
+            [
+                ("realm", "r"),
+                ("service", "s"),
+                ("scope", "repository:x:pull")
+            ]
+        );
     }
 
     #[test]
     fn unquoted_values_are_accepted_leniently() {
         let c = one("Bearer realm=https://auth.example/token?x=1,service=registry");
-        assert_eq!(params(&c), [("realm", "https://auth.example/token?x=1"), ("service", "registry")]);
+        assert_eq!(
+            params(&c),
+            [
+                ("realm", "https://auth.example/token?x=1"),
+                ("service", "registry")
+            ]
+        );
     }
 
     #[test]
@@ -412,7 +446,10 @@ mod tests {
     #[test]
     fn equals_and_commas_inside_quotes_do_not_split() {
         let c = one(r#"Bearer realm="https://a/token?x=1,y=2",service="s""#);
-        assert_eq!(params(&c), [("realm", "https://a/token?x=1,y=2"), ("service", "s")]);
+        assert_eq!(
+            params(&c),
+            [("realm", "https://a/token?x=1,y=2"), ("service", "s")]
+        );
     }
 
     #[test]
@@ -465,7 +502,10 @@ mod tests {
         assert_eq!(parse_www_authenticate(""), Ok(vec![]));
         assert_eq!(parse_www_authenticate(" ,, "), Ok(vec![]));
         assert_eq!(challenge_from_headers([""]), Err(ChallengeError::Missing));
-        assert_eq!(challenge_from_headers(std::iter::empty()), Err(ChallengeError::Missing));
+        assert_eq!(
+            challenge_from_headers(std::iter::empty()),
+            Err(ChallengeError::Missing)
+        );
     }
 
     #[test]
@@ -486,7 +526,10 @@ mod tests {
         assert!(parse_www_authenticate(r#"Bearer realm="x" junk"#).is_err());
         // `realm=` with no value reads as a token68, which leaves Bearer without a realm.
         assert_eq!(one("Bearer realm=").token68.as_deref(), Some("realm="));
-        assert_eq!(challenge_from_headers(["Bearer realm="]), Err(ChallengeError::BearerWithoutRealm));
+        assert_eq!(
+            challenge_from_headers(["Bearer realm="]),
+            Err(ChallengeError::BearerWithoutRealm)
+        );
         assert!(parse_www_authenticate("Bearer\"realm\"").is_err());
         assert!(matches!(
             challenge_from_headers([r#"Bearer realm="x" junk"#]),
@@ -509,7 +552,10 @@ mod tests {
     #[test]
     fn unsupported_schemes_are_named() {
         let e = challenge_from_headers(["Negotiate, NTLM"]).expect_err("unsupported");
-        assert_eq!(e, ChallengeError::Unsupported(vec!["negotiate".into(), "ntlm".into()]));
+        assert_eq!(
+            e,
+            ChallengeError::Unsupported(vec!["negotiate".into(), "ntlm".into()])
+        );
         assert!(e.to_string().contains("negotiate, ntlm"), "{e}");
     }
 

@@ -22,6 +22,13 @@ pub struct Target {
     pub repository: Option<String>,
 }
 
+impl Target {
+    /// A boxed copy (errors box their target to stay small).
+    pub(crate) fn boxed(&self) -> Box<Target> {
+        Box::new(self.clone())
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "registry `{}`", self.registry)?;
@@ -41,7 +48,7 @@ pub enum RegistryError {
     #[error("{target}: invalid registry endpoint: {reason}")]
     InvalidEndpoint {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// What is wrong.
         reason: String,
     },
@@ -49,7 +56,7 @@ pub enum RegistryError {
     #[error("{target}: invalid {what} {value:?}: {reason}")]
     InvalidName {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// `repository name` or `tag or digest`.
         what: &'static str,
         /// The offending value.
@@ -61,7 +68,7 @@ pub enum RegistryError {
     #[error("{target}: {request}: registry unreachable: {detail}")]
     Unreachable {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The request, e.g. `GET /v2/`.
         request: String,
         /// What happened.
@@ -74,7 +81,7 @@ pub enum RegistryError {
     #[error("{target}: {request}: TLS certificate verification failed: {detail}")]
     TlsFailed {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The request.
         request: String,
         /// What rustls reported.
@@ -89,7 +96,7 @@ pub enum RegistryError {
     )]
     CredentialsMissing {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The request that was refused.
         request: String,
         /// `Basic` or `Bearer`.
@@ -99,7 +106,7 @@ pub enum RegistryError {
     #[error("{target}: {request}: the credentials of user `{username}` were refused: {detail}")]
     AuthFailed {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The request that was refused.
         request: String,
         /// The user name (not a secret).
@@ -109,10 +116,12 @@ pub enum RegistryError {
     },
     /// Valid credentials without the right to `action` the repository (401 after a
     /// successful login, typically `error="insufficient_scope"`).
-    #[error("{target}: {request}: user `{username}` has no {action} rights on the repository: {detail}")]
+    #[error(
+        "{target}: {request}: user `{username}` has no {action} rights on the repository: {detail}"
+    )]
     InsufficientScope {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The request that was refused.
         request: String,
         /// The user name.
@@ -126,7 +135,7 @@ pub enum RegistryError {
     #[error("{target}: {request}: access denied (HTTP {status}): {detail}")]
     Denied {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The request that was refused.
         request: String,
         /// The HTTP status.
@@ -138,7 +147,7 @@ pub enum RegistryError {
     #[error("{target}: {request}: rate limited (HTTP 429){}", retry_after_text(.retry_after))]
     RateLimited {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The request that was refused.
         request: String,
         /// How long the server asked to wait (`Retry-After`).
@@ -149,7 +158,7 @@ pub enum RegistryError {
     #[error("{target}: {request}: unexpected answer: {detail}")]
     Protocol {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The request.
         request: String,
         /// What was wrong with the answer.
@@ -161,7 +170,7 @@ pub enum RegistryError {
     )]
     InsecureRealm {
         /// Registry and repository.
-        target: Target,
+        target: Box<Target>,
         /// The realm URL (holds no secret).
         realm: String,
     },
@@ -259,7 +268,10 @@ impl Coded for RegistryError {
             Self::Denied { status: 405, .. } => "the registry does not accept pushes (read-only \
                  mode or a pull-through cache): push to a writable registry"
                 .to_owned(),
-            Self::InsufficientScope { action: Right::Pull, .. } => "the account may not read this \
+            Self::InsufficientScope {
+                action: Right::Pull,
+                ..
+            } => "the account may not read this \
                  repository: grant it pull rights"
                 .to_owned(),
             Self::AuthFailed { request, .. } if request.contains("token") => "the registry's \
@@ -284,7 +296,7 @@ pub(crate) fn from_transport(
     if is_tls_verification_failure(&causes) {
         let detail = causes.last().cloned().unwrap_or_default();
         return RegistryError::TlsFailed {
-            target: target.clone(),
+            target: target.boxed(),
             request: request.to_owned(),
             detail,
             source: err,
@@ -299,7 +311,7 @@ pub(crate) fn from_transport(
         root
     };
     RegistryError::Unreachable {
-        target: target.clone(),
+        target: target.boxed(),
         request: request.to_owned(),
         detail,
         source: Some(err),
@@ -342,12 +354,16 @@ pub(crate) fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Dura
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Absurdly long digit strings saturate instead of failing.
-        return Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)));
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let format = time::macros::format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
-    let at = time::PrimitiveDateTime::parse(value, format).ok()?.assume_utc();
+    let at = time::PrimitiveDateTime::parse(value, format)
+        .ok()?
+        .assume_utc();
     let delta = at - now;
     Some(if delta.is_negative() {
         Duration::ZERO
@@ -409,7 +425,11 @@ pub(crate) fn summarize_body(status: u16, body: &[u8], secrets: &[&str]) -> Stri
     } else {
         text
     };
-    if text.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {text}") }
+    if text.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {text}")
+    }
 }
 
 #[cfg(test)]
@@ -418,13 +438,19 @@ mod tests {
     use time::macros::datetime;
 
     fn target() -> Target {
-        Target { registry: "harbor".into(), repository: Some("production/myapp".into()) }
+        Target {
+            registry: "harbor".into(),
+            repository: Some("production/myapp".into()),
+        }
     }
 
     #[test]
     fn retry_after_seconds() {
         let now = datetime!(2026-01-01 00:00:00 UTC);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         assert_eq!(
             parse_retry_after("99999999999999999999999", now),
@@ -441,13 +467,23 @@ mod tests {
         );
         // In the past: no wait.
         let later = datetime!(1994-11-06 09:00:00 UTC);
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", later), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", later),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
     fn retry_after_garbage() {
         let now = datetime!(2026-01-01 00:00:00 UTC);
-        for bad in ["", "soon", "-5", "1.5", "Sun, 06 Nov 1994 08:49:37 CET", "2026-01-01"] {
+        for bad in [
+            "",
+            "soon",
+            "-5",
+            "1.5",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "2026-01-01",
+        ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
     }
@@ -460,7 +496,10 @@ mod tests {
             "InvalidCertificate(NotValidForName)",
         ];
         for text in yes {
-            assert!(is_tls_verification_failure(&["client error (Connect)".into(), text.into()]));
+            assert!(is_tls_verification_failure(&[
+                "client error (Connect)".into(),
+                text.into()
+            ]));
         }
         assert!(!is_tls_verification_failure(&[
             "client error (Connect)".into(),
@@ -476,7 +515,10 @@ mod tests {
             "HTTP 401: UNAUTHORIZED: bad password [REDACTED]"
         );
         assert_eq!(summarize_body(502, b"", &[]), "HTTP 502");
-        assert_eq!(summarize_body(502, b"<h1>Bad\nGateway</h1>", &[]), "HTTP 502: <h1>Bad Gateway</h1>");
+        assert_eq!(
+            summarize_body(502, b"<h1>Bad\nGateway</h1>", &[]),
+            "HTTP 502: <h1>Bad Gateway</h1>"
+        );
         let long = "x".repeat(1000);
         assert!(summarize_body(500, long.as_bytes(), &[]).chars().count() < 320);
         // Short secrets are not scrubbed (they would blank out ordinary words).
@@ -487,7 +529,7 @@ mod tests {
     fn codes_and_retryable() {
         let t = target();
         let rate = RegistryError::RateLimited {
-            target: t.clone(),
+            target: t.boxed(),
             request: "POST /v2/production/myapp/blobs/uploads/".into(),
             retry_after: Some(Duration::from_secs(30)),
         };
@@ -499,7 +541,7 @@ mod tests {
             "registry `harbor`, repository `production/myapp`: POST /v2/production/myapp/blobs/uploads/: rate limited (HTTP 429), retry after 30 s"
         );
         let denied = RegistryError::Denied {
-            target: t.clone(),
+            target: t.boxed(),
             request: "POST".into(),
             status: 404,
             detail: "HTTP 404: NAME_UNKNOWN".into(),
@@ -508,15 +550,21 @@ mod tests {
         assert!(denied.hint().contains("project"));
         assert!(!denied.is_retryable());
         let proto = RegistryError::Protocol {
-            target: Target { registry: "r".into(), repository: None },
+            target: Box::new(Target {
+                registry: "r".into(),
+                repository: None,
+            }),
             request: "GET /v2/".into(),
             detail: "x".into(),
         };
         assert_eq!(proto.code(), ErrorCode::PushFailed);
-        assert_eq!(proto.to_string(), "registry `r`: GET /v2/: unexpected answer: x");
+        assert_eq!(
+            proto.to_string(),
+            "registry `r`: GET /v2/: unexpected answer: x"
+        );
         assert_eq!(proto.retry_after(), None);
         let unreachable = RegistryError::Unreachable {
-            target: t,
+            target: t.boxed(),
             request: "GET /v2/".into(),
             detail: "HTTP 503".into(),
             source: None,

@@ -53,9 +53,12 @@
 //! `https_only`, and a redirect from `https` to `http` is refused. Every request has a time
 //! limit ([`DEFAULT_REQUEST_TIMEOUT`] unless given to [`RegistryClient::with_timeout`]).
 
+mod auth;
 mod cache;
 mod challenge;
 mod error;
+mod names;
+mod probe;
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -64,17 +67,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Response, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use self::auth::{Actions, scheme_name};
 use self::cache::{AccessEntry, AccessKey, Authorization, Cache};
-use self::challenge::Challenge;
+use self::error::from_transport;
 pub use self::error::{RegistryError, Right, Target};
-use self::error::{from_transport, parse_retry_after, summarize_body};
+use self::names::{validate_reference, validate_repository};
+use self::probe::ProbeFailure;
+/// Re-exported: [`Credentials`] and [`PushAccess`] hold [`SecretString`]s.
+pub use secrecy::{ExposeSecret, SecretString};
+pub use crate::credentials::Credentials;
 
 /// Time limit of one registry request (connect, send, answer and body).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,32 +111,10 @@ impl fmt::Debug for RegistryEndpoint {
         f.debug_struct("RegistryEndpoint")
             .field("key", &self.key)
             .field("base_url", &self.base_url.as_str())
-            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
-            .finish()
-    }
-}
-
-/// A user name and password for a registry. `Debug` hides the password.
-#[derive(Clone)]
-pub struct Login {
-    /// The user name (not secret; appears in error messages).
-    pub username: String,
-    /// The password or access token.
-    pub password: SecretString,
-}
-
-impl Login {
-    /// A login from a user name and a password.
-    pub fn new(username: impl Into<String>, password: SecretString) -> Self {
-        Self { username: username.into(), password }
-    }
-}
-
-impl fmt::Debug for Login {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Login")
-            .field("username", &self.username)
-            .field("password", &"[REDACTED]")
+            .field(
+                "ca_pem",
+                &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())),
+            )
             .finish()
     }
 }
@@ -176,9 +159,10 @@ impl PushAccess {
         match &self.authorization {
             Authorization::Anonymous => None,
             Authorization::Basic(value) => Some(value.clone()),
-            Authorization::Bearer(token) => {
-                Some(SecretString::from(format!("Bearer {}", token.expose_secret())))
-            }
+            Authorization::Bearer(token) => Some(SecretString::from(format!(
+                "Bearer {}",
+                token.expose_secret()
+            ))),
         }
     }
 }
@@ -192,8 +176,6 @@ impl fmt::Debug for PushAccess {
             .finish()
     }
 }
-
-
 
 /// The client of one registry endpoint. Cheap to share (`Arc`); all methods take `&self`.
 pub struct RegistryClient {
@@ -224,9 +206,18 @@ impl RegistryClient {
     }
 
     /// A client for `endpoint` whose requests each get at most `timeout`.
-    pub fn with_timeout(endpoint: RegistryEndpoint, timeout: Duration) -> Result<Self, RegistryError> {
-        let target = Target { registry: endpoint.key.clone(), repository: None };
-        let invalid = |reason: String| RegistryError::InvalidEndpoint { target: target.clone(), reason };
+    pub fn with_timeout(
+        endpoint: RegistryEndpoint,
+        timeout: Duration,
+    ) -> Result<Self, RegistryError> {
+        let target = Target {
+            registry: endpoint.key.clone(),
+            repository: None,
+        };
+        let invalid = |reason: String| RegistryError::InvalidEndpoint {
+            target: target.boxed(),
+            reason,
+        };
         let base = endpoint.base_url;
         let https = match base.scheme() {
             "https" => true,
@@ -299,7 +290,7 @@ impl RegistryClient {
     pub async fn preflight_push(
         &self,
         repository: &str,
-        login: Option<&Login>,
+        login: Option<&Credentials>,
     ) -> Result<PushAccess, RegistryError> {
         let target = self.target(repository);
         validate_repository(&target, repository)?;
@@ -317,9 +308,25 @@ impl RegistryClient {
             let (challenge, ping_cached) = self.challenge(&target).await?;
             let obtained_at = Instant::now();
             let (authorization, validity) = self
-                .authorize(&target, repository, login, challenge.as_ref(), Actions::PullPush, true)
+                .authorize(
+                    &target,
+                    repository,
+                    login,
+                    challenge.as_ref(),
+                    Actions::PullPush,
+                    true,
+                )
                 .await?;
-            match self.probe_push(&target, repository, login, &authorization, challenge.as_ref()).await {
+            match self
+                .probe_push(
+                    &target,
+                    repository,
+                    login,
+                    &authorization,
+                    challenge.as_ref(),
+                )
+                .await
+            {
                 Ok(()) => {
                     let valid_until = obtained_at + validity;
                     if !validity.is_zero() {
@@ -331,7 +338,11 @@ impl RegistryClient {
                         self.lock().put_access(key, entry, Instant::now());
                     }
                     tracing::debug!(registry = %self.key, repository, "push access proven");
-                    return Ok(PushAccess { authorization, valid_until, cached: false });
+                    return Ok(PushAccess {
+                        authorization,
+                        valid_until,
+                        cached: false,
+                    });
                 }
                 Err(ProbeFailure::StaleChallenge(e)) => {
                     self.lock().drop_ping();
@@ -354,7 +365,7 @@ impl RegistryClient {
         &self,
         repository: &str,
         reference: &str,
-        login: Option<&Login>,
+        login: Option<&Credentials>,
     ) -> Result<Option<String>, RegistryError> {
         let target = self.target(repository);
         validate_repository(&target, repository)?;
@@ -372,7 +383,14 @@ impl RegistryClient {
                     let (challenge, _) = self.challenge(&target).await?;
                     let obtained_at = Instant::now();
                     let (authorization, validity) = self
-                        .authorize(&target, repository, login, challenge.as_ref(), Actions::Pull, false)
+                        .authorize(
+                            &target,
+                            repository,
+                            login,
+                            challenge.as_ref(),
+                            Actions::Pull,
+                            false,
+                        )
                         .await?;
                     if !validity.is_zero() {
                         let entry = AccessEntry {
@@ -385,7 +403,10 @@ impl RegistryClient {
                     authorization
                 }
             };
-            let mut builder = self.http.head(url.clone()).header(header::ACCEPT, MANIFEST_ACCEPT);
+            let mut builder = self
+                .http
+                .head(url.clone())
+                .header(header::ACCEPT, MANIFEST_ACCEPT);
             if let Some(value) = self.header_value(&target, &request, &authorization)? {
                 builder = builder.header(header::AUTHORIZATION, value);
             }
@@ -402,9 +423,12 @@ impl RegistryClient {
                     return match digest {
                         Some(d) => Ok(Some(d.to_owned())),
                         None => Err(RegistryError::Protocol {
-                            target,
+                            target: target.boxed(),
                             request,
-                            detail: format!("HTTP {} without a Docker-Content-Digest header", s.as_u16()),
+                            detail: format!(
+                                "HTTP {} without a Docker-Content-Digest header",
+                                s.as_u16()
+                            ),
                         }),
                     };
                 }
@@ -419,26 +443,27 @@ impl RegistryClient {
                         tracing::debug!(registry = %self.key, repository, "401 on manifest HEAD; retrying with fresh auth");
                         continue;
                     }
-                    let bearer_error = challenge::bearer_error(www_authenticate(response.headers()));
+                    let bearer_error =
+                        challenge::bearer_error(www_authenticate(response.headers()));
                     let detail = match &bearer_error {
                         Some(e) => format!("HTTP 401 ({e})"),
                         None => "HTTP 401".to_owned(),
                     };
                     return Err(match (login, bearer_error.as_deref()) {
                         (None, _) => RegistryError::CredentialsMissing {
-                            target,
+                            target: target.boxed(),
                             request,
                             scheme: scheme_name(&authorization),
                         },
                         (Some(l), Some("insufficient_scope")) => RegistryError::InsufficientScope {
-                            target,
+                            target: target.boxed(),
                             request,
                             username: l.username.clone(),
                             action: Right::Pull,
                             detail,
                         },
                         (Some(l), _) => RegistryError::AuthFailed {
-                            target,
+                            target: target.boxed(),
                             request,
                             username: l.username.clone(),
                             detail,
@@ -447,13 +472,17 @@ impl RegistryClient {
                 }
                 StatusCode::FORBIDDEN => {
                     return Err(RegistryError::Denied {
-                        target,
+                        target: target.boxed(),
                         request,
                         status: status.as_u16(),
                         detail: "HTTP 403".to_owned(),
                     });
                 }
-                _ => return Err(self.unexpected(&target, &request, response, login, &[]).await),
+                _ => {
+                    return Err(self
+                        .unexpected(&target, &request, response, login, &[])
+                        .await);
+                }
             }
         }
     }
@@ -469,29 +498,42 @@ impl RegistryClient {
     fn lock(&self) -> MutexGuard<'_, Cache> {
         // The cache holds plain data: a panic elsewhere cannot leave it half-updated in a way
         // that matters, so a poisoned lock is used as is.
-        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn target(&self, repository: &str) -> Target {
-        Target { registry: self.key.clone(), repository: Some(repository.to_owned()) }
+        Target {
+            registry: self.key.clone(),
+            repository: Some(repository.to_owned()),
+        }
     }
 
-    fn access_key(&self, repository: &str, login: Option<&Login>) -> AccessKey {
+    fn access_key(&self, repository: &str, login: Option<&Credentials>) -> AccessKey {
         match login {
             Some(l) => AccessKey {
                 repository: repository.to_owned(),
                 username: l.username.clone(),
-                credential: self.hasher.hash_one((&l.username, l.password.expose_secret())),
+                credential: self
+                    .hasher
+                    .hash_one((&l.username, l.password.expose_secret())),
             },
-            None => AccessKey { repository: repository.to_owned(), username: String::new(), credential: 0 },
+            None => AccessKey {
+                repository: repository.to_owned(),
+                username: String::new(),
+                credential: 0,
+            },
         }
     }
 
     fn url(&self, path: &str, target: &Target) -> Result<Url, RegistryError> {
-        self.base.join(path).map_err(|e| RegistryError::InvalidEndpoint {
-            target: target.clone(),
-            reason: format!("cannot build the URL for {path}: {e}"),
-        })
+        self.base
+            .join(path)
+            .map_err(|e| RegistryError::InvalidEndpoint {
+                target: target.boxed(),
+                reason: format!("cannot build the URL for {path}: {e}"),
+            })
     }
 
     async fn send(
@@ -501,9 +543,11 @@ impl RegistryClient {
         builder: reqwest::RequestBuilder,
     ) -> Result<Response, RegistryError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        builder.send().await.map_err(|e| from_transport(target, request, e, self.timeout))
+        builder
+            .send()
+            .await
+            .map_err(|e| from_transport(target, request, e, self.timeout))
     }
-
 }
 
 /// Redirects: at most 5, and never from https to http.
@@ -522,7 +566,10 @@ fn redirect_policy() -> reqwest::redirect::Policy {
 }
 
 fn www_authenticate(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers.get_all(header::WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok())
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
 }
 
 fn sensitive(text: &str) -> Result<HeaderValue, ()> {

@@ -1,10 +1,19 @@
 //! The push-rights probe (`POST /v2/<repo>/blobs/uploads/`, then a best-effort `DELETE`)
 //! and the mapping of answers no caller handled.
 
-USE_PROBE
+use std::sync::atomic::Ordering;
+
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Response, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::cache::Authorization;
+use super::challenge::{self, Challenge};
+use super::error::{RegistryError, Right, Target, parse_retry_after, summarize_body};
+use super::{Credentials, MAX_BODY, RegistryClient, read_body, sensitive, www_authenticate};
 
 /// The outcome of the upload probe when it did not answer 202.
-enum ProbeFailure {
+pub(super) enum ProbeFailure {
     /// 401 with a challenge of another kind than the cached one: the cached `/v2/` answer is
     /// stale (the registry's auth set-up changed).
     StaleChallenge(RegistryError),
@@ -13,11 +22,11 @@ enum ProbeFailure {
 
 impl RegistryClient {
     /// `POST /v2/<repo>/blobs/uploads/` must answer 202; then the session is cancelled.
-    async fn probe_push(
+    pub(super) async fn probe_push(
         &self,
         target: &Target,
         repository: &str,
-        login: Option<&Login>,
+        login: Option<&Credentials>,
         authorization: &Authorization,
         challenge: Option<&Challenge>,
     ) -> Result<(), ProbeFailure> {
@@ -25,21 +34,29 @@ impl RegistryClient {
         let url = self
             .url(&format!("v2/{repository}/blobs/uploads/"), target)
             .map_err(ProbeFailure::Failed)?;
-        let header_value = self.header_value(target, &request, authorization).map_err(ProbeFailure::Failed)?;
+        let header_value = self
+            .header_value(target, &request, authorization)
+            .map_err(ProbeFailure::Failed)?;
         let mut builder = self.http.post(url).body(Vec::<u8>::new());
         if let Some(value) = header_value.clone() {
             builder = builder.header(header::AUTHORIZATION, value);
         }
-        let response = self.send(target, &request, builder).await.map_err(ProbeFailure::Failed)?;
+        let response = self
+            .send(target, &request, builder)
+            .await
+            .map_err(ProbeFailure::Failed)?;
         let status = response.status();
         let username = || login.map_or_else(|| "<anonymous>".to_owned(), |l| l.username.clone());
         match status {
             StatusCode::ACCEPTED => {
-                self.cancel_upload(repository, response.headers(), header_value).await;
+                self.cancel_upload(repository, response.headers(), header_value)
+                    .await;
                 Ok(())
             }
             StatusCode::UNAUTHORIZED => {
-                let values: Vec<String> = www_authenticate(response.headers()).map(str::to_owned).collect();
+                let values: Vec<String> = www_authenticate(response.headers())
+                    .map(str::to_owned)
+                    .collect();
                 let now = challenge::challenge_from_headers(values.iter().map(String::as_str)).ok();
                 let bearer_error = match &now {
                     Some(Challenge::Bearer { error, .. }) => error.clone(),
@@ -54,18 +71,24 @@ impl RegistryClient {
                 };
                 let err = match (login, bearer_error.as_deref()) {
                     (None, _) => RegistryError::CredentialsMissing {
-                        target: target.clone(),
+                        target: target.boxed(),
                         request,
-                        scheme: if matches!(now, Some(Challenge::Bearer { .. })) { "Bearer" } else { "Basic" },
+                        scheme: if matches!(now, Some(Challenge::Bearer { .. })) {
+                            "Bearer"
+                        } else {
+                            "Basic"
+                        },
                     },
                     (Some(l), Some("invalid_token")) => RegistryError::AuthFailed {
-                        target: target.clone(),
+                        target: target.boxed(),
                         request,
                         username: l.username.clone(),
-                        detail: format!("{detail}: the registry did not accept the token its token service issued"),
+                        detail: format!(
+                            "{detail}: the registry did not accept the token its token service issued"
+                        ),
                     },
                     (Some(_), _) => RegistryError::InsufficientScope {
-                        target: target.clone(),
+                        target: target.boxed(),
                         request,
                         username: username(),
                         action: Right::Push,
@@ -83,7 +106,7 @@ impl RegistryClient {
                 let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
                 let detail = self.body_summary(response, &secrets).await;
                 Err(ProbeFailure::Failed(RegistryError::Denied {
-                    target: target.clone(),
+                    target: target.boxed(),
                     request,
                     status: status.as_u16(),
                     detail,
@@ -92,14 +115,22 @@ impl RegistryClient {
             _ => {
                 let secrets = self.secrets(login, authorization);
                 let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
-                Err(ProbeFailure::Failed(self.unexpected(target, &request, response, login, &secrets).await))
+                Err(ProbeFailure::Failed(
+                    self.unexpected(target, &request, response, login, &secrets)
+                        .await,
+                ))
             }
         }
     }
 
     /// Best effort `DELETE` of the upload session the probe opened; the outcome is ignored
     /// (a pull,push token may not delete: 401). Only sent to the registry's own origin.
-    async fn cancel_upload(&self, repository: &str, headers: &HeaderMap, authorization: Option<HeaderValue>) {
+    pub(super) async fn cancel_upload(
+        &self,
+        repository: &str,
+        headers: &HeaderMap,
+        authorization: Option<HeaderValue>,
+    ) {
         let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
             tracing::debug!(registry = %self.key, repository, "upload probe answered 202 without Location");
             return;
@@ -128,7 +159,7 @@ impl RegistryClient {
         }
     }
 
-    fn header_value(
+    pub(super) fn header_value(
         &self,
         target: &Target,
         request: &str,
@@ -139,15 +170,21 @@ impl RegistryClient {
             Authorization::Basic(value) => value.expose_secret().to_owned(),
             Authorization::Bearer(token) => format!("Bearer {}", token.expose_secret()),
         };
-        sensitive(&text).map(Some).map_err(|()| RegistryError::Protocol {
-            target: target.clone(),
-            request: request.to_owned(),
-            detail: "the credentials or token cannot be sent in an HTTP header".to_owned(),
-        })
+        sensitive(&text)
+            .map(Some)
+            .map_err(|()| RegistryError::Protocol {
+                target: target.boxed(),
+                request: request.to_owned(),
+                detail: "the credentials or token cannot be sent in an HTTP header".to_owned(),
+            })
     }
 
     /// Secrets that must not appear in a kept error body.
-    fn secrets(&self, login: Option<&Login>, authorization: &Authorization) -> Vec<SecretString> {
+    pub(super) fn secrets(
+        &self,
+        login: Option<&Credentials>,
+        authorization: &Authorization,
+    ) -> Vec<SecretString> {
         let mut out: Vec<SecretString> = login.map(|l| l.password.clone()).into_iter().collect();
         match authorization {
             Authorization::Bearer(token) => out.push(token.clone()),
@@ -157,7 +194,7 @@ impl RegistryClient {
         out
     }
 
-    async fn body_summary(&self, response: Response, secrets: &[&str]) -> String {
+    pub(super) async fn body_summary(&self, response: Response, secrets: &[&str]) -> String {
         let status = response.status().as_u16();
         let body = read_body(response, MAX_BODY).await.unwrap_or_default();
         summarize_body(status, &body, secrets)
@@ -165,12 +202,12 @@ impl RegistryClient {
 
     /// Maps an answer no caller handled: 429, 5xx and 408 as transient, the rest as protocol
     /// errors.
-    async fn unexpected(
+    pub(super) async fn unexpected(
         &self,
         target: &Target,
         request: &str,
         response: Response,
-        login: Option<&Login>,
+        login: Option<&Credentials>,
         secrets: &[&str],
     ) -> RegistryError {
         let status = response.status();
@@ -180,7 +217,11 @@ impl RegistryClient {
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()));
-            return RegistryError::RateLimited { target: target.clone(), request: request.to_owned(), retry_after };
+            return RegistryError::RateLimited {
+                target: target.boxed(),
+                request: request.to_owned(),
+                retry_after,
+            };
         }
         let mut all: Vec<&str> = secrets.to_vec();
         if let Some(l) = login {
@@ -188,16 +229,27 @@ impl RegistryClient {
         }
         let detail = self.body_summary(response, &all).await;
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-            RegistryError::Unreachable { target: target.clone(), request: request.to_owned(), detail, source: None }
+            RegistryError::Unreachable {
+                target: target.boxed(),
+                request: request.to_owned(),
+                detail,
+                source: None,
+            }
         } else {
-            RegistryError::Protocol { target: target.clone(), request: request.to_owned(), detail }
+            RegistryError::Protocol {
+                target: target.boxed(),
+                request: request.to_owned(),
+                detail,
+            }
         }
     }
 }
 
-fn same_kind(a: Option<&Challenge>, b: Option<&Challenge>) -> bool {
+pub(super) fn same_kind(a: Option<&Challenge>, b: Option<&Challenge>) -> bool {
     match (a, b) {
-        (Some(Challenge::Bearer { realm: r1, .. }), Some(Challenge::Bearer { realm: r2, .. })) => r1 == r2,
+        (Some(Challenge::Bearer { realm: r1, .. }), Some(Challenge::Bearer { realm: r2, .. })) => {
+            r1 == r2
+        }
         (Some(Challenge::Basic), Some(Challenge::Basic)) | (None, None) => true,
         _ => false,
     }
@@ -209,7 +261,12 @@ mod tests {
 
     #[test]
     fn challenge_kinds() {
-        let bearer = |realm: &str| Challenge::Bearer { realm: realm.into(), service: None, scope: None, error: None };
+        let bearer = |realm: &str| Challenge::Bearer {
+            realm: realm.into(),
+            service: None,
+            scope: None,
+            error: None,
+        };
         assert!(same_kind(Some(&bearer("a")), Some(&bearer("a"))));
         assert!(!same_kind(Some(&bearer("a")), Some(&bearer("b"))));
         assert!(!same_kind(Some(&bearer("a")), Some(&Challenge::Basic)));

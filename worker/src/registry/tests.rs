@@ -1,193 +1,289 @@
 //! The client against canned HTTP answers on loopback (the real registries are exercised by
 //! `tests/stack/registry_client.rs`).
 
+use super::auth::basic_header;
+use super::challenge::Challenge;
 use super::*;
 use crate::failure::Coded;
 use pushfleet_shared::ErrorCode;
 
-    fn endpoint(url: &str) -> RegistryEndpoint {
-        RegistryEndpoint { key: "local".into(), base_url: Url::parse(url).expect("url"), ca_pem: None }
+fn endpoint(url: &str) -> RegistryEndpoint {
+    RegistryEndpoint {
+        key: "local".into(),
+        base_url: Url::parse(url).expect("url"),
+        ca_pem: None,
     }
+}
 
-    #[test]
-    fn endpoint_urls_are_checked() {
-        assert!(RegistryClient::new(endpoint("http://127.0.0.1:5001")).is_ok());
-        assert!(RegistryClient::new(endpoint("https://registry.example.com/")).is_ok());
-        for bad in [
-            "ftp://x",
-            "http://127.0.0.1:5001/prefix",
-            "http://127.0.0.1:5001/?q=1",
-            "https://user:pa55word@registry.example.com",
-        ] {
-            let e = RegistryClient::new(endpoint(bad)).expect_err(bad);
-            assert_eq!(e.code(), ErrorCode::PushFailed, "{bad}");
-            assert!(!e.to_string().contains("pa55word"), "{e}");
-            assert!(!format!("{e:?}").contains("pa55word"), "{e:?}");
-        }
-        let mut with_bad_ca = endpoint("https://registry.example.com");
-        with_bad_ca.ca_pem = Some(b"not a certificate".to_vec());
-        let e = RegistryClient::new(with_bad_ca).expect_err("bad CA");
-        assert!(e.to_string().contains("CA bundle"), "{e}");
-        assert!(RegistryClient::with_timeout(endpoint("http://x:1"), Duration::ZERO).is_err());
+#[test]
+fn endpoint_urls_are_checked() {
+    assert!(RegistryClient::new(endpoint("http://127.0.0.1:5001")).is_ok());
+    assert!(RegistryClient::new(endpoint("https://registry.example.com/")).is_ok());
+    for bad in [
+        "ftp://x",
+        "http://127.0.0.1:5001/prefix",
+        "http://127.0.0.1:5001/?q=1",
+        "https://user:pa55word@registry.example.com",
+    ] {
+        let e = RegistryClient::new(endpoint(bad)).expect_err(bad);
+        assert_eq!(e.code(), ErrorCode::PushFailed, "{bad}");
+        assert!(!e.to_string().contains("pa55word"), "{e}");
+        assert!(!format!("{e:?}").contains("pa55word"), "{e:?}");
     }
+    let mut with_bad_ca = endpoint("https://registry.example.com");
+    with_bad_ca.ca_pem = Some(b"not a certificate".to_vec());
+    let e = RegistryClient::new(with_bad_ca).expect_err("bad CA");
+    assert!(e.to_string().contains("CA bundle"), "{e}");
+    assert!(RegistryClient::with_timeout(endpoint("http://x:1"), Duration::ZERO).is_err());
+}
 
-    #[test]
-    fn secrets_stay_out_of_debug() {
-        let login = Login::new("bob", SecretString::from("hunter2-pw"));
-        assert!(!format!("{login:?}").contains("hunter2"));
-        let access = PushAccess {
-            authorization: Authorization::Bearer("tok-123456".into()),
-            valid_until: Instant::now(),
-            cached: false,
-        };
-        assert!(!format!("{access:?}").contains("tok-123456"));
-        assert_eq!(access.scheme(), AuthScheme::Bearer);
-        assert_eq!(
-            access.authorization_header().map(|h| h.expose_secret().to_owned()).as_deref(),
-            Some("Bearer tok-123456")
-        );
-        assert_eq!(basic_header(&login).expose_secret(), "Basic Ym9iOmh1bnRlcjItcHc=");
-    }
+#[test]
+fn secrets_stay_out_of_debug() {
+    let login = Credentials::new("bob", SecretString::from("hunter2-pw"));
+    assert!(!format!("{login:?}").contains("hunter2"));
+    let access = PushAccess {
+        authorization: Authorization::Bearer("tok-123456".into()),
+        valid_until: Instant::now(),
+        cached: false,
+    };
+    assert!(!format!("{access:?}").contains("tok-123456"));
+    assert_eq!(access.scheme(), AuthScheme::Bearer);
+    assert_eq!(
+        access
+            .authorization_header()
+            .map(|h| h.expose_secret().to_owned())
+            .as_deref(),
+        Some("Bearer tok-123456")
+    );
+    assert_eq!(
+        basic_header(&login).expose_secret(),
+        "Basic Ym9iOmh1bnRlcjItcHc="
+    );
+}
 
-    /// A one-shot HTTP server on loopback: answers each accepted connection with the next
-    /// canned response and records the request heads.
-    async fn canned_server(responses: Vec<String>) -> (Url, tokio::task::JoinHandle<Vec<String>>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let handle = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            for response in responses {
-                let Ok((mut socket, _)) = listener.accept().await else { break };
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let Ok(n) = socket.read(&mut buf).await else { break };
-                    if n == 0 {
-                        break;
-                    }
-                    head.extend_from_slice(&buf[..n]);
+/// A one-shot HTTP server on loopback: answers each accepted connection with the next
+/// canned response and records the request heads.
+async fn canned_server(responses: Vec<String>) -> (Url, tokio::task::JoinHandle<Vec<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for response in responses {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                break;
+            };
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let Ok(n) = socket.read(&mut buf).await else {
+                    break;
+                };
+                if n == 0 {
+                    break;
                 }
-                seen.push(String::from_utf8_lossy(&head).into_owned());
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
+                head.extend_from_slice(&buf[..n]);
             }
-            seen
-        });
-        (Url::parse(&format!("http://{addr}")).expect("url"), handle)
-    }
-
-    fn reply(status: &str, headers: &[&str], body: &str) -> String {
-        let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-        for h in headers {
-            out.push_str(h);
-            out.push_str("\r\n");
+            seen.push(String::from_utf8_lossy(&head).into_owned());
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
         }
+        seen
+    });
+    (Url::parse(&format!("http://{addr}")).expect("url"), handle)
+}
+
+fn reply(status: &str, headers: &[&str], body: &str) -> String {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        out.push_str(h);
         out.push_str("\r\n");
-        out.push_str(body);
-        out
     }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out
+}
 
-    #[tokio::test]
-    async fn rate_limit_on_ping_carries_retry_after() {
-        let (url, server) = canned_server(vec![reply("429 Too Many Requests", &["Retry-After: 17"], "")]).await;
-        let client = RegistryClient::new(RegistryEndpoint { key: "hub".into(), base_url: url, ca_pem: None }).expect("client");
-        let e = client.preflight_push("team/app", None).await.expect_err("429");
-        assert_eq!(e.code(), ErrorCode::RegistryRateLimited);
-        assert_eq!(e.retry_after(), Some(Duration::from_secs(17)));
-        assert!(e.is_retryable());
-        assert!(e.to_string().contains("registry `hub`") && e.to_string().contains("team/app"), "{e}");
-        server.await.expect("server");
-    }
+#[tokio::test]
+async fn rate_limit_on_ping_carries_retry_after() {
+    let (url, server) = canned_server(vec![reply(
+        "429 Too Many Requests",
+        &["Retry-After: 17"],
+        "",
+    )])
+    .await;
+    let client = RegistryClient::new(RegistryEndpoint {
+        key: "hub".into(),
+        base_url: url,
+        ca_pem: None,
+    })
+    .expect("client");
+    let e = client
+        .preflight_push("team/app", None)
+        .await
+        .expect_err("429");
+    assert_eq!(e.code(), ErrorCode::RegistryRateLimited);
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(17)));
+    assert!(e.is_retryable());
+    assert!(
+        e.to_string().contains("registry `hub`") && e.to_string().contains("team/app"),
+        "{e}"
+    );
+    server.await.expect("server");
+}
 
-    #[tokio::test]
-    async fn server_error_is_unreachable_and_unparsable_challenge_is_push_failed() {
-        let (url, server) = canned_server(vec![
-            reply("503 Service Unavailable", &[], "maintenance"),
-            reply("401 Unauthorized", &["WWW-Authenticate: Bearer realm=\"unterminated"], ""),
-            reply("404 Not Found", &[], "<html>nope</html>"),
-        ])
-        .await;
-        let client = RegistryClient::new(RegistryEndpoint { key: "k".into(), base_url: url, ca_pem: None }).expect("client");
-        let e = client.preflight_push("a/b", None).await.expect_err("503");
-        assert_eq!(e.code(), ErrorCode::RegistryUnreachable);
-        assert!(e.to_string().contains("HTTP 503: maintenance"), "{e}");
-        let e = client.preflight_push("a/b", None).await.expect_err("bad challenge");
-        assert_eq!(e.code(), ErrorCode::PushFailed);
-        assert!(e.to_string().contains("unterminated quoted string"), "{e}");
-        let e = client.preflight_push("a/b", None).await.expect_err("404");
-        assert_eq!(e.code(), ErrorCode::PushFailed);
-        assert!(!e.is_retryable());
-        server.await.expect("server");
-    }
+#[tokio::test]
+async fn server_error_is_unreachable_and_unparsable_challenge_is_push_failed() {
+    let (url, server) = canned_server(vec![
+        reply("503 Service Unavailable", &[], "maintenance"),
+        reply(
+            "401 Unauthorized",
+            &["WWW-Authenticate: Bearer realm=\"unterminated"],
+            "",
+        ),
+        reply("404 Not Found", &[], "<html>nope</html>"),
+    ])
+    .await;
+    let client = RegistryClient::new(RegistryEndpoint {
+        key: "k".into(),
+        base_url: url,
+        ca_pem: None,
+    })
+    .expect("client");
+    let e = client.preflight_push("a/b", None).await.expect_err("503");
+    assert_eq!(e.code(), ErrorCode::RegistryUnreachable);
+    assert!(e.to_string().contains("HTTP 503: maintenance"), "{e}");
+    let e = client
+        .preflight_push("a/b", None)
+        .await
+        .expect_err("bad challenge");
+    assert_eq!(e.code(), ErrorCode::PushFailed);
+    assert!(e.to_string().contains("unterminated quoted string"), "{e}");
+    let e = client.preflight_push("a/b", None).await.expect_err("404");
+    assert_eq!(e.code(), ErrorCode::PushFailed);
+    assert!(!e.is_retryable());
+    server.await.expect("server");
+}
 
-    #[tokio::test]
-    async fn open_registry_probe_then_cache() {
-        let (url, server) = canned_server(vec![
-            reply("200 OK", &[], "{}"),
-            reply("202 Accepted", &["Location: /v2/a/b/blobs/uploads/123?_state=x"], ""),
-            reply("204 No Content", &[], ""),
-        ])
-        .await;
-        let client = RegistryClient::new(RegistryEndpoint { key: "k".into(), base_url: url, ca_pem: None }).expect("client");
-        let first = client.preflight_push("a/b", None).await.expect("ok");
-        assert!(!first.cached);
-        assert_eq!(first.scheme(), AuthScheme::Anonymous);
-        assert_eq!(client.request_count(), 3);
-        let second = client.preflight_push("a/b", None).await.expect("cached");
-        assert!(second.cached);
-        assert_eq!(client.request_count(), 3, "no request for a cached preflight");
-        let seen = server.await.expect("server");
-        assert!(seen[0].starts_with("GET /v2/ "), "{}", seen[0]);
-        assert!(seen[1].starts_with("POST /v2/a/b/blobs/uploads/ "), "{}", seen[1]);
-        assert!(seen[2].starts_with("DELETE /v2/a/b/blobs/uploads/123?_state=x "), "{}", seen[2]);
-        client.invalidate("a/b");
-        // The server is gone: a fresh preflight must go to the network and fail.
-        let e = client.preflight_push("a/b", None).await.expect_err("server gone");
-        assert_eq!(e.code(), ErrorCode::RegistryUnreachable);
-    }
+#[tokio::test]
+async fn open_registry_probe_then_cache() {
+    let (url, server) = canned_server(vec![
+        reply("200 OK", &[], "{}"),
+        reply(
+            "202 Accepted",
+            &["Location: /v2/a/b/blobs/uploads/123?_state=x"],
+            "",
+        ),
+        reply("204 No Content", &[], ""),
+    ])
+    .await;
+    let client = RegistryClient::new(RegistryEndpoint {
+        key: "k".into(),
+        base_url: url,
+        ca_pem: None,
+    })
+    .expect("client");
+    let first = client.preflight_push("a/b", None).await.expect("ok");
+    assert!(!first.cached);
+    assert_eq!(first.scheme(), AuthScheme::Anonymous);
+    assert_eq!(client.request_count(), 3);
+    let second = client.preflight_push("a/b", None).await.expect("cached");
+    assert!(second.cached);
+    assert_eq!(
+        client.request_count(),
+        3,
+        "no request for a cached preflight"
+    );
+    let seen = server.await.expect("server");
+    assert!(seen[0].starts_with("GET /v2/ "), "{}", seen[0]);
+    assert!(
+        seen[1].starts_with("POST /v2/a/b/blobs/uploads/ "),
+        "{}",
+        seen[1]
+    );
+    assert!(
+        seen[2].starts_with("DELETE /v2/a/b/blobs/uploads/123?_state=x "),
+        "{}",
+        seen[2]
+    );
+    client.invalidate("a/b");
+    // The server is gone: a fresh preflight must go to the network and fail.
+    let e = client
+        .preflight_push("a/b", None)
+        .await
+        .expect_err("server gone");
+    assert_eq!(e.code(), ErrorCode::RegistryUnreachable);
+}
 
-    #[tokio::test]
-    async fn manifest_head_sends_accept_and_reads_digest() {
-        let digest = format!("sha256:{}", "b".repeat(64));
-        let (url, server) = canned_server(vec![
-            reply("200 OK", &[], "{}"),
-            reply("200 OK", &[&format!("Docker-Content-Digest: {digest}")], ""),
-            reply("404 Not Found", &[], ""),
-        ])
-        .await;
-        let client = RegistryClient::new(RegistryEndpoint { key: "k".into(), base_url: url, ca_pem: None }).expect("client");
-        assert_eq!(client.manifest_digest("a/b", "1.0", None).await.expect("ok"), Some(digest));
-        assert_eq!(client.manifest_digest("a/b", "2.0", None).await.expect("ok"), None);
-        let seen = server.await.expect("server");
-        assert!(seen[1].starts_with("HEAD /v2/a/b/manifests/1.0 "), "{}", seen[1]);
-        let head = seen[1].to_ascii_lowercase();
-        for media in [
-            "application/vnd.docker.distribution.manifest.v2+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
-            "application/vnd.oci.image.manifest.v1+json",
-            "application/vnd.oci.image.index.v1+json",
-        ] {
-            assert!(head.contains(media), "{media} in {head}");
-        }
+#[tokio::test]
+async fn manifest_head_sends_accept_and_reads_digest() {
+    let digest = format!("sha256:{}", "b".repeat(64));
+    let (url, server) = canned_server(vec![
+        reply("200 OK", &[], "{}"),
+        reply("200 OK", &[&format!("Docker-Content-Digest: {digest}")], ""),
+        reply("404 Not Found", &[], ""),
+    ])
+    .await;
+    let client = RegistryClient::new(RegistryEndpoint {
+        key: "k".into(),
+        base_url: url,
+        ca_pem: None,
+    })
+    .expect("client");
+    assert_eq!(
+        client
+            .manifest_digest("a/b", "1.0", None)
+            .await
+            .expect("ok"),
+        Some(digest)
+    );
+    assert_eq!(
+        client
+            .manifest_digest("a/b", "2.0", None)
+            .await
+            .expect("ok"),
+        None
+    );
+    let seen = server.await.expect("server");
+    assert!(
+        seen[1].starts_with("HEAD /v2/a/b/manifests/1.0 "),
+        "{}",
+        seen[1]
+    );
+    let head = seen[1].to_ascii_lowercase();
+    for media in [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ] {
+        assert!(head.contains(media), "{media} in {head}");
     }
+}
 
-    #[tokio::test]
-    async fn https_endpoint_refuses_http_realm() {
-        // No network needed: the challenge is served from a primed cache.
-        let client = RegistryClient::new(endpoint("https://registry.example.com")).expect("client");
-        client.lock().put_ping(
-            Some(Challenge::Bearer {
-                realm: "http://auth.example.com/token".into(),
-                service: Some("s".into()),
-                scope: None,
-                error: None,
-            }),
-            Instant::now(),
-        );
-        let login = Login::new("u", SecretString::from("pw-secret"));
-        let e = client.preflight_push("a/b", Some(&login)).await.expect_err("insecure realm");
-        assert!(matches!(e, RegistryError::InsecureRealm { .. }), "{e:?}");
-        assert_eq!(client.request_count(), 0);
-    }
+#[tokio::test]
+async fn https_endpoint_refuses_http_realm() {
+    // No network needed: the challenge is served from a primed cache.
+    let client = RegistryClient::new(endpoint("https://registry.example.com")).expect("client");
+    client.lock().put_ping(
+        Some(Challenge::Bearer {
+            realm: "http://auth.example.com/token".into(),
+            service: Some("s".into()),
+            scope: None,
+            error: None,
+        }),
+        Instant::now(),
+    );
+    let login = Credentials::new("u", SecretString::from("pw-secret"));
+    let e = client
+        .preflight_push("a/b", Some(&login))
+        .await
+        .expect_err("insecure realm");
+    assert!(matches!(e, RegistryError::InsecureRealm { .. }), "{e:?}");
+    assert_eq!(client.request_count(), 0);
 }
