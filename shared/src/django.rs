@@ -24,7 +24,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::job::{JOB_VERSION, JobError, JobOptions, JobTarget, PushJob, ValidJob, find_credential_key};
+use crate::job::{
+    JOB_VERSION, JobError, JobOptions, JobTarget, PushJob, ValidJob, find_credential_key,
+};
 use crate::reference::{ReferenceError, source_reference};
 
 /// The parameters of a Django docker-push step, as stored on the step.
@@ -99,16 +101,20 @@ impl DjangoPushStep {
         if project.is_empty() {
             return Err(DjangoMappingError::ProjectPath(project_path.to_owned()));
         }
-        let name = source.repository().rsplit('/').next().unwrap_or(source.repository());
+        let name = source
+            .repository()
+            .rsplit('/')
+            .next()
+            .unwrap_or(source.repository());
         let registry = match &self.registry_id {
             Value::Number(n) if n.is_u64() => n.to_string(),
             Value::String(s) if !s.trim().is_empty() => s.trim().to_owned(),
             _ => return Err(DjangoMappingError::RegistryId),
         };
-        if let Some(Value::Object(cfg)) = &self.docker_config {
-            if let Some(path) = find_credential_key(cfg, "docker_config") {
-                return Err(JobError::CredentialField { path }.into());
-            }
+        if let Some(Value::Object(cfg)) = &self.docker_config
+            && let Some(path) = find_credential_key(cfg, "docker_config")
+        {
+            return Err(JobError::CredentialField { path }.into());
         }
         let mut django = Map::new();
         django.insert("image".into(), self.image.clone().into());
@@ -175,7 +181,10 @@ mod tests {
         assert_eq!(job.job.target.repository, "production/myapp");
         assert_eq!(job.job.target.tags, ["0722"]);
         let targets = job.targets_at("reg.cyfee.com:10443").expect("targets");
-        assert_eq!(targets[0].to_string(), "reg.cyfee.com:10443/production/myapp:0722");
+        assert_eq!(
+            targets[0].to_string(),
+            "reg.cyfee.com:10443/production/myapp:0722"
+        );
     }
 
     #[test]
@@ -194,9 +203,18 @@ mod tests {
 
     #[test]
     fn no_tag_at_all_pushes_the_sources_own_tag() {
-        assert_eq!(map("myapp:1.2", None).expect("maps").job.target.tags, ["1.2"]);
-        assert_eq!(map("myapp", None).expect("maps").job.target.tags, ["latest"]);
-        assert_eq!(map("myapp", Some("")).expect("maps").job.target.tags, ["latest"]);
+        assert_eq!(
+            map("myapp:1.2", None).expect("maps").job.target.tags,
+            ["1.2"]
+        );
+        assert_eq!(
+            map("myapp", None).expect("maps").job.target.tags,
+            ["latest"]
+        );
+        assert_eq!(
+            map("myapp", Some("")).expect("maps").job.target.tags,
+            ["latest"]
+        );
     }
 
     #[test]
@@ -207,7 +225,9 @@ mod tests {
         }));
         let mut caller = Map::new();
         caller.insert("pipeline_run".into(), json!(812));
-        let job = s.to_job("production", "run-812-step-129", caller).expect("maps");
+        let job = s
+            .to_job("production", "run-812-step-129", caller)
+            .expect("maps");
         let m = &job.job.metadata;
         assert_eq!(m["pipeline_run"], 812);
         assert_eq!(
@@ -220,7 +240,14 @@ mod tests {
     #[test]
     fn string_registry_ids_are_kept() {
         let s = step(json!({"image": "myapp", "tag": "1", "registry_id": " harbor "}));
-        assert_eq!(s.to_job("team-a", "j", Map::new()).expect("maps").job.target.registry, "harbor");
+        assert_eq!(
+            s.to_job("team-a", "j", Map::new())
+                .expect("maps")
+                .job
+                .target
+                .registry,
+            "harbor"
+        );
     }
 
     #[test]
@@ -230,9 +257,15 @@ mod tests {
         let e = map("myapp", Some("bad tag")).expect_err("bad tag");
         assert_eq!(e.code(), crate::ErrorCode::InvalidReference);
         let s = step(json!({"image": "myapp", "registry_id": -1}));
-        assert_eq!(s.to_job("p", "j", Map::new()), Err(DjangoMappingError::RegistryId));
+        assert_eq!(
+            s.to_job("p", "j", Map::new()),
+            Err(DjangoMappingError::RegistryId)
+        );
         let s = step(json!({"image": "myapp", "registry_id": 5}));
-        assert!(matches!(s.to_job("", "j", Map::new()), Err(DjangoMappingError::ProjectPath(_))));
+        assert!(matches!(
+            s.to_job("", "j", Map::new()),
+            Err(DjangoMappingError::ProjectPath(_))
+        ));
         assert!(matches!(
             s.to_job("Production", "j", Map::new()),
             Err(DjangoMappingError::ProjectPath(_))
@@ -243,7 +276,9 @@ mod tests {
     fn credentials_in_docker_config_are_refused() {
         let s = step(json!({"image": "myapp", "tag": "1", "registry_id": 5,
                              "docker_config": {"auth_config": {"username": "u", "password": "p"}}}));
-        let e = s.to_job("production", "j", Map::new()).expect_err("refused");
+        let e = s
+            .to_job("production", "j", Map::new())
+            .expect_err("refused");
         assert!(e.to_string().contains("docker_config.auth_config"), "{e}");
         assert!(!e.to_string().contains("\"p\""));
     }

@@ -215,11 +215,19 @@ mod tests {
 
     #[test]
     fn only_transient_codes_are_retryable() {
-        let retryable: Vec<_> =
-            ErrorCode::ALL.iter().filter(|c| c.retryable()).map(|c| c.as_str()).collect();
+        let retryable: Vec<_> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.retryable())
+            .map(|c| c.as_str())
+            .collect();
         assert_eq!(
             retryable,
-            ["registry_unreachable", "registry_rate_limited", "daemon_unavailable", "timeout"]
+            [
+                "registry_unreachable",
+                "registry_rate_limited",
+                "daemon_unavailable",
+                "timeout"
+            ]
         );
     }
 

@@ -50,7 +50,10 @@ impl JobState {
 
     /// Whether no further event follows for this job.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Dead)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Dead
+        )
     }
 }
 
@@ -71,7 +74,12 @@ pub struct EventError {
 impl EventError {
     /// An error with the code's own `retryable` flag.
     pub fn new(code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retryable: code.retryable(), hint: hint.into() }
+        Self {
+            code,
+            message: message.into(),
+            retryable: code.retryable(),
+            hint: hint.into(),
+        }
     }
 }
 
@@ -268,7 +276,11 @@ mod tests {
     #[test]
     fn failed_event_round_trips_and_omits_empty_fields() {
         let mut e = Event::new(JobState::Failed, Some("j-1".into()), 2, "worker-a");
-        e.error = Some(EventError::new(ErrorCode::RegistryUnreachable, "connection refused", "h"));
+        e.error = Some(EventError::new(
+            ErrorCode::RegistryUnreachable,
+            "connection refused",
+            "h",
+        ));
         e.metadata.insert("step".into(), 129.into());
         let json: Value = serde_json::from_slice(&e.to_json()).expect("json");
         assert_eq!(json["state"], "failed");

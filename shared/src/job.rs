@@ -117,7 +117,9 @@ pub enum JobError {
         found: u64,
     },
     /// `job_id` is empty, too long or has characters outside `[A-Za-z0-9._:-]`.
-    #[error("job_id must be 1 to {MAX_JOB_ID_LEN} characters of letters, digits, '.', '_', ':', '-'")]
+    #[error(
+        "job_id must be 1 to {MAX_JOB_ID_LEN} characters of letters, digits, '.', '_', ':', '-'"
+    )]
     InvalidJobId,
     /// `target.tags` is empty.
     #[error("target.tags is empty: name at least one tag to push")]
@@ -215,7 +217,10 @@ impl ValidJob {
 /// Which field a target error belongs to: a tag error points at the tag, anything else at
 /// the repository.
 fn target_field(tag_index: usize, error: &ReferenceError) -> String {
-    if matches!(error, ReferenceError::InvalidTag { .. } | ReferenceError::TagTooLong { .. }) {
+    if matches!(
+        error,
+        ReferenceError::InvalidTag { .. } | ReferenceError::TagTooLong { .. }
+    ) {
         format!("target.tags[{tag_index}]")
     } else {
         "target.repository".to_owned()
@@ -251,7 +256,9 @@ impl PushJob {
     /// Validates a job built in code (e.g. by the Django mapping).
     pub fn validate(self) -> Result<ValidJob, JobError> {
         if self.version != JOB_VERSION {
-            return Err(JobError::UnsupportedVersion { found: u64::from(self.version) });
+            return Err(JobError::UnsupportedVersion {
+                found: u64::from(self.version),
+            });
         }
         if !is_valid_job_id(&self.job_id) {
             return Err(JobError::InvalidJobId);
@@ -268,16 +275,18 @@ impl PushJob {
                 return Err(JobError::DuplicateTag { tag: tag.clone() });
             }
         }
-        if let Some(t) = self.options.timeout_s {
-            if t == 0 || t > MAX_TIMEOUT_S {
-                return Err(JobError::TimeoutOutOfRange { found: t });
-            }
+        if let Some(t) = self.options.timeout_s
+            && (t == 0 || t > MAX_TIMEOUT_S)
+        {
+            return Err(JobError::TimeoutOutOfRange { found: t });
         }
         if let Some(path) = find_credential_key(&self.metadata, "metadata") {
             return Err(JobError::CredentialField { path });
         }
-        let source = ImageRef::parse(&self.source)
-            .map_err(|source| JobError::Reference { field: "source".to_owned(), source })?;
+        let source = ImageRef::parse(&self.source).map_err(|source| JobError::Reference {
+            field: "source".to_owned(),
+            source,
+        })?;
         let valid = ValidJob { job: self, source };
         valid.targets_at(PLACEHOLDER_HOST)?;
         Ok(valid)
@@ -320,7 +329,9 @@ pub fn peek_metadata(body: &[u8]) -> Map<String, Value> {
 fn is_valid_job_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_JOB_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Key names that mean "this is a secret" wherever they appear.
@@ -342,7 +353,10 @@ pub(crate) fn find_credential_key(map: &Map<String, Value>, prefix: &str) -> Opt
     for (key, value) in map {
         let path = format!("{prefix}.{key}");
         let lower = key.to_ascii_lowercase().replace('-', "_");
-        if CREDENTIAL_KEYS.iter().any(|k| lower == *k || lower.ends_with(&format!("_{k}"))) {
+        if CREDENTIAL_KEYS
+            .iter()
+            .any(|k| lower == *k || lower.ends_with(&format!("_{k}")))
+        {
             return Some(path);
         }
         if let Some(found) = find_credential_in_value(value, &path) {
@@ -418,7 +432,7 @@ mod tests {
     }
 
     fn parse(v: &Value) -> Result<ValidJob, JobError> {
-        PushJob::from_slice(&serde_json::to_vec(v).expect("json"))
+        PushJob::from_slice(v.to_string().as_bytes())
     }
 
     fn with(mut v: Value, path: &[&str], new: Value) -> Value {
@@ -447,12 +461,19 @@ mod tests {
         assert_eq!(valid.job.options.timeout_s, Some(900));
         assert_eq!(valid.job.metadata["pipeline_run"], 812);
         let targets = valid.targets_at("127.0.0.1:5001").expect("targets");
-        assert_eq!(targets[0].to_string(), "127.0.0.1:5001/production/myapp:0722");
+        assert_eq!(
+            targets[0].to_string(),
+            "127.0.0.1:5001/production/myapp:0722"
+        );
     }
 
     #[test]
     fn defaults_apply_to_options_and_metadata() {
-        let v = with(with(good(), &["options"], Value::Null), &["metadata"], Value::Null);
+        let v = with(
+            with(good(), &["options"], Value::Null),
+            &["metadata"],
+            Value::Null,
+        );
         let valid = parse(&v).expect("valid");
         assert_eq!(valid.job.options, JobOptions::default());
         assert!(valid.job.metadata.is_empty());
@@ -479,7 +500,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected_at_every_level_but_metadata() {
-        for path in [&["extra"][..], &["target", "extra"], &["options", "remove_local_tags"]] {
+        for path in [
+            &["extra"][..],
+            &["target", "extra"],
+            &["options", "remove_local_tags"],
+        ] {
             let err = parse(&with(good(), path, json!(true))).expect_err("must fail");
             assert!(matches!(err, JobError::Shape { .. }), "{path:?}: {err}");
             assert!(err.to_string().contains("unknown field"), "{err}");
@@ -490,49 +515,72 @@ mod tests {
 
     #[test]
     fn version_other_than_one_is_unsupported_even_with_new_fields() {
-        let v = with(with(good(), &["version"], json!(2)), &["new_field"], json!(1));
+        let v = with(
+            with(good(), &["version"], json!(2)),
+            &["new_field"],
+            json!(1),
+        );
         assert_eq!(parse(&v), Err(JobError::UnsupportedVersion { found: 2 }));
     }
 
     #[test]
     fn bad_values_get_specific_errors() {
-        let cases: Vec<(Value, fn(&JobError) -> bool)> = vec![
-            (with(good(), &["job_id"], json!("")), |e| matches!(e, JobError::InvalidJobId)),
-            (with(good(), &["job_id"], json!("a b")), |e| matches!(e, JobError::InvalidJobId)),
+        type Check = fn(&JobError) -> bool;
+        let cases: Vec<(Value, Check)> = vec![
+            (with(good(), &["job_id"], json!("")), |e| {
+                matches!(e, JobError::InvalidJobId)
+            }),
+            (with(good(), &["job_id"], json!("a b")), |e| {
+                matches!(e, JobError::InvalidJobId)
+            }),
             (with(good(), &["job_id"], json!("x".repeat(129))), |e| {
                 matches!(e, JobError::InvalidJobId)
             }),
-            (with(good(), &["target", "tags"], json!([])), |e| matches!(e, JobError::NoTags)),
-            (with(good(), &["target", "tags"], json!(["a", "b", "a"])), |e| {
-                matches!(e, JobError::DuplicateTag { tag } if tag == "a")
+            (with(good(), &["target", "tags"], json!([])), |e| {
+                matches!(e, JobError::NoTags)
             }),
-            (with(good(), &["target", "tags"], json!((0..17).map(|i| i.to_string()).collect::<Vec<_>>())), |e| {
-                matches!(e, JobError::TooManyTags { count: 17 })
-            }),
+            (
+                with(good(), &["target", "tags"], json!(["a", "b", "a"])),
+                |e| matches!(e, JobError::DuplicateTag { tag } if tag == "a"),
+            ),
+            (
+                with(
+                    good(),
+                    &["target", "tags"],
+                    json!((0..17).map(|i| i.to_string()).collect::<Vec<_>>()),
+                ),
+                |e| matches!(e, JobError::TooManyTags { count: 17 }),
+            ),
             (with(good(), &["options", "timeout_s"], json!(0)), |e| {
                 matches!(e, JobError::TimeoutOutOfRange { found: 0 })
             }),
             (with(good(), &["options", "timeout_s"], json!(1701)), |e| {
                 matches!(e, JobError::TimeoutOutOfRange { found: 1701 })
             }),
-            (with(good(), &["source"], json!("MyApp:0722")), |e| {
-                matches!(e, JobError::Reference { field, .. } if field == "source")
-            }),
-            (with(good(), &["target", "repository"], json!("Production/myapp")), |e| {
-                matches!(e, JobError::Reference { field, .. } if field == "target.repository")
-            }),
-            (with(good(), &["target", "repository"], json!("a//b")), |e| {
-                matches!(e, JobError::Reference { field, .. } if field == "target.repository")
-            }),
-            (with(good(), &["target", "tags"], json!(["ok", "bad tag"])), |e| {
-                matches!(e, JobError::Reference { field, .. } if field == "target.tags[1]")
-            }),
-            (with(good(), &["metadata", "docker"], json!({"auth_config": {}})), |e| {
-                matches!(e, JobError::CredentialField { path } if path == "metadata.docker.auth_config")
-            }),
-            (with(good(), &["metadata", "list"], json!([{"Password": "x"}])), |e| {
-                matches!(e, JobError::CredentialField { path } if path == "metadata.list[0].Password")
-            }),
+            (
+                with(good(), &["source"], json!("MyApp:0722")),
+                |e| matches!(e, JobError::Reference { field, .. } if field == "source"),
+            ),
+            (
+                with(good(), &["target", "repository"], json!("Production/myapp")),
+                |e| matches!(e, JobError::Reference { field, .. } if field == "target.repository"),
+            ),
+            (
+                with(good(), &["target", "repository"], json!("a//b")),
+                |e| matches!(e, JobError::Reference { field, .. } if field == "target.repository"),
+            ),
+            (
+                with(good(), &["target", "tags"], json!(["ok", "bad tag"])),
+                |e| matches!(e, JobError::Reference { field, .. } if field == "target.tags[1]"),
+            ),
+            (
+                with(good(), &["metadata", "docker"], json!({"auth_config": {}})),
+                |e| matches!(e, JobError::CredentialField { path } if path == "metadata.docker.auth_config"),
+            ),
+            (
+                with(good(), &["metadata", "list"], json!([{"Password": "x"}])),
+                |e| matches!(e, JobError::CredentialField { path } if path == "metadata.list[0].Password"),
+            ),
         ];
         for (i, (v, check)) in cases.iter().enumerate() {
             let err = parse(v).expect_err("must fail");
@@ -557,7 +605,9 @@ mod tests {
         let big = vec![b' '; MAX_JOB_BYTES + 1];
         assert_eq!(
             PushJob::from_slice(&big),
-            Err(JobError::TooLarge { size: MAX_JOB_BYTES + 1 })
+            Err(JobError::TooLarge {
+                size: MAX_JOB_BYTES + 1
+            })
         );
     }
 
@@ -579,8 +629,14 @@ mod tests {
             scrub_serde_message(r#"invalid type: string "a\"b", expected u32 at line 1"#),
             "invalid type: string of 4 characters, expected u32 at line 1"
         );
-        assert_eq!(scrub_serde_message(r#"x string "abc"#), "x string (value withheld)");
-        assert_eq!(scrub_serde_message("missing field `job_id`"), "missing field `job_id`");
+        assert_eq!(
+            scrub_serde_message(r#"x string "abc"#),
+            "x string (value withheld)"
+        );
+        assert_eq!(
+            scrub_serde_message("missing field `job_id`"),
+            "missing field `job_id`"
+        );
     }
 
     #[test]

@@ -26,12 +26,15 @@ pub fn event_schema() -> Value {
 
 /// Every schema as `(file name, pretty JSON text with a final newline)`.
 pub fn schema_files() -> Vec<(&'static str, String)> {
-    [(JOB_SCHEMA_FILE, job_schema()), (EVENT_SCHEMA_FILE, event_schema())]
-        .into_iter()
-        .map(|(name, value)| {
-            let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
-            text.push('\n');
-            (name, text)
-        })
-        .collect()
+    [
+        (JOB_SCHEMA_FILE, job_schema()),
+        (EVENT_SCHEMA_FILE, event_schema()),
+    ]
+    .into_iter()
+    .map(|(name, value)| {
+        let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+        text.push('\n');
+        (name, text)
+    })
+    .collect()
 }

@@ -88,7 +88,10 @@ impl Default for Topology {
 impl Topology {
     /// The topology whose names start with `prefix`.
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned(), delivery_limit: DEFAULT_DELIVERY_LIMIT }
+        Self {
+            prefix: prefix.to_owned(),
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+        }
     }
 
     /// The same topology with another broker delivery limit for jobs.
@@ -167,8 +170,14 @@ impl Topology {
                 name: self.jobs_queue(),
                 arguments: vec![
                     quorum.clone(),
-                    ("x-delivery-limit".to_owned(), QueueArg::Int(self.delivery_limit)),
-                    ("x-dead-letter-exchange".to_owned(), s(&self.dead_letter_exchange())),
+                    (
+                        "x-delivery-limit".to_owned(),
+                        QueueArg::Int(self.delivery_limit),
+                    ),
+                    (
+                        "x-dead-letter-exchange".to_owned(),
+                        s(&self.dead_letter_exchange()),
+                    ),
                     ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
                     ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
                     ("x-overflow".to_owned(), s("reject-publish")),
@@ -180,7 +189,10 @@ impl Topology {
                 name: self.retry_queue(),
                 arguments: vec![
                     quorum.clone(),
-                    ("x-dead-letter-exchange".to_owned(), s(&self.jobs_exchange())),
+                    (
+                        "x-dead-letter-exchange".to_owned(),
+                        s(&self.jobs_exchange()),
+                    ),
                     ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
                     ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
                     ("x-overflow".to_owned(), s("reject-publish")),
@@ -218,12 +230,26 @@ mod tests {
     fn jobs_queue_is_quorum_with_at_least_once_dead_lettering() {
         let t = Topology::new("p").with_delivery_limit(3);
         let jobs = &t.queues()[0];
-        let arg = |k: &str| jobs.arguments.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let arg = |k: &str| {
+            jobs.arguments
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(arg("x-queue-type"), Some(QueueArg::Str("quorum".into())));
         assert_eq!(arg("x-delivery-limit"), Some(QueueArg::Int(3)));
-        assert_eq!(arg("x-dead-letter-exchange"), Some(QueueArg::Str("p.dlx".into())));
-        assert_eq!(arg("x-dead-letter-strategy"), Some(QueueArg::Str("at-least-once".into())));
-        assert_eq!(arg("x-overflow"), Some(QueueArg::Str("reject-publish".into())));
+        assert_eq!(
+            arg("x-dead-letter-exchange"),
+            Some(QueueArg::Str("p.dlx".into()))
+        );
+        assert_eq!(
+            arg("x-dead-letter-strategy"),
+            Some(QueueArg::Str("at-least-once".into()))
+        );
+        assert_eq!(
+            arg("x-overflow"),
+            Some(QueueArg::Str("reject-publish".into()))
+        );
     }
 
     #[test]
@@ -242,7 +268,12 @@ mod tests {
         let t = Topology::new("p");
         let exchanges: Vec<_> = t.exchanges().into_iter().map(|e| e.name).collect();
         for q in t.queues() {
-            assert!(exchanges.contains(&q.bound_to), "{} bound to {}", q.name, q.bound_to);
+            assert!(
+                exchanges.contains(&q.bound_to),
+                "{} bound to {}",
+                q.name,
+                q.bound_to
+            );
         }
     }
 }

@@ -75,15 +75,18 @@ fn invalid_job_examples_are_refused() {
             "{}: parser accepted an invalid example",
             path.display()
         );
-        if let Ok(value) = serde_json::from_slice::<Value>(body) {
-            if !schema.is_valid(&value) {
-                refused_by_schema += 1;
-            }
+        if let Ok(value) = serde_json::from_slice::<Value>(body)
+            && !schema.is_valid(&value)
+        {
+            refused_by_schema += 1;
         }
     }
     // Most rules are expressible in JSON Schema; the few that are not (duplicate tags,
     // reference grammar details, credential-like metadata keys) are the parser's alone.
-    assert!(refused_by_schema * 2 > all.len(), "schema refuses only {refused_by_schema}");
+    assert!(
+        refused_by_schema * 2 > all.len(),
+        "schema refuses only {refused_by_schema}"
+    );
 }
 
 #[test]
@@ -99,7 +102,15 @@ fn event_examples_pass_schema_and_parser() {
     }
     for (path, body) in examples("event", "invalid") {
         let value: Value = serde_json::from_slice(&body).expect("example is JSON");
-        assert!(!schema.is_valid(&value), "{}: schema accepted it", path.display());
-        assert!(Event::from_slice(&body).is_err(), "{}: parser accepted it", path.display());
+        assert!(
+            !schema.is_valid(&value),
+            "{}: schema accepted it",
+            path.display()
+        );
+        assert!(
+            Event::from_slice(&body).is_err(),
+            "{}: parser accepted it",
+            path.display()
+        );
     }
 }

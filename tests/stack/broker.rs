@@ -34,13 +34,20 @@ async fn topology_declares_twice_and_a_job_round_trips() -> anyhow::Result<()> {
 
     let channel = conn.create_channel().await?;
     let got = channel
-        .basic_get(topology.jobs_queue().as_str().into(), BasicGetOptions::default())
+        .basic_get(
+            topology.jobs_queue().as_str().into(),
+            BasicGetOptions::default(),
+        )
         .await?
         .ok_or_else(|| anyhow::anyhow!("the published job is not in {}", topology.jobs_queue()))?;
     let back = PushJob::from_slice(&got.delivery.data)?;
     assert_eq!(back, job);
     assert_eq!(
-        got.delivery.properties.content_type().as_ref().map(|s| s.as_str()),
+        got.delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|s| s.as_str()),
         Some("application/json")
     );
     assert_eq!(got.delivery.properties.delivery_mode(), &Some(2));
@@ -51,15 +58,24 @@ async fn topology_declares_twice_and_a_job_round_trips() -> anyhow::Result<()> {
     // of redelivered messages only, so check through a declare with mismatching arguments.
     let mismatch = conn.create_channel().await?;
     let mut args = lapin::types::FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
     let err = mismatch
         .queue_declare(
             topology.jobs_queue().as_str().into(),
-            lapin::options::QueueDeclareOptions { durable: true, ..Default::default() },
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             args,
         )
         .await;
-    assert!(err.is_err(), "redeclaring the jobs queue as classic must fail: it is quorum");
+    assert!(
+        err.is_err(),
+        "redeclaring the jobs queue as classic must fail: it is quorum"
+    );
     conn.close(200, "done".into()).await?;
     Ok(())
 }

@@ -27,7 +27,11 @@ impl Harness {
         let config = worker_config(&env, &prefix, &registries)?;
         let broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
         let worker = TestWorker::start(config).await?;
-        Ok(Self { env, broker, worker })
+        Ok(Self {
+            env,
+            broker,
+            worker,
+        })
     }
 
     async fn run(&mut self, job: &Value) -> Result<Vec<pushfleet_shared::Event>> {
@@ -37,7 +41,10 @@ impl Harness {
     }
 
     fn basic_url(&self) -> Result<String> {
-        Ok(format!("http://{}", self.env.get("PUSHFLEET_BASIC_REGISTRY")?))
+        Ok(format!(
+            "http://{}",
+            self.env.get("PUSHFLEET_BASIC_REGISTRY")?
+        ))
     }
 
     fn basic_auth(&self) -> Result<String> {
@@ -67,7 +74,14 @@ async fn happy_path_to_the_basic_auth_registry() -> Result<()> {
     let mut h = Harness::start("").await?;
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:0722")]).await?;
-    let events = h.run(&job(&format!("{name}:0722"), "basic", &format!("production/{name}"), &["0722", "stable"])).await?;
+    let events = h
+        .run(&job(
+            &format!("{name}:0722"),
+            "basic",
+            &format!("production/{name}"),
+            &["0722", "stable"],
+        ))
+        .await?;
 
     let states: Vec<_> = events.iter().map(|e| e.state).collect();
     assert_eq!(states.first(), Some(&JobState::Accepted), "{events:#?}");
@@ -76,20 +90,30 @@ async fn happy_path_to_the_basic_auth_registry() -> Result<()> {
     let basic = h.env.get("PUSHFLEET_BASIC_REGISTRY")?;
     assert_eq!(
         done.targets,
-        [format!("{basic}/production/{name}:0722"), format!("{basic}/production/{name}:stable")]
+        [
+            format!("{basic}/production/{name}:0722"),
+            format!("{basic}/production/{name}:stable")
+        ]
     );
     assert_eq!(done.registry.as_deref(), Some("basic"));
     assert_eq!(done.metadata["pipeline_run"], 812, "metadata is echoed");
     assert!(events.iter().all(|e| e.metadata["step"] == 129));
     let phases = done.phases.as_ref().context("phases")?;
-    assert!(phases.push_ms.is_some() && phases.preflight_ms.is_some() && phases.verify_ms.is_some());
+    assert!(
+        phases.push_ms.is_some() && phases.preflight_ms.is_some() && phases.verify_ms.is_some()
+    );
     assert_eq!(done.already_present, Some(false));
 
     // The registry itself, asked without the worker, holds the reported digest under both tags.
     let digest = done.digest.clone().context("digest")?;
     for tag in ["0722", "stable"] {
-        let in_registry =
-            registry_digest(&h.basic_url()?, &format!("production/{name}"), tag, &h.basic_auth()?).await?;
+        let in_registry = registry_digest(
+            &h.basic_url()?,
+            &format!("production/{name}"),
+            tag,
+            &h.basic_auth()?,
+        )
+        .await?;
         assert_eq!(in_registry.as_deref(), Some(digest.as_str()), "tag {tag}");
     }
     h.stop().await
@@ -101,29 +125,49 @@ async fn happy_path_to_the_token_registry_then_redelivery_pushes_nothing() -> Re
     let name = unique("tokapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:1.0")]).await?;
     let repo = format!("team-a/{name}");
-    let first = h.run(&job(&format!("{name}:1.0"), "token", &repo, &["1.0"])).await?;
+    let first = h
+        .run(&job(&format!("{name}:1.0"), "token", &repo, &["1.0"]))
+        .await?;
     let done = terminal(&first)?;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
 
     let admin = h.env.get("PUSHFLEET_TOKEN_ADMIN_USER")?;
     let admin_pw = h.env.read_file_at("PUSHFLEET_TOKEN_ADMIN_PASSWORD_FILE")?;
-    let auth = bearer_auth(&h.env, &admin, &admin_pw, &format!("repository:{repo}:pull")).await?;
+    let auth = bearer_auth(
+        &h.env,
+        &admin,
+        &admin_pw,
+        &format!("repository:{repo}:pull"),
+    )
+    .await?;
     let base = format!("http://{}", h.env.get("PUSHFLEET_TOKEN_REGISTRY")?);
     let in_registry = registry_digest(&base, &repo, "1.0", &auth).await?;
-    assert_eq!(in_registry, done.digest, "the registry holds the digest the event reports");
+    assert_eq!(
+        in_registry, done.digest,
+        "the registry holds the digest the event reports"
+    );
 
     // The same job again (as after a crash before the ack): one HEAD, no push.
-    let again = h.run(&job(&format!("{name}:1.0"), "token", &repo, &["1.0"])).await?;
+    let again = h
+        .run(&job(&format!("{name}:1.0"), "token", &repo, &["1.0"]))
+        .await?;
     let done_again = terminal(&again)?;
     assert_eq!(done_again.state, JobState::Succeeded, "{done_again:#?}");
     assert_eq!(done_again.already_present, Some(true));
     assert_eq!(done_again.digest, done.digest);
-    assert!(done_again.phases.as_ref().is_some_and(|p| p.push_ms.is_none()), "nothing was pushed");
+    assert!(
+        done_again
+            .phases
+            .as_ref()
+            .is_some_and(|p| p.push_ms.is_none()),
+        "nothing was pushed"
+    );
     h.stop().await
 }
 
 #[tokio::test]
-async fn seed_000_django_image_and_tag_push_the_exact_tag_via_the_registry_id_alias() -> Result<()> {
+async fn seed_000_django_image_and_tag_push_the_exact_tag_via_the_registry_id_alias() -> Result<()>
+{
     let mut h = Harness::start("").await?;
     let name = unique("myapp");
     // Only myapp:0722 exists locally: `myapp:latest` must never be looked for.
@@ -137,16 +181,29 @@ async fn seed_000_django_image_and_tag_push_the_exact_tag_via_the_registry_id_al
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
     let basic = h.env.get("PUSHFLEET_BASIC_REGISTRY")?;
     assert_eq!(done.targets, [format!("{basic}/production/{name}:0722")]);
-    assert_eq!(done.registry.as_deref(), Some("basic"), "alias 5 resolves to the basic registry");
+    assert_eq!(
+        done.registry.as_deref(),
+        Some("basic"),
+        "alias 5 resolves to the basic registry"
+    );
     assert_eq!(done.metadata["django"]["registry_id"], 5);
 
     // Seed 001: it landed in that registry and nowhere else.
     let admin = h.env.get("PUSHFLEET_TOKEN_ADMIN_USER")?;
     let admin_pw = h.env.read_file_at("PUSHFLEET_TOKEN_ADMIN_PASSWORD_FILE")?;
     let repo = format!("production/{name}");
-    let auth = bearer_auth(&h.env, &admin, &admin_pw, &format!("repository:{repo}:pull")).await?;
+    let auth = bearer_auth(
+        &h.env,
+        &admin,
+        &admin_pw,
+        &format!("repository:{repo}:pull"),
+    )
+    .await?;
     let token_base = format!("http://{}", h.env.get("PUSHFLEET_TOKEN_REGISTRY")?);
-    assert_eq!(registry_digest(&token_base, &repo, "0722", &auth).await?, None);
+    assert_eq!(
+        registry_digest(&token_base, &repo, "0722", &auth).await?,
+        None
+    );
     assert_eq!(
         registry_digest(&h.basic_url()?, &repo, "0722", &h.basic_auth()?).await?,
         done.digest
@@ -160,13 +217,30 @@ async fn seed_000_missing_source_names_the_tags_that_exist() -> Result<()> {
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:0722")]).await?;
     // No tag given: Docker reads `name` as `name:latest`, which does not exist.
-    let events = h.run(&job(&name, "basic", &format!("production/{name}"), &["0722"])).await?;
+    let events = h
+        .run(&job(
+            &name,
+            "basic",
+            &format!("production/{name}"),
+            &["0722"],
+        ))
+        .await?;
     let failed = expect_failed(&events, "source_image_missing")?;
     let error = failed.error.as_ref().context("error")?;
     assert!(!error.retryable);
-    assert!(error.hint.contains("0722"), "hint names the tag that exists: {}", error.hint);
+    assert!(
+        error.hint.contains("0722"),
+        "hint names the tag that exists: {}",
+        error.hint
+    );
     assert_eq!(
-        registry_digest(&h.basic_url()?, &format!("production/{name}"), "0722", &h.basic_auth()?).await?,
+        registry_digest(
+            &h.basic_url()?,
+            &format!("production/{name}"),
+            "0722",
+            &h.basic_auth()?
+        )
+        .await?,
         None,
         "nothing was pushed"
     );
@@ -182,7 +256,10 @@ async fn seed_000_a_source_with_a_registry_port_is_not_mistaken_for_a_tag() -> R
         "tag": "0722", "image": format!("localhost:5000/{name}"), "registry_id": 5
     }))?;
     let valid = step.to_job("production", &unique("django"), Map::new())?;
-    assert_eq!(valid.source.to_string(), format!("localhost:5000/{name}:0722"));
+    assert_eq!(
+        valid.source.to_string(),
+        format!("localhost:5000/{name}:0722")
+    );
     let events = h.run(&serde_json::to_value(&valid.job)?).await?;
     let done = terminal(&events)?;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
@@ -206,11 +283,29 @@ async fn seed_002_wrong_password_fails_auth_before_any_push() -> Result<()> {
     let mut h = Harness::start(&extra).await?;
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
-    let events = h.run(&job(&format!("{name}:1"), "basic-wrong", &format!("production/{name}"), &["1"])).await?;
+    let events = h
+        .run(&job(
+            &format!("{name}:1"),
+            "basic-wrong",
+            &format!("production/{name}"),
+            &["1"],
+        ))
+        .await?;
     let failed = expect_failed(&events, "registry_auth_failed")?;
-    assert!(failed.phases.as_ref().is_some_and(|p| p.push_ms.is_none() && p.tag_ms.is_none()));
+    assert!(
+        failed
+            .phases
+            .as_ref()
+            .is_some_and(|p| p.push_ms.is_none() && p.tag_ms.is_none())
+    );
     assert_eq!(
-        registry_digest(&h.basic_url()?, &format!("production/{name}"), "1", &h.basic_auth()?).await?,
+        registry_digest(
+            &h.basic_url()?,
+            &format!("production/{name}"),
+            "1",
+            &h.basic_auth()?
+        )
+        .await?,
         None
     );
     h.stop().await
@@ -232,10 +327,20 @@ async fn seed_002_a_password_file_gone_after_start_is_credentials_missing() -> R
     std::fs::write(&pw, "")?; // emptied after the worker validated its configuration
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
-    let events = h.run(&job(&format!("{name}:1"), "basic-gone", &format!("production/{name}"), &["1"])).await?;
+    let events = h
+        .run(&job(
+            &format!("{name}:1"),
+            "basic-gone",
+            &format!("production/{name}"),
+            &["1"],
+        ))
+        .await?;
     let failed = expect_failed(&events, "registry_credentials_missing")?;
     let message = &failed.error.as_ref().context("error")?.message;
-    assert!(message.contains("basic-gone"), "the message names the registry: {message}");
+    assert!(
+        message.contains("basic-gone"),
+        "the message names the registry: {message}"
+    );
     h.stop().await
 }
 
@@ -254,7 +359,12 @@ async fn seed_002_an_unreachable_registry_is_retryable_and_never_falls_back() ->
     let mut h = Harness::start(&extra).await?;
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
-    let j = job(&format!("{name}:1"), "down", &format!("production/{name}"), &["1"]);
+    let j = job(
+        &format!("{name}:1"),
+        "down",
+        &format!("production/{name}"),
+        &["1"],
+    );
     let id = j["job_id"].as_str().context("id")?.to_owned();
     h.broker.publish_job(&j).await?;
     let retrying = h
@@ -268,7 +378,10 @@ async fn seed_002_an_unreachable_registry_is_retryable_and_never_falls_back() ->
     assert_eq!(retry.next_attempt, 2);
     assert!(retry.delay_ms > 0);
     assert!(
-        retrying.targets.iter().all(|t| t.starts_with(&format!("127.0.0.1:{port}/"))),
+        retrying
+            .targets
+            .iter()
+            .all(|t| t.starts_with(&format!("127.0.0.1:{port}/"))),
         "the target stays on the named registry: {:?}",
         retrying.targets
     );
@@ -281,11 +394,19 @@ async fn a_pull_only_user_is_refused_at_preflight() -> Result<()> {
     let name = unique("scoped");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
     // The reader may only pull; the pusher may push in team-a only, not team-b.
-    for (registry, repo) in [("token-reader", format!("team-a/{name}")), ("token", format!("team-b/{name}"))] {
-        let events = h.run(&job(&format!("{name}:1"), registry, &repo, &["1"])).await?;
+    for (registry, repo) in [
+        ("token-reader", format!("team-a/{name}")),
+        ("token", format!("team-b/{name}")),
+    ] {
+        let events = h
+            .run(&job(&format!("{name}:1"), registry, &repo, &["1"]))
+            .await?;
         let failed = expect_failed(&events, "registry_insufficient_scope")?;
         assert!(
-            failed.phases.as_ref().is_some_and(|p| p.tag_ms.is_none() && p.push_ms.is_none()),
+            failed
+                .phases
+                .as_ref()
+                .is_some_and(|p| p.tag_ms.is_none() && p.push_ms.is_none()),
             "refused before tagging or pushing: {failed:#?}"
         );
     }
@@ -303,20 +424,42 @@ async fn seed_004_a_docker_hub_root_repository_is_refused_without_network() -> R
         pw.display()
     );
     let mut h = Harness::start(&extra).await?;
-    let events = h.run(&job("scaler-operator:v1", "hub", "scaler-operator", &["v1"])).await?;
+    let events = h
+        .run(&job(
+            "scaler-operator:v1",
+            "hub",
+            "scaler-operator",
+            &["v1"],
+        ))
+        .await?;
     let failed = expect_failed(&events, "root_repository_on_docker_hub")?;
     assert_eq!(failed.targets, Vec::<String>::new(), "refused at planning");
-    assert!(failed.error.as_ref().is_some_and(|e| e.hint.contains("docker.io/<user-or-org>/scaler-operator")));
+    assert!(
+        failed
+            .error
+            .as_ref()
+            .is_some_and(|e| e.hint.contains("docker.io/<user-or-org>/scaler-operator"))
+    );
     h.stop().await
 }
 
 #[tokio::test]
 async fn unknown_registry_and_forbidden_namespace_are_refused() -> Result<()> {
     let mut h = Harness::start("").await?;
-    let events = h.run(&job("myapp:1", "harbor-typo", "production/myapp", &["1"])).await?;
+    let events = h
+        .run(&job("myapp:1", "harbor-typo", "production/myapp", &["1"]))
+        .await?;
     let failed = expect_failed(&events, "unknown_registry")?;
-    assert!(failed.error.as_ref().is_some_and(|e| e.message.contains("basic")), "lists known registries");
-    let events = h.run(&job("myapp:1", "basic", "elsewhere/myapp", &["1"])).await?;
+    assert!(
+        failed
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("basic")),
+        "lists known registries"
+    );
+    let events = h
+        .run(&job("myapp:1", "basic", "elsewhere/myapp", &["1"]))
+        .await?;
     expect_failed(&events, "namespace_not_allowed")?;
     h.stop().await
 }
@@ -324,10 +467,20 @@ async fn unknown_registry_and_forbidden_namespace_are_refused() -> Result<()> {
 #[tokio::test]
 async fn a_malformed_message_is_dead_lettered_and_the_next_job_succeeds() -> Result<()> {
     let mut h = Harness::start("").await?;
-    h.broker.publish_raw(b"{\"version\": 1, \"job_id\": \"broken-1\", \"source\": ", Default::default()).await?;
+    h.broker
+        .publish_raw(
+            b"{\"version\": 1, \"job_id\": \"broken-1\", \"source\": ",
+            Default::default(),
+        )
+        .await?;
     let failed = h
         .broker
-        .wait_until(|e| e.state == JobState::Failed && e.error.as_ref().is_some_and(|x| x.code.as_str() == "invalid_message"))
+        .wait_until(|e| {
+            e.state == JobState::Failed
+                && e.error
+                    .as_ref()
+                    .is_some_and(|x| x.code.as_str() == "invalid_message")
+        })
         .await?;
     assert_eq!(failed.job_id, None, "truncated JSON: no job id can be read");
     let bad_ref = job("MyApp:1", "basic", "production/myapp", &["1"]);
@@ -338,23 +491,39 @@ async fn a_malformed_message_is_dead_lettered_and_the_next_job_succeeds() -> Res
     while let Some(d) = h.broker.take_dead_letter().await? {
         dead.push(d);
     }
-    assert_eq!(dead.len(), 2, "both refused messages are kept in the dead-letter queue");
+    assert_eq!(
+        dead.len(),
+        2,
+        "both refused messages are kept in the dead-letter queue"
+    );
     let codes: Vec<String> = dead
         .iter()
         .filter_map(|d| {
             let headers = d.properties.headers().as_ref()?;
             match headers.inner().get("x-pushfleet-error-code")? {
-                lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                lapin::types::AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
                 _ => None,
             }
         })
         .collect();
     assert_eq!(codes, ["invalid_message", "invalid_reference"]);
-    assert!(dead[0].data.starts_with(b"{\"version\": 1"), "the body is kept unchanged");
+    assert!(
+        dead[0].data.starts_with(b"{\"version\": 1"),
+        "the body is kept unchanged"
+    );
 
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
-    let events = h.run(&job(&format!("{name}:1"), "basic", &format!("production/{name}"), &["1"])).await?;
+    let events = h
+        .run(&job(
+            &format!("{name}:1"),
+            "basic",
+            &format!("production/{name}"),
+            &["1"],
+        ))
+        .await?;
     assert_eq!(terminal(&events)?.state, JobState::Succeeded);
     h.stop().await
 }
@@ -367,7 +536,10 @@ async fn a_password_that_base64_encodes_with_plus_and_slash_pushes_fine() -> Res
     let password = env.read_file_at("PUSHFLEET_ODD_PASSWORD_FILE")?;
     let auth_json = serde_json::to_string(&json!({"username": user, "password": password}))?;
     let standard = base64::engine::general_purpose::STANDARD.encode(auth_json);
-    assert!(standard.contains('+') || standard.contains('/'), "the test password must exercise the bug");
+    assert!(
+        standard.contains('+') || standard.contains('/'),
+        "the test password must exercise the bug"
+    );
     let extra = format!(
         "[registries.odd]\nurl = \"http://{}\"\nusername = \"{user}\"\npassword_file = \"{}\"\nnamespaces = [\"production\"]\n",
         env.get("PUSHFLEET_BASIC_REGISTRY")?,
@@ -376,7 +548,14 @@ async fn a_password_that_base64_encodes_with_plus_and_slash_pushes_fine() -> Res
     let mut h = Harness::start(&extra).await?;
     let name = unique("odd");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
-    let events = h.run(&job(&format!("{name}:1"), "odd", &format!("production/{name}"), &["1"])).await?;
+    let events = h
+        .run(&job(
+            &format!("{name}:1"),
+            "odd",
+            &format!("production/{name}"),
+            &["1"],
+        ))
+        .await?;
     let done = terminal(&events)?;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
     h.stop().await

@@ -17,7 +17,7 @@ use pushfleet_shared::ErrorCode;
 use pushfleet_tests::StackEnv;
 use pushfleet_worker::failure::Coded;
 use pushfleet_worker::registry::{
-    AuthScheme, ExposeSecret, Credentials, RegistryClient, RegistryEndpoint, RegistryError,
+    AuthScheme, Credentials, ExposeSecret, RegistryClient, RegistryEndpoint, RegistryError,
 };
 use reqwest::Url;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -106,7 +106,11 @@ impl TestWorker {
         let handle = tokio::spawn(async move {
             pushfleet_worker::runner::run(config, async move { token.cancelled().await }).await
         });
-        Ok(Self { topology, stop, handle: Some(handle) })
+        Ok(Self {
+            topology,
+            stop,
+            handle: Some(handle),
+        })
     }
 
     /// Asks the worker to stop and waits for it; returns its result.
@@ -137,7 +141,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("topology", &self.topology).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("topology", &self.topology)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,7 +157,11 @@ impl Broker {
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -168,17 +178,31 @@ impl Broker {
             .basic_consume(
                 queue.name().clone(),
                 "".into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
-        Ok(Self { conn, publisher, events, topology: topology.clone(), seen: Vec::new() })
+        Ok(Self {
+            conn,
+            publisher,
+            events,
+            topology: topology.clone(),
+            seen: Vec::new(),
+        })
     }
 
     /// Publishes a raw job body to the jobs exchange.
     pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) -> Result<()> {
         self.publisher
-            .publish_raw(&self.topology.jobs_exchange(), JOB_ROUTING_KEY, body, properties)
+            .publish_raw(
+                &self.topology.jobs_exchange(),
+                JOB_ROUTING_KEY,
+                body,
+                properties,
+            )
             .await?;
         Ok(())
     }
@@ -186,12 +210,14 @@ impl Broker {
     /// Publishes a job given as JSON.
     pub async fn publish_job(&self, job: &Value) -> Result<()> {
         let properties = BasicProperties::default().with_content_type("application/json".into());
-        self.publish_raw(&serde_json::to_vec(job)?, properties).await
+        self.publish_raw(&serde_json::to_vec(job)?, properties)
+            .await
     }
 
     /// Waits for the terminal event of `job_id` and returns every event of that job, in order.
     pub async fn wait_for(&mut self, job_id: &str) -> Result<Vec<Event>> {
-        self.wait_until(|e| e.job_id.as_deref() == Some(job_id) && e.state.is_terminal()).await?;
+        self.wait_until(|e| e.job_id.as_deref() == Some(job_id) && e.state.is_terminal())
+            .await?;
         Ok(self.events_of(job_id))
     }
 
@@ -204,10 +230,16 @@ impl Broker {
         loop {
             let delivery = tokio::time::timeout_at(deadline, self.events.next())
                 .await
-                .map_err(|_| anyhow!("no matching event within {JOB_WAIT:?}; seen: {:#?}", self.seen))?
+                .map_err(|_| {
+                    anyhow!(
+                        "no matching event within {JOB_WAIT:?}; seen: {:#?}",
+                        self.seen
+                    )
+                })?
                 .context("event stream ended")??;
-            let event = Event::from_slice(&delivery.data)
-                .with_context(|| format!("not an event: {}", String::from_utf8_lossy(&delivery.data)))?;
+            let event = Event::from_slice(&delivery.data).with_context(|| {
+                format!("not an event: {}", String::from_utf8_lossy(&delivery.data))
+            })?;
             self.seen.push(event.clone());
             if pred(&event) {
                 return Ok(event);
@@ -217,7 +249,11 @@ impl Broker {
 
     /// Every event seen so far for `job_id`.
     pub fn events_of(&self, job_id: &str) -> Vec<Event> {
-        self.seen.iter().filter(|e| e.job_id.as_deref() == Some(job_id)).cloned().collect()
+        self.seen
+            .iter()
+            .filter(|e| e.job_id.as_deref() == Some(job_id))
+            .cloned()
+            .collect()
     }
 
     /// Every event seen so far.
@@ -240,7 +276,10 @@ impl Broker {
 
 /// The terminal event of a job's events, or an error listing them.
 pub fn terminal(events: &[Event]) -> Result<&Event> {
-    events.iter().find(|e| e.state.is_terminal()).ok_or_else(|| anyhow!("no terminal event in {events:#?}"))
+    events
+        .iter()
+        .find(|e| e.state.is_terminal())
+        .ok_or_else(|| anyhow!("no terminal event in {events:#?}"))
 }
 
 /// Asserts the job failed with `code` and returns its terminal event.
@@ -249,7 +288,11 @@ pub fn expect_failed<'a>(events: &'a [Event], code: &str) -> Result<&'a Event> {
     if last.state != JobState::Failed {
         bail!("expected failed/{code}, got {:?}: {last:#?}", last.state);
     }
-    let got = last.error.as_ref().map(|e| e.code.as_str()).unwrap_or("none");
+    let got = last
+        .error
+        .as_ref()
+        .map(|e| e.code.as_str())
+        .unwrap_or("none");
     if got != code {
         bail!("expected {code}, got {got}: {last:#?}");
     }
@@ -276,15 +319,20 @@ pub async fn make_image(docker: &bollard::Docker, references: &[&str]) -> Result
         tag: Some(tag.to_owned()),
         ..Default::default()
     };
-    let mut stream =
-        docker.create_image(Some(options), Some(bollard::body_full(bytes::Bytes::from(tarball))), None);
+    let mut stream = docker.create_image(
+        Some(options),
+        Some(bollard::body_full(bytes::Bytes::from(tarball))),
+        None,
+    );
     while let Some(item) = stream.next().await {
         item?;
     }
     let inspect = docker.inspect_image(first).await?;
     let id = inspect.id.context("image without id")?;
     for reference in &references[1..] {
-        let (repo, tag) = reference.rsplit_once(':').context("references need a tag")?;
+        let (repo, tag) = reference
+            .rsplit_once(':')
+            .context("references need a tag")?;
         let options = bollard::query_parameters::TagImageOptions {
             repo: Some(repo.to_owned()),
             tag: Some(tag.to_owned()),
@@ -297,7 +345,12 @@ pub async fn make_image(docker: &bollard::Docker, references: &[&str]) -> Result
 /// The manifest digest of `repository:tag` in a registry, asked directly over HTTP (not
 /// through the worker), or None when the tag is absent. `auth` is a ready `Authorization`
 /// header value.
-pub async fn registry_digest(base: &str, repository: &str, tag: &str, auth: &str) -> Result<Option<String>> {
+pub async fn registry_digest(
+    base: &str,
+    repository: &str,
+    tag: &str,
+    auth: &str,
+) -> Result<Option<String>> {
     let accept = "application/vnd.docker.distribution.manifest.v2+json, \
                   application/vnd.oci.image.manifest.v1+json, \
                   application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -322,11 +375,19 @@ pub async fn registry_digest(base: &str, repository: &str, tag: &str, auth: &str
 /// A `Basic` Authorization header value.
 pub fn basic_auth(user: &str, password: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 /// A `Bearer` Authorization header value from the stack's token server for `scope`.
-pub async fn bearer_auth(env: &StackEnv, user: &str, password: &str, scope: &str) -> Result<String> {
+pub async fn bearer_auth(
+    env: &StackEnv,
+    user: &str,
+    password: &str,
+    scope: &str,
+) -> Result<String> {
     let server = env.get("PUSHFLEET_TOKEN_SERVER")?;
     let service = env.get("PUSHFLEET_TOKEN_SERVICE")?;
     let response: Value = reqwest::Client::new()
@@ -338,6 +399,8 @@ pub async fn bearer_auth(env: &StackEnv, user: &str, password: &str, scope: &str
         .error_for_status()?
         .json()
         .await?;
-    let token = response["token"].as_str().context("no token in the token server's answer")?;
+    let token = response["token"]
+        .as_str()
+        .context("no token in the token server's answer")?;
     Ok(format!("Bearer {token}"))
 }

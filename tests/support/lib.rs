@@ -51,7 +51,10 @@ impl StackEnv {
                 .unwrap_or(value);
             values.insert(key.trim().to_owned(), value.to_owned());
         }
-        Ok(Self { values, path: path.to_owned() })
+        Ok(Self {
+            values,
+            path: path.to_owned(),
+        })
     }
 
     /// The value of `key`, or an error naming the key and the file.
@@ -80,7 +83,11 @@ pub fn unique(prefix: &str) -> String {
 pub fn docker(env: &StackEnv) -> Result<bollard::Docker> {
     let host = env.get("PUSHFLEET_DOCKER_HOST")?;
     let path = host.strip_prefix("unix://").unwrap_or(&host);
-    Ok(bollard::Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)?)
+    Ok(bollard::Docker::connect_with_unix(
+        path,
+        120,
+        bollard::API_DEFAULT_VERSION,
+    )?)
 }
 
 pub mod fleet;

@@ -70,7 +70,10 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
             .exchange_declare(
                 exchange.name.as_str().into(),
                 kind,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -79,7 +82,10 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
         channel
             .queue_declare(
                 queue.name.as_str().into(),
-                QueueDeclareOptions { durable: true, ..Default::default() },
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 field_table(&queue.arguments),
             )
             .await?;
@@ -106,7 +112,9 @@ impl ConfirmedPublisher {
     /// Puts a new channel of `connection` in confirm mode.
     pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel })
     }
 
@@ -125,7 +133,8 @@ impl ConfirmedPublisher {
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
         let properties = properties.with_content_type(topology::CONTENT_TYPE_JSON.into());
-        self.publish_raw(exchange, routing_key, body, properties).await
+        self.publish_raw(exchange, routing_key, body, properties)
+            .await
     }
 
     /// Publishes a persistent message with `properties` as given and waits for the broker's

@@ -1122,10 +1122,15 @@ fn read_worker(mut s: Section<'_>, problems: &mut Problems) -> Option<WorkerConf
         DEFAULT_SHUTDOWN_GRACE_S,
         |v| in_range(to_u64(v)?, 0, MAX_SHUTDOWN_GRACE_S, ""),
     );
-    let max_attempts = s.get_or(problems, "max_attempts", u64::from(DEFAULT_MAX_ATTEMPTS), |v| {
-        let n = in_range(to_u64(v)?, 1, 100, "")?;
-        u32::try_from(n).map_err(|_| "must be at most 100".to_owned())
-    });
+    let max_attempts = s.get_or(
+        problems,
+        "max_attempts",
+        u64::from(DEFAULT_MAX_ATTEMPTS),
+        |v| {
+            let n = in_range(to_u64(v)?, 1, 100, "")?;
+            u32::try_from(n).map_err(|_| "must be at most 100".to_owned())
+        },
+    );
     let retry_min_delay_ms = s.get_or(
         problems,
         "retry_min_delay_ms",

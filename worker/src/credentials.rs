@@ -183,7 +183,10 @@ pub struct Credentials {
 impl Credentials {
     /// Credentials from a user name and a password (a `String`, `&str` or `SecretString`).
     pub fn new(username: impl Into<String>, password: impl Into<SecretString>) -> Self {
-        Self { username: username.into(), password: password.into() }
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
     }
 }
 

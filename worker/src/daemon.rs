@@ -108,7 +108,10 @@ impl Coded for DaemonError {
 
     fn hint(&self) -> String {
         match self {
-            DaemonError::SourceMissing { reference, local_tags } if !local_tags.is_empty() => {
+            DaemonError::SourceMissing {
+                reference,
+                local_tags,
+            } if !local_tags.is_empty() => {
                 format!(
                     "{reference} is not in the daemon, but these tags of its repository are: {}; \
                      did the job name the wrong tag?",
@@ -162,7 +165,10 @@ pub struct Daemon {
 impl Daemon {
     /// Connects (lazily) to `host`: `unix:///path.sock`, `tcp://host:port` or `http://host:port`.
     pub fn connect(host: &str) -> Result<Self, DaemonError> {
-        let bad = |reason: String| DaemonError::BadHost { host: host.to_owned(), reason };
+        let bad = |reason: String| DaemonError::BadHost {
+            host: host.to_owned(),
+            reason,
+        };
         let docker = if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, REQUEST_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
         } else if let Some(addr) = host.strip_prefix("tcp://") {
@@ -174,12 +180,14 @@ impl Daemon {
         }
         .map_err(|e| bad(e.to_string()))?;
         let docker = docker.with_request_modifier(|mut req| {
-            if let Some(value) = req.headers().get(REGISTRY_AUTH_HEADER) {
-                if let Some(fixed) = value.to_str().ok().and_then(reencode_registry_auth) {
-                    if let Ok(v) = http::HeaderValue::from_str(&fixed) {
-                        req.headers_mut().insert(REGISTRY_AUTH_HEADER, v);
-                    }
-                }
+            let fixed = req
+                .headers()
+                .get(REGISTRY_AUTH_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(reencode_registry_auth)
+                .and_then(|fixed| http::HeaderValue::from_str(&fixed).ok());
+            if let Some(v) = fixed {
+                req.headers_mut().insert(REGISTRY_AUTH_HEADER, v);
             }
             req
         });
@@ -193,7 +201,11 @@ impl Daemon {
 
     /// Checks that the daemon answers.
     pub async fn ping(&self) -> Result<(), DaemonError> {
-        self.docker.ping().await.map(|_| ()).map_err(|e| unavailable("ping", &e))
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("ping", &e))
     }
 
     /// Finds the image under exactly `source` (never an id prefix, never another tag). When it
@@ -210,13 +222,16 @@ impl Daemon {
                     None => tags.iter().any(|t| same_image(t, source)),
                 };
                 match (exact, image.id) {
-                    (true, Some(id)) => Ok(SourceImage { id, repo_digests: digests }),
+                    (true, Some(id)) => Ok(SourceImage {
+                        id,
+                        repo_digests: digests,
+                    }),
                     _ => Err(self.missing(source, name).await),
                 }
             }
-            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {
-                Err(self.missing(source, name).await)
-            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(self.missing(source, name).await),
             Err(e) => Err(unavailable("image inspect", &e)),
         }
     }
@@ -224,7 +239,10 @@ impl Daemon {
     async fn missing(&self, source: &ImageRef, reference: String) -> DaemonError {
         let repo = familiar_repository(source);
         let filters = HashMap::from([("reference".to_owned(), vec![repo.clone()])]);
-        let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
+        let options = ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
         let mut local_tags: Vec<String> = match self.docker.list_images(Some(options)).await {
             Ok(images) => images
                 .into_iter()
@@ -242,7 +260,10 @@ impl Daemon {
         };
         local_tags.sort();
         local_tags.dedup();
-        DaemonError::SourceMissing { reference, local_tags }
+        DaemonError::SourceMissing {
+            reference,
+            local_tags,
+        }
     }
 
     /// Tags image `id` as exactly `target`.
@@ -251,14 +272,17 @@ impl Daemon {
             repo: Some(target.name()),
             tag: Some(target.tag_or_latest().to_owned()),
         };
-        self.docker.tag_image(id, Some(options)).await.map_err(|e| match e {
-            BollardError::DockerResponseServerError { message, .. } => DaemonError::Tag {
-                source_id: id.to_owned(),
-                target: target.to_string(),
-                detail: message,
-            },
-            other => unavailable("image tag", &other),
-        })
+        self.docker
+            .tag_image(id, Some(options))
+            .await
+            .map_err(|e| match e {
+                BollardError::DockerResponseServerError { message, .. } => DaemonError::Tag {
+                    source_id: id.to_owned(),
+                    target: target.to_string(),
+                    detail: message,
+                },
+                other => unavailable("image tag", &other),
+            })
     }
 
     /// Pushes `target` (already tagged) with `login`, calling `on_progress` as layers upload.
@@ -279,21 +303,21 @@ impl Daemon {
             serveraddress: Some(target.registry().to_owned()),
             ..Default::default()
         });
-        let mut stream = self.docker.push_image(&target.name(), Some(options), credentials);
+        let mut stream = self
+            .docker
+            .push_image(&target.name(), Some(options), credentials);
         let mut layers = LayerProgress::default();
         let mut digest: Option<(String, u64)> = None;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
-                    if let Some(status) = info.status.as_deref() {
-                        if let Some(found) = parse_digest_line(status) {
-                            digest = Some(found);
-                        }
+                    if let Some(found) = info.status.as_deref().and_then(parse_digest_line) {
+                        digest = Some(found);
                     }
-                    if let Some(detail) = info.progress_detail {
-                        if layers.update(detail.current, detail.total) {
-                            on_progress(layers.snapshot());
-                        }
+                    if let Some(detail) = info.progress_detail
+                        && layers.update(detail.current, detail.total)
+                    {
+                        on_progress(layers.snapshot());
                     }
                 }
                 Err(BollardError::DockerStreamError { error }) => {
@@ -311,22 +335,44 @@ impl Daemon {
         let (digest, size) = digest.ok_or_else(|| DaemonError::NoDigest {
             target: target.to_string(),
         })?;
-        Ok(PushOutcome { digest, size, bytes_uploaded: layers.snapshot().bytes_done })
+        Ok(PushOutcome {
+            digest,
+            size,
+            bytes_uploaded: layers.snapshot().bytes_done,
+        })
     }
 
     /// Removes the tag `target` from the daemon (never the image's layers while another tag
     /// holds them; `noprune` keeps untagged parents).
     pub async fn untag(&self, target: &ImageRef) -> Result<(), DaemonError> {
-        let options = RemoveImageOptions { force: false, noprune: true, ..Default::default() };
-        match self.docker.remove_image(&format!("{}:{}", target.name(), target.tag_or_latest()), Some(options), None).await {
-            Ok(_) | Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: true,
+            ..Default::default()
+        };
+        match self
+            .docker
+            .remove_image(
+                &format!("{}:{}", target.name(), target.tag_or_latest()),
+                Some(options),
+                None,
+            )
+            .await
+        {
+            Ok(_)
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             Err(e) => Err(unavailable("image remove", &e)),
         }
     }
 }
 
 fn unavailable(operation: &'static str, e: &BollardError) -> DaemonError {
-    DaemonError::Unavailable { operation, detail: e.to_string() }
+    DaemonError::Unavailable {
+        operation,
+        detail: e.to_string(),
+    }
 }
 
 /// The name the daemon knows `r` by: Docker's familiar form (`myapp:0722`,
@@ -339,7 +385,10 @@ fn daemon_name(r: &ImageRef) -> String {
 /// `127.0.0.1:5001/production/myapp` (what `docker images --filter reference=` matches).
 fn familiar_repository(r: &ImageRef) -> String {
     if r.is_docker_hub() {
-        r.repository().strip_prefix("library/").unwrap_or(r.repository()).to_owned()
+        r.repository()
+            .strip_prefix("library/")
+            .unwrap_or(r.repository())
+            .to_owned()
     } else {
         r.name()
     }
@@ -422,7 +471,9 @@ struct LayerProgress {
 impl LayerProgress {
     /// Records one progress item; returns whether the sums changed.
     fn update(&mut self, current: Option<i64>, total: Option<i64>) -> bool {
-        let (Some(current), Some(total)) = (current, total) else { return false };
+        let (Some(current), Some(total)) = (current, total) else {
+            return false;
+        };
         if total <= 0 || current < 0 {
             return false;
         }
@@ -438,9 +489,17 @@ impl LayerProgress {
 
     fn snapshot(&self) -> PushProgress {
         let sum = |f: fn((&i64, &i64)) -> i64| -> u64 {
-            self.current_by_total.iter().map(f).sum::<i64>().try_into().unwrap_or(0)
+            self.current_by_total
+                .iter()
+                .map(f)
+                .sum::<i64>()
+                .try_into()
+                .unwrap_or(0)
         };
-        PushProgress { bytes_done: sum(|(_, c)| *c), bytes_total: sum(|(t, _)| *t) }
+        PushProgress {
+            bytes_done: sum(|(_, c)| *c),
+            bytes_total: sum(|(t, _)| *t),
+        }
     }
 }
 
@@ -453,7 +512,10 @@ mod tests {
         // A JSON whose standard base64 holds both '+' and '/'.
         let json = r#"{"username":"u","password":">>>>>>??????"}"#;
         let standard = STANDARD.encode(json);
-        assert!(standard.contains('+') && standard.contains('/'), "{standard}");
+        assert!(
+            standard.contains('+') && standard.contains('/'),
+            "{standard}"
+        );
         let fixed = reencode_registry_auth(&standard).expect("decodes");
         assert!(!fixed.contains('+') && !fixed.contains('/'), "{fixed}");
         assert_eq!(URL_SAFE.decode(&fixed).expect("base64url"), json.as_bytes());
@@ -469,18 +531,36 @@ mod tests {
         );
         assert_eq!(parse_digest_line("Pushed"), None);
         assert_eq!(parse_digest_line("v1: digest: sha256:abc size: 1"), None);
-        assert_eq!(parse_digest_line(&format!("v1: digest: sha256:{hex} size: x")), None);
+        assert_eq!(
+            parse_digest_line(&format!("v1: digest: sha256:{hex} size: x")),
+            None
+        );
     }
 
     #[test]
     fn push_errors_are_classified() {
         let cases = [
-            ("denied: requested access to the resource is denied", ErrorCode::RegistryDenied),
-            ("unauthorized: authentication required", ErrorCode::RegistryAuthFailed),
-            ("unauthorized: invalid username or password", ErrorCode::RegistryAuthFailed),
+            (
+                "denied: requested access to the resource is denied",
+                ErrorCode::RegistryDenied,
+            ),
+            (
+                "unauthorized: authentication required",
+                ErrorCode::RegistryAuthFailed,
+            ),
+            (
+                "unauthorized: invalid username or password",
+                ErrorCode::RegistryAuthFailed,
+            ),
             ("blob upload invalid", ErrorCode::BlobUploadInvalid),
-            ("blob upload unknown to registry", ErrorCode::BlobUploadInvalid),
-            ("unknown: unsupported status 413 Request Entity Too Large", ErrorCode::PayloadTooLarge),
+            (
+                "blob upload unknown to registry",
+                ErrorCode::BlobUploadInvalid,
+            ),
+            (
+                "unknown: unsupported status 413 Request Entity Too Large",
+                ErrorCode::PayloadTooLarge,
+            ),
             (
                 "Get \"https://r:5443/v2/\": x509: certificate signed by unknown authority",
                 ErrorCode::RegistryTlsFailed,
@@ -491,7 +571,10 @@ mod tests {
             ),
             ("context deadline exceeded", ErrorCode::RegistryUnreachable),
             ("toomanyrequests: slow down", ErrorCode::RegistryRateLimited),
-            ("An image does not exist locally with the tag: x", ErrorCode::SourceImageMissing),
+            (
+                "An image does not exist locally with the tag: x",
+                ErrorCode::SourceImageMissing,
+            ),
             ("something else entirely", ErrorCode::PushFailed),
         ];
         for (text, code) in cases {
@@ -508,7 +591,13 @@ mod tests {
         assert!(p.update(Some(100), Some(100)));
         assert!(!p.update(None, Some(10)));
         assert!(!p.update(Some(1), Some(0)));
-        assert_eq!(p.snapshot(), PushProgress { bytes_done: 105, bytes_total: 150 });
+        assert_eq!(
+            p.snapshot(),
+            PushProgress {
+                bytes_done: 105,
+                bytes_total: 150
+            }
+        );
     }
 
     #[test]

@@ -50,7 +50,10 @@ pub struct JobFailure {
 impl JobFailure {
     /// A failure with the given code and message and the code's default hint.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { error: EventError::new(code, message, code.default_hint()), retry_after: None }
+        Self {
+            error: EventError::new(code, message, code.default_hint()),
+            retry_after: None,
+        }
     }
 
     /// The failure's code.
@@ -61,6 +64,9 @@ impl JobFailure {
 
 impl<E: Coded> From<&E> for JobFailure {
     fn from(e: &E) -> Self {
-        Self { error: e.to_event_error(), retry_after: e.retry_after() }
+        Self {
+            error: e.to_event_error(),
+            retry_after: e.retry_after(),
+        }
     }
 }

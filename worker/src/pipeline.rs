@@ -103,13 +103,15 @@ impl Pipeline {
         let mut registries = HashMap::new();
         for registry in config.registries.iter() {
             let ca_pem = match &registry.ca_file {
-                Some(path) => Some(std::fs::read(path).map_err(|source| {
-                    PipelineSetupError::CaFile {
-                        key: registry.key.clone(),
-                        path: path.display().to_string(),
-                        source,
-                    }
-                })?),
+                Some(path) => {
+                    Some(
+                        std::fs::read(path).map_err(|source| PipelineSetupError::CaFile {
+                            key: registry.key.clone(),
+                            path: path.display().to_string(),
+                            source,
+                        })?,
+                    )
+                }
                 None => None,
             };
             let endpoint = RegistryEndpoint {
@@ -117,12 +119,18 @@ impl Pipeline {
                 base_url: registry.url.clone(),
                 ca_pem,
             };
-            let client = RegistryClient::new(endpoint).map_err(|source| {
-                PipelineSetupError::Registry { key: registry.key.clone(), source }
-            })?;
+            let client =
+                RegistryClient::new(endpoint).map_err(|source| PipelineSetupError::Registry {
+                    key: registry.key.clone(),
+                    source,
+                })?;
             registries.insert(registry.key.clone(), client);
         }
-        Ok(Self { config, daemon, registries })
+        Ok(Self {
+            config,
+            daemon,
+            registries,
+        })
     }
 
     /// The daemon client.
@@ -145,17 +153,31 @@ impl Pipeline {
         let started = Instant::now();
         let fail = |failure: JobFailure, plan: Option<Plan>, mut phases: PhaseTimings| {
             phases.total_ms = ms(started);
-            Failure { failure, plan, phases }
+            Failure {
+                failure,
+                plan,
+                phases,
+            }
         };
 
         let (plan, registry) = match plan(job, &self.config.registries) {
             Ok(p) => p,
             Err(e) => return Err(fail(e.into(), None, phases)),
         };
-        match self.run_planned(job, &plan, registry, progress, &mut phases).await {
+        match self
+            .run_planned(job, &plan, registry, progress, &mut phases)
+            .await
+        {
             Ok((digest, size, bytes, already_present)) => {
                 phases.total_ms = ms(started);
-                Ok(Success { plan, digest, size, bytes, phases, already_present })
+                Ok(Success {
+                    plan,
+                    digest,
+                    size,
+                    bytes,
+                    phases,
+                    already_present,
+                })
             }
             Err(failure) => Err(fail(failure, Some(plan), phases)),
         }
@@ -175,7 +197,11 @@ impl Pipeline {
         })?;
 
         let t = Instant::now();
-        let source = self.daemon.resolve_source(&job.source).await.map_err(|e| coded(&e))?;
+        let source = self
+            .daemon
+            .resolve_source(&job.source)
+            .await
+            .map_err(|e| coded(&e))?;
         phases.resolve_ms = ms(t);
 
         let t = Instant::now();
@@ -185,7 +211,10 @@ impl Pipeline {
                 format!("registry {}: {e}", registry.key),
             )
         })?;
-        client.preflight_push(repository, login.as_ref()).await.map_err(|e| coded(&e))?;
+        client
+            .preflight_push(repository, login.as_ref())
+            .await
+            .map_err(|e| coded(&e))?;
         phases.preflight_ms = ms(t);
 
         // Redelivery: if the daemon knows this image's digest in the target repository and
@@ -219,7 +248,10 @@ impl Pipeline {
 
         let t = Instant::now();
         for target in targets {
-            self.daemon.tag(&source.id, target).await.map_err(|e| coded(&e))?;
+            self.daemon
+                .tag(&source.id, target)
+                .await
+                .map_err(|e| coded(&e))?;
         }
         phases.tag_ms = ms(t);
 
@@ -249,16 +281,16 @@ impl Pipeline {
                 }
             };
             bytes += outcome.bytes_uploaded;
-            if let Some((digest, _)) = &pushed {
-                if *digest != outcome.digest {
-                    return Err(JobFailure::new(
-                        ErrorCode::DigestMismatch,
-                        format!(
-                            "{target} was pushed as {} but an earlier tag of the same job as {digest}",
-                            outcome.digest
-                        ),
-                    ));
-                }
+            if let Some((digest, _)) = &pushed
+                && *digest != outcome.digest
+            {
+                return Err(JobFailure::new(
+                    ErrorCode::DigestMismatch,
+                    format!(
+                        "{target} was pushed as {} but an earlier tag of the same job as {digest}",
+                        outcome.digest
+                    ),
+                ));
             }
             pushed = Some((outcome.digest, outcome.size));
         }

@@ -48,7 +48,9 @@ pub enum PlanError {
         known: String,
     },
     /// The target repository is outside the registry's allowed namespaces.
-    #[error("repository {repository:?} is outside the namespaces allowed for registry {registry} ({allowed})")]
+    #[error(
+        "repository {repository:?} is outside the namespaces allowed for registry {registry} ({allowed})"
+    )]
     NamespaceNotAllowed {
         /// The catalogue key.
         registry: String,
@@ -99,12 +101,17 @@ impl From<PlanError> for JobFailure {
 /// Plans `job` against `catalogue`: resolves the registry (key or alias), builds each exact
 /// target reference on that registry's host, and applies policy. Never consults a default
 /// registry.
-pub fn plan<'c>(job: &ValidJob, catalogue: &'c Catalogue) -> Result<(Plan, &'c Registry), PlanError> {
+pub fn plan<'c>(
+    job: &ValidJob,
+    catalogue: &'c Catalogue,
+) -> Result<(Plan, &'c Registry), PlanError> {
     let name = &job.job.target.registry;
-    let registry = catalogue.get(name).ok_or_else(|| PlanError::UnknownRegistry {
-        name: name.clone(),
-        known: known_names(catalogue),
-    })?;
+    let registry = catalogue
+        .get(name)
+        .ok_or_else(|| PlanError::UnknownRegistry {
+            name: name.clone(),
+            known: known_names(catalogue),
+        })?;
     let targets = job.targets_at(&registry.host)?;
     let repository = &job.job.target.repository;
     if !registry.allows_repository(repository) {
@@ -115,7 +122,9 @@ pub fn plan<'c>(job: &ValidJob, catalogue: &'c Catalogue) -> Result<(Plan, &'c R
         });
     }
     if let Some(root) = targets.iter().find(|t| t.is_docker_hub_root()) {
-        return Err(PlanError::RootRepositoryOnDockerHub { target: root.to_string() });
+        return Err(PlanError::RootRepositoryOnDockerHub {
+            target: root.to_string(),
+        });
     }
     let plan = Plan {
         job_id: job.job.job_id.clone(),
@@ -135,5 +144,9 @@ fn known_names(catalogue: &Catalogue) -> String {
         .flat_map(|r| std::iter::once(r.key.clone()).chain(r.aliases.iter().cloned()))
         .collect();
     names.sort();
-    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
 }

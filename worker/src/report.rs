@@ -27,11 +27,20 @@ impl Reporter {
     ) -> Self {
         let mut template = Event::new(JobState::Accepted, job_id, attempt, worker);
         template.metadata = metadata;
-        Self { publisher, exchange, template }
+        Self {
+            publisher,
+            exchange,
+            template,
+        }
     }
 
     /// Sets the fields known once the job is read or planned.
-    pub fn set_context(&mut self, registry: Option<String>, source: Option<String>, targets: Vec<String>) {
+    pub fn set_context(
+        &mut self,
+        registry: Option<String>,
+        source: Option<String>,
+        targets: Vec<String>,
+    ) {
         if registry.is_some() {
             self.template.registry = registry;
         }
@@ -67,7 +76,12 @@ impl Reporter {
             .with_message_id(event.event_id.to_string().into())
             .with_type(format!("pushfleet.event.{}", event.state.as_str()).into());
         self.publisher
-            .publish_json(&self.exchange, &event.routing_key(), &event.to_json(), properties)
+            .publish_json(
+                &self.exchange,
+                &event.routing_key(),
+                &event.to_json(),
+                properties,
+            )
             .await
     }
 }

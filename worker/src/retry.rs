@@ -58,8 +58,13 @@ impl RetryPolicy {
             return RetryDecision::Dead;
         }
         let backoff = self.delay_for(attempt);
-        let delay = failure.retry_after.map_or(backoff, |floor| backoff.max(floor));
-        RetryDecision::Retry { delay, next_attempt: attempt + 1 }
+        let delay = failure
+            .retry_after
+            .map_or(backoff, |floor| backoff.max(floor));
+        RetryDecision::Retry {
+            delay,
+            next_attempt: attempt + 1,
+        }
     }
 
     /// The jittered delay after attempt `attempt`: between `min_delay * 2^(attempt-1)` and
@@ -104,10 +109,16 @@ mod tests {
         let mut last_floor = Duration::ZERO;
         for attempt in 1..4 {
             match p.decide(attempt, &f) {
-                RetryDecision::Retry { delay, next_attempt } => {
+                RetryDecision::Retry {
+                    delay,
+                    next_attempt,
+                } => {
                     assert_eq!(next_attempt, attempt + 1);
                     let floor = Duration::from_secs(1 << (attempt - 1)).min(p.max_delay);
-                    assert!(delay >= floor && delay <= floor * 2, "attempt {attempt}: {delay:?}");
+                    assert!(
+                        delay >= floor && delay <= floor * 2,
+                        "attempt {attempt}: {delay:?}"
+                    );
                     assert!(floor >= last_floor);
                     last_floor = floor;
                 }

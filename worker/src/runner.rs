@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection};
 use pushfleet_shared::event::{JobState, RetryInfo};
@@ -92,19 +94,26 @@ struct Shared {
 /// connection is lost (then returns an error, so a supervisor restarts the process).
 pub async fn run(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let pipeline = Pipeline::new(Arc::clone(&config))?;
-    let url = config.amqp.url_with_password().map_err(RunError::AmqpPassword)?;
+    let url = config
+        .amqp
+        .url_with_password()
+        .map_err(RunError::AmqpPassword)?;
     let worker_id = config.worker.id.clone();
     let topology = Topology::new(&config.amqp.topology_prefix);
 
     // Two connections: flow control on the publishing one must not stop acks on the other.
-    let consume_conn = broker::connect(url.expose_secret(), &format!("{worker_id} consume")).await?;
-    let publish_conn = broker::connect(url.expose_secret(), &format!("{worker_id} publish")).await?;
+    let consume_conn =
+        broker::connect(url.expose_secret(), &format!("{worker_id} consume")).await?;
+    let publish_conn =
+        broker::connect(url.expose_secret(), &format!("{worker_id} publish")).await?;
     let publisher = ConfirmedPublisher::open(&publish_conn).await?;
     broker::declare_topology(publisher.channel(), &topology).await?;
 
     let channel = consume_conn.create_channel().await?;
     let prefetch = config.worker.prefetch();
-    channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
     let consumer_tag = format!("{worker_id}-{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
@@ -144,13 +153,19 @@ pub async fn run(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Res
     };
 
     info!("stopping: no new jobs; waiting for the ones in flight");
-    if let Err(e) = channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()).await {
+    if let Err(e) = channel
+        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
+        .await
+    {
         warn!(error = %e, "basic.cancel failed");
     }
     tracker.close();
     let grace = config.worker.shutdown_grace();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(?grace, "jobs still running after the grace period: they return to the queue");
+        warn!(
+            ?grace,
+            "jobs still running after the grace period: they return to the queue"
+        );
     }
     close(&consume_conn).await;
     close(&publish_conn).await;
@@ -166,7 +181,11 @@ async fn close(conn: &Connection) {
 
 /// The attempt number a delivery carries (1 when it never went through the retry queue).
 fn attempt_of(delivery: &Delivery) -> u32 {
-    let value = delivery.properties.headers().as_ref().and_then(|h| h.inner().get(ATTEMPT_HEADER));
+    let value = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPT_HEADER));
     let n = match value {
         Some(AMQPValue::LongLongInt(n)) => *n,
         Some(AMQPValue::LongInt(n)) => i64::from(*n),
@@ -180,14 +199,20 @@ fn attempt_of(delivery: &Delivery) -> u32 {
 async fn handle(shared: &Shared, delivery: Delivery) {
     let attempt = attempt_of(&delivery);
     let job_id = job::peek_job_id(&delivery.data);
-    let span = info_span!("job", job_id = job_id.as_deref().unwrap_or("-"), attempt, target = tracing::field::Empty);
+    let span = info_span!(
+        "job",
+        job_id = job_id.as_deref().unwrap_or("-"),
+        attempt,
+        target = tracing::field::Empty
+    );
     async move {
         let settled = match PushJob::from_slice(&delivery.data) {
             Err(e) => {
                 warn!(code = %e.code(), error = %e, "refusing a message that is not a valid job");
                 let reporter = shared.reporter(job_id, attempt, job::peek_metadata(&delivery.data));
                 let error = EventError::new(e.code(), e.to_string(), e.hint());
-                finish_failed(shared, &reporter, &delivery, JobState::Failed, error).await
+                let event = reporter.error_event(JobState::Failed, error);
+                finish_failed(shared, &reporter, &delivery, event).await
             }
             Ok(valid) => run_job(shared, &delivery, valid, attempt).await,
         };
@@ -205,7 +230,12 @@ async fn handle(shared: &Shared, delivery: Delivery) {
 }
 
 impl Shared {
-    fn reporter(&self, job_id: Option<String>, attempt: u32, metadata: serde_json::Map<String, serde_json::Value>) -> Reporter {
+    fn reporter(
+        &self,
+        job_id: Option<String>,
+        attempt: u32,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    ) -> Reporter {
         Reporter::new(
             self.publisher.clone(),
             self.topology.events_exchange(),
@@ -223,16 +253,31 @@ async fn run_job(
     valid: pushfleet_shared::job::ValidJob,
     attempt: u32,
 ) -> Result<(), BrokerError> {
-    let mut reporter = shared.reporter(Some(valid.job.job_id.clone()), attempt, valid.job.metadata.clone());
-    reporter.set_context(Some(valid.job.target.registry.clone()), Some(valid.source.to_string()), Vec::new());
-    reporter.publish(&reporter.event(JobState::Accepted)).await?;
+    let mut reporter = shared.reporter(
+        Some(valid.job.job_id.clone()),
+        attempt,
+        valid.job.metadata.clone(),
+    );
+    reporter.set_context(
+        Some(valid.job.target.registry.clone()),
+        Some(valid.source.to_string()),
+        Vec::new(),
+    );
+    reporter
+        .publish(&reporter.event(JobState::Accepted))
+        .await?;
     info!(source = %valid.source, registry = %valid.job.target.registry, "job accepted");
 
     let (progress_tx, progress_rx) = watch::channel(None);
     let stop_progress = CancellationToken::new();
-    let progress_task = tokio::spawn(publish_progress(reporter.clone(), progress_rx, stop_progress.clone()));
+    let progress_task = tokio::spawn(publish_progress(
+        reporter.clone(),
+        progress_rx,
+        stop_progress.clone(),
+    ));
 
-    let timeout_s = valid.timeout_s_or(u32::try_from(shared.job_timeout.as_secs()).unwrap_or(u32::MAX));
+    let timeout_s =
+        valid.timeout_s_or(u32::try_from(shared.job_timeout.as_secs()).unwrap_or(u32::MAX));
     let limit = Duration::from_secs(u64::from(timeout_s));
     let result = tokio::time::timeout(limit, shared.pipeline.run(&valid, &progress_tx)).await;
     stop_progress.cancel();
@@ -240,7 +285,11 @@ async fn run_job(
 
     match result {
         Ok(Ok(success)) => {
-            reporter.set_context(Some(success.plan.registry.clone()), None, success.plan.targets.clone());
+            reporter.set_context(
+                Some(success.plan.registry.clone()),
+                None,
+                success.plan.targets.clone(),
+            );
             let mut event = reporter.event(JobState::Succeeded);
             event.digest = Some(success.digest.clone());
             event.size = success.size;
@@ -256,7 +305,16 @@ async fn run_job(
             if let Some(plan) = &failure.plan {
                 reporter.set_context(Some(plan.registry.clone()), None, plan.targets.clone());
             }
-            settle_failure(shared, &reporter, delivery, &valid, attempt, failure.failure, Some(failure.phases)).await
+            settle_failure(
+                shared,
+                &reporter,
+                delivery,
+                &valid,
+                attempt,
+                failure.failure,
+                Some(failure.phases),
+            )
+            .await
         }
         Err(_) => {
             let failure = JobFailure::new(
@@ -278,8 +336,12 @@ async fn settle_failure(
     phases: Option<pushfleet_shared::event::PhaseTimings>,
 ) -> Result<(), BrokerError> {
     warn!(code = %failure.code(), error = %failure.error.message, "attempt failed");
-    match shared.retry.decide(attempt, &failure) {
-        RetryDecision::Retry { delay, next_attempt } => {
+    let decision = shared.retry.decide(attempt, &failure);
+    match decision {
+        RetryDecision::Retry {
+            delay,
+            next_attempt,
+        } => {
             let mut event = reporter.error_event(JobState::Retrying, failure.error);
             event.phases = phases;
             let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -291,46 +353,77 @@ async fn settle_failure(
             // Republish first: if the event fails after this, the job still exists twice at
             // worst (at-least-once), never zero times.
             let mut headers = FieldTable::default();
-            headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(next_attempt)));
+            headers.insert(
+                ATTEMPT_HEADER.into(),
+                AMQPValue::LongLongInt(i64::from(next_attempt)),
+            );
             let properties = BasicProperties::default()
                 .with_headers(headers)
                 .with_expiration(delay_ms.to_string().into());
             shared
                 .publisher
-                .publish_json(&shared.topology.retry_exchange(), JOB_ROUTING_KEY, &valid.job.to_json(), properties)
+                .publish_json(
+                    &shared.topology.retry_exchange(),
+                    JOB_ROUTING_KEY,
+                    &valid.job.to_json(),
+                    properties,
+                )
                 .await?;
             reporter.publish(&event).await?;
             info!(?delay, next_attempt, "retry scheduled");
             delivery.ack(BasicAckOptions::default()).await?;
             Ok(())
         }
-        RetryDecision::Fail => finish_failed(shared, reporter, delivery, JobState::Failed, failure.error).await,
-        RetryDecision::Dead => finish_failed(shared, reporter, delivery, JobState::Dead, failure.error).await,
+        RetryDecision::Fail | RetryDecision::Dead => {
+            let state = if decision == RetryDecision::Fail {
+                JobState::Failed
+            } else {
+                JobState::Dead
+            };
+            let mut event = reporter.error_event(state, failure.error);
+            event.phases = phases;
+            finish_failed(shared, reporter, delivery, event).await
+        }
     }
 }
 
-/// Publishes the terminal error event, copies the message to the dead-letter queue with the
-/// reason in its headers, then acks.
+/// Copies the message to the dead-letter queue with the reason in its headers, publishes the
+/// terminal error `event`, then acks.
 async fn finish_failed(
     shared: &Shared,
     reporter: &Reporter,
     delivery: &Delivery,
-    state: JobState,
-    error: EventError,
+    event: pushfleet_shared::Event,
 ) -> Result<(), BrokerError> {
+    let Some(error) = event.error.clone() else {
+        return reporter.publish(&event).await;
+    };
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(DEAD_CODE_HEADER.into(), AMQPValue::LongString(LongString::from(error.code.as_str())));
-    headers.insert(DEAD_MESSAGE_HEADER.into(), AMQPValue::LongString(LongString::from(error.message.as_str())));
-    headers.insert(DEAD_WORKER_HEADER.into(), AMQPValue::LongString(LongString::from(shared.worker_id.as_str())));
+    headers.insert(
+        DEAD_CODE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(error.code.as_str())),
+    );
+    headers.insert(
+        DEAD_MESSAGE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(error.message.as_str())),
+    );
+    headers.insert(
+        DEAD_WORKER_HEADER.into(),
+        AMQPValue::LongString(LongString::from(shared.worker_id.as_str())),
+    );
     let mut properties = BasicProperties::default().with_headers(headers);
     if let Some(ct) = delivery.properties.content_type() {
         properties = properties.with_content_type(ShortString::from(ct.as_str()));
     }
     shared
         .publisher
-        .publish_raw(&shared.topology.dead_letter_exchange(), JOB_ROUTING_KEY, &delivery.data, properties)
+        .publish_raw(
+            &shared.topology.dead_letter_exchange(),
+            JOB_ROUTING_KEY,
+            &delivery.data,
+            properties,
+        )
         .await?;
-    let event = reporter.error_event(state, error);
     reporter.publish(&event).await?;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())

@@ -88,7 +88,11 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let job = match build_job(&args) {
         Ok(job) => job,
-        Err(BuildError::Invalid { code, message, hint }) => {
+        Err(BuildError::Invalid {
+            code,
+            message,
+            hint,
+        }) => {
             print_error(code.as_str(), &message, &hint);
             return Ok(ExitCode::from(2));
         }
@@ -97,11 +101,21 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return Ok(dry_run(&job, &config));
     }
-    publish(&job, &config, args.wait, Duration::from_secs(args.wait_timeout_s)).await
+    publish(
+        &job,
+        &config,
+        args.wait,
+        Duration::from_secs(args.wait_timeout_s),
+    )
+    .await
 }
 
 enum BuildError {
-    Invalid { code: pushfleet_shared::ErrorCode, message: String, hint: String },
+    Invalid {
+        code: pushfleet_shared::ErrorCode,
+        message: String,
+        hint: String,
+    },
     Usage(anyhow::Error),
 }
 
@@ -112,7 +126,10 @@ impl From<anyhow::Error> for BuildError {
 }
 
 fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
-    let job_id = args.job_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let job_id = args
+        .job_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let metadata: Map<String, Value> = match &args.metadata {
         Some(text) => serde_json::from_str(text).context("--metadata must be a JSON object")?,
         None => Map::new(),
@@ -127,14 +144,16 @@ fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
         return PushJob::from_slice(&body).map_err(invalid);
     }
     if let Some(params) = &args.django {
-        let step: DjangoPushStep =
-            serde_json::from_str(params).context("--django must be the step's parameters as JSON")?;
+        let step: DjangoPushStep = serde_json::from_str(params)
+            .context("--django must be the step's parameters as JSON")?;
         let project = args.project.as_deref().unwrap_or_default();
-        return step.to_job(project, &job_id, metadata).map_err(|e| BuildError::Invalid {
-            code: e.code(),
-            message: e.to_string(),
-            hint: "check the step's image, tag and registry_id".to_owned(),
-        });
+        return step
+            .to_job(project, &job_id, metadata)
+            .map_err(|e| BuildError::Invalid {
+                code: e.code(),
+                message: e.to_string(),
+                hint: "check the step's image, tag and registry_id".to_owned(),
+            });
     }
     let (Some(source), Some(registry), Some(repository)) =
         (&args.source, &args.registry, &args.repository)
@@ -144,8 +163,12 @@ fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
         )));
     };
     let tags = if args.tags.is_empty() {
-        let parsed = pushfleet_shared::ImageRef::parse(source)
-            .map_err(|e| invalid(pushfleet_shared::JobError::Reference { field: "source".into(), source: e }))?;
+        let parsed = pushfleet_shared::ImageRef::parse(source).map_err(|e| {
+            invalid(pushfleet_shared::JobError::Reference {
+                field: "source".into(),
+                source: e,
+            })
+        })?;
         vec![parsed.tag_or_latest().to_owned()]
     } else {
         args.tags.clone()
@@ -154,8 +177,15 @@ fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
         version: JOB_VERSION,
         job_id,
         source: source.clone(),
-        target: JobTarget { registry: registry.clone(), repository: repository.clone(), tags },
-        options: JobOptions { remove_local_tag: args.remove_local_tag, timeout_s: args.timeout_s },
+        target: JobTarget {
+            registry: registry.clone(),
+            repository: repository.clone(),
+            tags,
+        },
+        options: JobOptions {
+            remove_local_tag: args.remove_local_tag,
+            timeout_s: args.timeout_s,
+        },
         metadata,
     };
     job.validate().map_err(invalid)
@@ -189,7 +219,10 @@ fn dry_run(job: &ValidJob, config: &Config) -> ExitCode {
                 };
                 obj.insert("credentials".into(), creds.into());
             }
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -199,9 +232,17 @@ fn dry_run(job: &ValidJob, config: &Config) -> ExitCode {
     }
 }
 
-async fn publish(job: &ValidJob, config: &Config, wait: bool, wait_timeout: Duration) -> anyhow::Result<ExitCode> {
+async fn publish(
+    job: &ValidJob,
+    config: &Config,
+    wait: bool,
+    wait_timeout: Duration,
+) -> anyhow::Result<ExitCode> {
     let topology = Topology::new(&config.amqp.topology_prefix);
-    let url = config.amqp.url_with_password().context("amqp.password_file")?;
+    let url = config
+        .amqp
+        .url_with_password()
+        .context("amqp.password_file")?;
     let conn = broker::connect(url.expose_secret(), "pushfleet submit")
         .await
         .with_context(|| format!("cannot reach the broker at {}", config.amqp.url))?;
@@ -214,7 +255,11 @@ async fn publish(job: &ValidJob, config: &Config, wait: bool, wait_timeout: Dura
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -231,7 +276,10 @@ async fn publish(job: &ValidJob, config: &Config, wait: bool, wait_timeout: Dura
             .basic_consume(
                 queue.name().clone(),
                 "".into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -241,9 +289,18 @@ async fn publish(job: &ValidJob, config: &Config, wait: bool, wait_timeout: Dura
     };
 
     publisher
-        .publish_json(&topology.jobs_exchange(), JOB_ROUTING_KEY, &job.job.to_json(), lapin::BasicProperties::default())
+        .publish_json(
+            &topology.jobs_exchange(),
+            JOB_ROUTING_KEY,
+            &job.job.to_json(),
+            lapin::BasicProperties::default(),
+        )
         .await?;
-    eprintln!("published job {} to {}", job.job.job_id, topology.jobs_exchange());
+    eprintln!(
+        "published job {} to {}",
+        job.job.job_id,
+        topology.jobs_exchange()
+    );
     let Some(mut consumer) = events else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -259,7 +316,9 @@ async fn publish(job: &ValidJob, config: &Config, wait: bool, wait_timeout: Dura
             Ok(None) => bail!("the broker closed the event stream"),
             Ok(Some(d)) => d?,
         };
-        let Ok(event) = Event::from_slice(&delivery.data) else { continue };
+        let Ok(event) = Event::from_slice(&delivery.data) else {
+            continue;
+        };
         if event.job_id.as_deref() != Some(job.job.job_id.as_str()) {
             continue;
         }

@@ -15,12 +15,16 @@ pub async fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
         Ok(c) => Arc::new(c),
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("the worker did not start: fix the configuration (see `pushfleet check-config`)");
+            eprintln!(
+                "the worker did not start: fix the configuration (see `pushfleet check-config`)"
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
     info!(amqp = %config.amqp.url, docker = %config.docker.host, registries = config.registries.len(), "configuration loaded");
-    runner::run(config, shutdown_signal()).await.context("the worker stopped on an error")?;
+    runner::run(config, shutdown_signal())
+        .await
+        .context("the worker stopped on an error")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -77,9 +77,9 @@ use self::error::from_transport;
 pub use self::error::{RegistryError, Right, Target};
 use self::names::{validate_reference, validate_repository};
 use self::probe::ProbeFailure;
+pub use crate::credentials::Credentials;
 /// Re-exported: [`Credentials`] and [`PushAccess`] hold [`SecretString`]s.
 pub use secrecy::{ExposeSecret, SecretString};
-pub use crate::credentials::Credentials;
 
 /// Time limit of one registry request (connect, send, answer and body).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
