@@ -236,7 +236,11 @@ impl Daemon {
         }
     }
 
-    async fn missing(&self, source: &ImageRef, reference: String) -> DaemonError {
+    async fn missing(&self, source: &ImageRef, mut reference: String) -> DaemonError {
+        if source.tag().is_none() && source.digest().is_none() {
+            // Say what Docker looked for: a bare name means `:latest` (seed 000).
+            reference.push_str(":latest");
+        }
         let repo = familiar_repository(source);
         let filters = HashMap::from([("reference".to_owned(), vec![repo.clone()])]);
         let options = ListImagesOptions {

@@ -70,7 +70,9 @@ impl RetryPolicy {
     /// The jittered delay after attempt `attempt`: between `min_delay * 2^(attempt-1)` and
     /// twice that, capped at `max_delay` before jitter.
     pub fn delay_for(&self, attempt: u32) -> Duration {
-        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        // Doubling saturates at `max_delay` long before 64 steps; capping the index keeps
+        // this O(1) for absurd attempt numbers.
+        let index = usize::try_from(attempt.saturating_sub(1).min(64)).unwrap_or(64);
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)

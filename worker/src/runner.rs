@@ -258,11 +258,14 @@ async fn run_job(
         attempt,
         valid.job.metadata.clone(),
     );
-    reporter.set_context(
-        Some(valid.job.target.registry.clone()),
-        Some(valid.source.to_string()),
-        Vec::new(),
-    );
+    // The catalogue key, even when the job named an alias; nothing for an unknown registry.
+    let registry_key = shared
+        .pipeline
+        .config()
+        .registries
+        .get(&valid.job.target.registry)
+        .map(|r| r.key.clone());
+    reporter.set_context(registry_key, Some(valid.source.to_string()), Vec::new());
     reporter
         .publish(&reporter.event(JobState::Accepted))
         .await?;
