@@ -7,9 +7,14 @@
 #   settings.env   ports chosen on the first start (env vars override them later)
 #   stack.env      what tests and workers read (addresses, user names, password FILE paths)
 #   config/        generated configs (registries, dockerd, rabbitmq, token-server users)
-#   secrets/       passwords, htpasswd, token signing key + cert (0600 files, 0700 dir)
+#   secrets/       passwords, htpasswd, token signing key + cert, the TLS registry's CA and
+#                  server certificate (0600 keys, 0700 dir)
 #   logs/  pids/   one log and one pid file per component
-#   rabbitmq/ docker/ docker-exec/ registry-basic/ registry-token/   component data
+#   rabbitmq/ docker/ docker-exec/ registry-basic/ registry-token/ registry-tls/   component data
+#
+# Outside the state directory, only for the TLS registry (removed by stop.sh): one line in
+# /etc/hosts (`::1 registry.test # pushfleet-stack <state dir>`) and the daemon's trust folder
+# /etc/docker/certs.d/registry.test:<port>/ (ca.crt, plus an owner file naming the state dir).
 #
 # Every process we start carries PUSHFLEET_STACK_OWNER=<state dir> in its environment.
 # stop.sh only ends processes whose pid file points to a live process carrying that marker
@@ -23,7 +28,7 @@ case $PF_STATE in /*) ;; *) PF_STATE=$PWD/$PF_STATE ;; esac
 PF_STATE=${PF_STATE%/}
 
 # All components, in start order; stop goes the other way.
-PF_COMPONENTS=(rabbitmq dockerd token-server basic-registry token-registry)
+PF_COMPONENTS=(rabbitmq dockerd token-server basic-registry token-registry tls-registry)
 
 PF_RABBITMQ_BIN=/usr/lib/rabbitmq/bin # the real scripts, without Debian's `su rabbitmq` wrapper
 PF_TOKEN_SERVICE=pushfleet-token-registry
@@ -31,6 +36,17 @@ PF_TOKEN_ISSUER=pushfleet-token-server
 PF_BASIC_USER=pushfleet
 PF_ODD_USER=oddpass
 PF_PUSHER_NAMESPACE=team-a
+
+# The TLS registry. dockerd treats every registry on 127.0.0.0/8 (and any name resolving
+# there) as insecure and never verifies its certificate, so it listens on IPv6 loopback and is
+# reached by a name mapped to ::1 in /etc/hosts; the daemon trusts its CA through certs.d.
+PF_TLS_NAME=registry.test
+PF_TLS_LISTEN=::1
+PF_HOSTS_FILE=/etc/hosts
+PF_DOCKER_CERTS_D=/etc/docker/certs.d
+# In each certs.d folder we create: names the state dir that owns it. dockerd only reads
+# *.crt, *.cert and *.key files there, so it ignores this one.
+PF_CERTS_D_OWNER=pushfleet-stack.owner
 
 log() { printf '[pushfleet-stack] %s\n' "$*" >&2; }
 die() {
@@ -50,6 +66,13 @@ pf_paths() {
     PF_RMQ_PIDFILE=$PF_PIDS/rabbitmq.pid
     PF_TOKEN_KEY=$PF_SECRETS/token-signing.key
     PF_TOKEN_CERT=$PF_SECRETS/token-signing.crt
+    PF_TLS_CA_KEY=$PF_SECRETS/tls-ca.key
+    PF_TLS_CA_CERT=$PF_SECRETS/tls-ca.crt
+    PF_TLS_WRONG_CA_CERT=$PF_SECRETS/tls-wrong-ca.crt # unrelated CA (its key is discarded)
+    PF_TLS_SERVER_KEY=$PF_SECRETS/tls-registry.key
+    PF_TLS_SERVER_CERT=$PF_SECRETS/tls-registry.crt
+    # Ends the /etc/hosts line of this stack (no spaces: start.sh refuses a state dir with any).
+    PF_HOSTS_MARK="# pushfleet-stack $PF_STATE"
 }
 pf_paths
 
@@ -66,9 +89,12 @@ pf_settings() {
     PF_BASIC_PORT=${PUSHFLEET_BASIC_PORT:-${old[PUSHFLEET_BASIC_PORT]:-5001}}
     PF_TOKEN_REGISTRY_PORT=${PUSHFLEET_TOKEN_REGISTRY_PORT:-${old[PUSHFLEET_TOKEN_REGISTRY_PORT]:-5002}}
     PF_TOKEN_SERVER_PORT=${PUSHFLEET_TOKEN_SERVER_PORT:-${old[PUSHFLEET_TOKEN_SERVER_PORT]:-5003}}
+    PF_TLS_REGISTRY_PORT=${PUSHFLEET_TLS_REGISTRY_PORT:-${old[PUSHFLEET_TLS_REGISTRY_PORT]:-5443}}
     PF_RMQ_NODE=${PUSHFLEET_RABBITMQ_NODENAME:-${old[PUSHFLEET_RABBITMQ_NODENAME]:-pushfleet@localhost}}
     # Erlang distribution port of the node: RabbitMQ's own rule (AMQP port + 20000).
     PF_AMQP_DIST_PORT=$((PF_AMQP_PORT + 20000))
+    PF_TLS_REGISTRY=$PF_TLS_NAME:$PF_TLS_REGISTRY_PORT
+    PF_TLS_CERTS_DIR=$PF_DOCKER_CERTS_D/$PF_TLS_REGISTRY
 }
 
 pf_save_settings() {
@@ -80,6 +106,7 @@ PUSHFLEET_EPMD_PORT=$PF_EPMD_PORT
 PUSHFLEET_BASIC_PORT=$PF_BASIC_PORT
 PUSHFLEET_TOKEN_REGISTRY_PORT=$PF_TOKEN_REGISTRY_PORT
 PUSHFLEET_TOKEN_SERVER_PORT=$PF_TOKEN_SERVER_PORT
+PUSHFLEET_TLS_REGISTRY_PORT=$PF_TLS_REGISTRY_PORT
 PUSHFLEET_RABBITMQ_NODENAME=$PF_RMQ_NODE
 EOF
     mv -f "$PF_STATE/settings.env.tmp" "$PF_STATE/settings.env"
@@ -161,20 +188,22 @@ launch() {
     echo $!
 }
 
-# True if something listens on 127.0.0.1:$1.
+# True if something listens on ${2:-127.0.0.1}:$1 (bash's /dev/tcp also takes ::1).
 port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
 }
 
-# Fails clearly if 127.0.0.1:$1 is taken (we only call it when our component is not running).
+# Fails clearly if ${4:-127.0.0.1}:$1 is taken (we only call it when our component is not
+# running).
 require_free_port() {
-    local port=$1 what=$2 var=$3
-    if port_open "$port"; then
+    local port=$1 what=$2 var=$3 host=${4:-127.0.0.1}
+    if port_open "$port" "$host"; then
         local who=""
         if command -v ss >/dev/null 2>&1; then
             who=$(ss -Hltnp "sport = :$port" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/ (\1, pid \2)/p' | head -n1)
         fi
-        die "port 127.0.0.1:$port for $what is taken by a process not started by this stack$who; stop it or choose another port with $var=<port> (the choice is kept in $PF_STATE/settings.env)"
+        [[ $host == *:* ]] && host="[$host]"
+        die "port $host:$port for $what is taken by a process not started by this stack$who; stop it or choose another port with $var=<port> (the choice is kept in $PF_STATE/settings.env)"
     fi
 }
 
@@ -207,6 +236,16 @@ wait_ready() {
 # HTTP status of a GET on loopback (never through a proxy).
 http_status() {
     curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true
+}
+
+# Replaces the content of file $1 with stdin if it differs, in place (same inode, owner and
+# mode): a container's /etc/hosts is a bind mount that a rename cannot replace.
+rewrite_in_place() {
+    local file=$1 tmp
+    tmp=$(mktemp)
+    cat >"$tmp"
+    cmp -s "$tmp" "$file" || cat "$tmp" >"$file"
+    rm -f "$tmp"
 }
 
 # Mount points below directory $1 (deepest first).
@@ -249,6 +288,30 @@ rmqctl() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# TLS registry: its name in /etc/hosts and the daemon's trust in certs.d. start.sh installs
+# both, stop.sh removes exactly what carries this stack's marker.
+
+# This stack's /etc/hosts line.
+tls_hosts_line() { printf '%s %s %s\n' "$PF_TLS_LISTEN" "$PF_TLS_NAME" "$PF_HOSTS_MARK"; }
+
+# hosts_lines 1: the lines of /etc/hosts written by this stack (they end with
+# " $PF_HOSTS_MARK"); hosts_lines 0: all the others (unchanged, in order).
+hosts_lines() {
+    [[ -f $PF_HOSTS_FILE ]] || return 0
+    PF_M=" $PF_HOSTS_MARK" awk -v want="$1" '
+        { m = ENVIRON["PF_M"]; n = length($0) - length(m)
+          ours = n >= 0 && substr($0, n + 1) == m }
+        ours == want { print }' "$PF_HOSTS_FILE"
+}
+hosts_ours() { hosts_lines 1; }
+hosts_others() { hosts_lines 0; }
+
+# True if certs.d folder $1 was created by this stack (its owner file names our state dir).
+certs_dir_ours() {
+    [[ -f $1/$PF_CERTS_D_OWNER && $(cat "$1/$PF_CERTS_D_OWNER" 2>/dev/null) == "$PF_STATE" ]]
+}
+
+# ---------------------------------------------------------------------------------------------
 # Status
 
 # One line per component: name, state, pid, address.
@@ -262,6 +325,7 @@ print_status() {
         token-server) addr="http://127.0.0.1:$PF_TOKEN_SERVER_PORT/token" ;;
         basic-registry) addr="http://127.0.0.1:$PF_BASIC_PORT (htpasswd)" ;;
         token-registry) addr="http://127.0.0.1:$PF_TOKEN_REGISTRY_PORT (token auth)" ;;
+        tls-registry) addr="https://$PF_TLS_REGISTRY ([$PF_TLS_LISTEN]:$PF_TLS_REGISTRY_PORT, htpasswd, own CA)" ;;
         esac
         pid=$(pid_of "$c")
         if [[ -n $pid ]]; then
@@ -270,4 +334,8 @@ print_status() {
             printf '  %-15s stopped  %-12s %s\n' "$c" "" "$addr"
         fi
     done
+    local hosts="missing" trust="missing"
+    [[ $(hosts_ours) == "$(tls_hosts_line)" ]] && hosts="ok"
+    certs_dir_ours "$PF_TLS_CERTS_DIR" && [[ -f $PF_TLS_CERTS_DIR/ca.crt ]] && trust="ok"
+    printf '  %-15s %-8s %-12s %s\n' "" "" "" "$PF_HOSTS_FILE '$PF_TLS_LISTEN $PF_TLS_NAME': $hosts; daemon CA $PF_TLS_CERTS_DIR/ca.crt: $trust"
 }

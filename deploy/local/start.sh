@@ -2,17 +2,22 @@
 # Starts the local pushfleet stack on loopback, from nothing, everything under one state
 # directory ${PUSHFLEET_STACK_DIR:-<repo>/.stack}:
 #   RabbitMQ (+ its own epmd), a private dockerd, an htpasswd registry ("basic"), a token-auth
-#   registry ("token") and pushfleet-token-server in front of it.
+#   registry ("token") and pushfleet-token-server in front of it, and an htpasswd registry
+#   over TLS ("tls": https://registry.test:5443 on [::1], certificate from our own CA).
 # Then writes $STATE/stack.env (KEY=value; passwords only as file paths) for tests and workers.
 #
 # Usage: deploy/local/start.sh [COMPONENT...]
-#   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry (default: all)
+#   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry tls-registry
+#   (default: all)
 # Idempotent: components that already run (live pid of ours) are left alone, missing ones are
 # started, so after killing one by pid, running start.sh again restarts just that one.
+# tls-registry also adds `::1 registry.test # pushfleet-stack <state dir>` to /etc/hosts and
+# the CA as /etc/docker/certs.d/registry.test:<port>/ca.crt (stop.sh removes both).
 #
 # Ports (env vars; the first choice is kept in $STATE/settings.env):
 #   PUSHFLEET_AMQP_PORT=5672 PUSHFLEET_EPMD_PORT=4370 PUSHFLEET_BASIC_PORT=5001
 #   PUSHFLEET_TOKEN_REGISTRY_PORT=5002 PUSHFLEET_TOKEN_SERVER_PORT=5003
+#   PUSHFLEET_TLS_REGISTRY_PORT=5443 (on ::1)
 # Other knobs: PUSHFLEET_TOKEN_SERVER_BIN (use this binary instead of building it),
 #   PUSHFLEET_STARTUP_TIMEOUT (seconds per component, default 90).
 set -euo pipefail
@@ -29,10 +34,10 @@ wanted=()
 for arg in "$@"; do
     case $arg in
     -h | --help)
-        sed -n '2,20p' "$0"
+        sed -n '2,22p' "$0"
         exit 0
         ;;
-    rabbitmq | dockerd | token-server | basic-registry | token-registry) wanted+=("$arg") ;;
+    rabbitmq | dockerd | token-server | basic-registry | token-registry | tls-registry) wanted+=("$arg") ;;
     *) die "unknown component '$arg' (known: ${PF_COMPONENTS[*]})" ;;
     esac
 done
@@ -129,7 +134,8 @@ init_state() {
     chmod 700 "$PF_STATE"
     touch "$PF_STATE/.pushfleet-stack" # stop.sh --purge only removes a directory carrying this
     mkdir -p "$PF_CONFIG" "$PF_LOGS" "$PF_PIDS" "$PF_RMQ_DIR/home" "$PF_STATE/docker" \
-        "$PF_STATE/docker-exec" "$PF_STATE/registry-basic" "$PF_STATE/registry-token"
+        "$PF_STATE/docker-exec" "$PF_STATE/registry-basic" "$PF_STATE/registry-token" \
+        "$PF_STATE/registry-tls"
     (umask 077 && mkdir -p "$PF_SECRETS")
     chmod 700 "$PF_SECRETS" "$PF_CONFIG"
 }
@@ -142,6 +148,7 @@ init_secrets() {
     ensure_secret "$PF_SECRETS/token-admin.password" random_password
     ensure_secret "$PF_SECRETS/registry-basic.http-secret" random_password
     ensure_secret "$PF_SECRETS/registry-token.http-secret" random_password
+    ensure_secret "$PF_SECRETS/registry-tls.http-secret" random_password
     # Signs refresh tokens (`docker login` stores one as identitytoken): a fixed secret keeps
     # them valid across token-server restarts.
     ensure_secret "$PF_SECRETS/token-refresh.secret" random_password
@@ -164,6 +171,65 @@ init_secrets() {
             die "openssl failed, see $PF_LOGS/openssl.log"
         mv -f "$PF_TOKEN_KEY.tmp" "$PF_TOKEN_KEY"
         mv -f "$PF_TOKEN_CERT.tmp" "$PF_TOKEN_CERT"
+    fi
+
+    init_tls_certs
+}
+
+# openssl with its output in the log; dies on failure.
+run_openssl() {
+    (umask 077 && openssl "$@" >>"$PF_LOGS/openssl.log" 2>&1) ||
+        die "openssl $1 failed, see $PF_LOGS/openssl.log"
+}
+
+# A self-signed CA certificate $2 (and key $1, or none with /dev/null), subject CN $3.
+make_ca() {
+    run_openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 -days 3650 \
+        -subj "/CN=$3" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$1" -out "$2"
+    chmod 644 "$2" # a CA certificate is public; the directory stays 0700
+}
+
+# The TLS registry's CA (made once), its server certificate (remade when missing, older than
+# the CA or expiring within a day) for DNS:registry.test and IP:::1, and an unrelated CA for
+# negative tests.
+init_tls_certs() {
+    if [[ ! -s $PF_TLS_CA_KEY || ! -s $PF_TLS_CA_CERT ]]; then
+        log "creating the TLS registry's CA ($PF_TLS_CA_CERT)"
+        make_ca "$PF_TLS_CA_KEY.tmp" "$PF_TLS_CA_CERT.tmp" "pushfleet local test CA"
+        mv -f "$PF_TLS_CA_KEY.tmp" "$PF_TLS_CA_KEY"
+        mv -f "$PF_TLS_CA_CERT.tmp" "$PF_TLS_CA_CERT"
+    fi
+    if [[ ! -s $PF_TLS_WRONG_CA_CERT ]]; then
+        make_ca /dev/null "$PF_TLS_WRONG_CA_CERT.tmp" "pushfleet unrelated CA (signs nothing)"
+        mv -f "$PF_TLS_WRONG_CA_CERT.tmp" "$PF_TLS_WRONG_CA_CERT"
+    fi
+    if [[ ! -s $PF_TLS_SERVER_KEY || ! -s $PF_TLS_SERVER_CERT ||
+        $PF_TLS_CA_CERT -nt $PF_TLS_SERVER_CERT ]] ||
+        ! openssl x509 -checkend 86400 -noout -in "$PF_TLS_SERVER_CERT" >/dev/null 2>&1; then
+        log "creating the TLS registry's certificate for $PF_TLS_NAME and $PF_TLS_LISTEN"
+        local csr=$PF_SECRETS/tls-registry.csr
+        run_openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj "/CN=$PF_TLS_NAME" -keyout "$PF_TLS_SERVER_KEY.tmp" -out "$csr"
+        run_openssl x509 -req -in "$csr" -CA "$PF_TLS_CA_CERT" -CAkey "$PF_TLS_CA_KEY" \
+            -set_serial "0x$(openssl rand -hex 16)" -days 825 -sha256 \
+            -extfile <(printf '%s\n' \
+                "basicConstraints=critical,CA:FALSE" \
+                "keyUsage=critical,digitalSignature" \
+                "extendedKeyUsage=serverAuth" \
+                "subjectAltName=DNS:$PF_TLS_NAME,IP:$PF_TLS_LISTEN" \
+                "subjectKeyIdentifier=hash" \
+                "authorityKeyIdentifier=keyid") \
+            -out "$PF_TLS_SERVER_CERT.tmp"
+        rm -f "$csr"
+        run_openssl verify -CAfile "$PF_TLS_CA_CERT" -verify_hostname "$PF_TLS_NAME" \
+            -verify_ip "$PF_TLS_LISTEN" "$PF_TLS_SERVER_CERT.tmp"
+        mv -f "$PF_TLS_SERVER_KEY.tmp" "$PF_TLS_SERVER_KEY"
+        mv -f "$PF_TLS_SERVER_CERT.tmp" "$PF_TLS_SERVER_CERT"
+        [[ -z $(pid_of tls-registry) ]] ||
+            log "the running TLS registry still serves its old certificate: deploy/local/restart-component.sh tls-registry"
     fi
 }
 
@@ -195,13 +261,13 @@ write_configs() {
 }
 EOF
 
-    write_registry_config basic "$PF_BASIC_PORT" <<EOF
+    write_registry_config basic "127.0.0.1:$PF_BASIC_PORT" <<EOF
 auth:
   htpasswd:
     realm: pushfleet-basic-registry
     path: $PF_SECRETS/registry-basic.htpasswd
 EOF
-    write_registry_config token "$PF_TOKEN_REGISTRY_PORT" <<EOF
+    write_registry_config token "127.0.0.1:$PF_TOKEN_REGISTRY_PORT" <<EOF
 auth:
   token:
     realm: http://127.0.0.1:$PF_TOKEN_SERVER_PORT/token
@@ -209,6 +275,16 @@ auth:
     issuer: $PF_TOKEN_ISSUER
     rootcertbundle: $PF_TOKEN_CERT
     autoredirect: false
+EOF
+    # Same users as the basic registry (same htpasswd), over TLS only.
+    write_registry_config tls "[$PF_TLS_LISTEN]:$PF_TLS_REGISTRY_PORT" <<EOF
+  tls:
+    certificate: $PF_TLS_SERVER_CERT
+    key: $PF_TLS_SERVER_KEY
+auth:
+  htpasswd:
+    realm: pushfleet-tls-registry
+    path: $PF_SECRETS/registry-basic.htpasswd
 EOF
 
     # --- dockerd: our own (empty) daemon.json instead of /etc/docker/daemon.json.
@@ -225,9 +301,10 @@ log.console = false
 EOF
 }
 
-# write_registry_config NAME PORT < auth-section
+# write_registry_config NAME HOST:PORT < rest (optional further `http:` keys, indented, then
+# the `auth:` section)
 write_registry_config() {
-    local name=$1 port=$2 auth
+    local name=$1 addr=$2 auth
     auth=$(cat)
     write_file "$PF_CONFIG/registry-$name.yml" 600 <<EOF
 # docker-registry (distribution 2.8) "$name" of the pushfleet local stack.
@@ -245,7 +322,7 @@ storage:
   cache:
     blobdescriptor: inmemory
 http:
-  addr: 127.0.0.1:$port
+  addr: "$addr"
   secret: $(cat "$PF_SECRETS/registry-$name.http-secret")
   headers:
     X-Content-Type-Options: [nosniff]
@@ -381,27 +458,84 @@ wait_token_server() {
     fi
 }
 
-# start_registry basic|token PORT PORTVAR
+# start_registry basic|token|tls PORT PORTVAR [HOST]
 start_registry() {
-    local name=$1 port=$2 var=$3 pid
+    local name=$1 port=$2 var=$3 host=${4:-127.0.0.1} pid
     [[ -n $(pid_of "$name-registry") ]] && return 0
-    require_free_port "$port" "the $name registry" "$var"
-    log "starting $name registry on 127.0.0.1:$port"
+    require_free_port "$port" "the $name registry" "$var" "$host"
+    [[ $host == *:* ]] && host="[$host]"
+    log "starting $name registry on $host:$port"
     pid=$(launch "$PF_LOGS/registry-$name.log" docker-registry serve "$PF_CONFIG/registry-$name.yml")
     echo "$pid" >"$PF_PIDS/$name-registry.pid"
     STARTED+=("$name-registry")
 }
 
-# Both registries demand authentication: /v2/ answers 401 once they listen.
-registry_ready() { [[ $(http_status "http://127.0.0.1:$1/v2/") == 401 ]]; }
+# Every registry demands authentication: /v2/ answers 401 once it listens.
+# registry_ready BASE-URL [CURL-OPTION...]
+registry_ready() { [[ $(http_status "${@:2}" "$1/v2/") == 401 ]]; }
 
+# wait_registry NAME BASE-URL [CURL-OPTION...]
 wait_registry() {
-    local name=$1 port=$2
-    if ! wait_ready "$TIMEOUT" "$(pidfile_pid "$name-registry")" registry_ready "$port" ||
+    local name=$1 url=$2
+    if ! wait_ready "$TIMEOUT" "$(pidfile_pid "$name-registry")" registry_ready "$url" "${@:3}" ||
         [[ -z $(pid_of "$name-registry") ]]; then
         tail -n 20 "$PF_LOGS/registry-$name.log" >&2
-        die "$name registry not ready on 127.0.0.1:$port (log: $PF_LOGS/registry-$name.log)"
+        # What curl itself says (e.g. a certificate problem) helps more than a bare status.
+        curl --noproxy '*' -sS -o /dev/null --max-time 2 "${@:3}" "$url/v2/" 2>&1 | tail -n 1 >&2 || true
+        die "$name registry not ready at $url (log: $PF_LOGS/registry-$name.log)"
     fi
+}
+
+# The TLS registry needs IPv6 loopback: on 127.0.0.1 dockerd would never check its certificate.
+require_ipv6_loopback() {
+    grep -qE '^0{31}1 .* lo$' /proc/net/if_inet6 2>/dev/null ||
+        die "the TLS registry needs IPv6 loopback (::1 on lo; see 'ip -6 addr show lo'): dockerd treats registries on 127.0.0.0/8 as insecure and never verifies their certificate, so a TLS registry there would prove nothing. Enable IPv6 on lo (sysctl net.ipv6.conf.lo.disable_ipv6=0) or start the other components only: start.sh rabbitmq dockerd token-server basic-registry token-registry"
+}
+
+# `::1 registry.test # pushfleet-stack <state dir>` in /etc/hosts, exactly once (an outdated
+# line of ours is replaced). Refuses when a line not ours maps the name elsewhere.
+tls_hosts_install() {
+    local line other
+    line=$(tls_hosts_line)
+    other=$(hosts_others | awk -v n="$PF_TLS_NAME" -v a="$PF_TLS_LISTEN" '
+        { sub(/#.*/, "") }
+        NF >= 2 && $1 != a { for (i = 2; i <= NF; i++) if (tolower($i) == n) { print; next } }')
+    [[ -z $other ]] ||
+        die "$PF_HOSTS_FILE maps $PF_TLS_NAME elsewhere in a line not written by this stack ($other): remove that line"
+    [[ $(hosts_ours) == "$line" ]] && return 0
+    log "adding '$PF_TLS_LISTEN $PF_TLS_NAME' to $PF_HOSTS_FILE"
+    cp -p "$PF_HOSTS_FILE" "$PF_STATE/hosts.before-start"
+    { hosts_others; echo "$line"; } | rewrite_in_place "$PF_HOSTS_FILE"
+}
+
+# The CA for the daemon: $PF_TLS_CERTS_DIR/ca.crt (dockerd reads certs.d on every push; the
+# name must end in .crt), with an owner file naming the state dir so stop.sh removes only ours.
+tls_certs_d_install() {
+    local dir=$PF_TLS_CERTS_DIR
+    if [[ -d $dir ]] && ! certs_dir_ours "$dir"; then
+        [[ -f $dir/$PF_CERTS_D_OWNER ]] ||
+            die "$dir exists and was not created by this stack: remove it, or choose another port with PUSHFLEET_TLS_REGISTRY_PORT=<port>"
+        # Another stack's, left behind: its registry does not run (the port was free).
+        log "taking over $dir from the stack in $(cat "$dir/$PF_CERTS_D_OWNER")"
+    fi
+    if ! certs_dir_ours "$dir" || ! cmp -s "$PF_TLS_CA_CERT" "$dir/ca.crt"; then
+        log "installing the TLS registry's CA for the daemon: $dir/ca.crt"
+    fi
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    printf '%s\n' "$PF_STATE" | write_file "$dir/$PF_CERTS_D_OWNER" 644
+    write_file "$dir/ca.crt" 644 <"$PF_TLS_CA_CERT"
+}
+
+# The TLS registry plus its name and trust (ensured again even when it already runs).
+start_tls_registry() {
+    require_ipv6_loopback
+    if [[ -z $(pid_of tls-registry) ]]; then
+        require_free_port "$PF_TLS_REGISTRY_PORT" "the TLS registry" PUSHFLEET_TLS_REGISTRY_PORT "$PF_TLS_LISTEN"
+    fi
+    tls_hosts_install
+    tls_certs_d_install
+    start_registry tls "$PF_TLS_REGISTRY_PORT" PUSHFLEET_TLS_REGISTRY_PORT "$PF_TLS_LISTEN"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -438,6 +572,12 @@ PUSHFLEET_TOKEN_READER_USER=reader
 PUSHFLEET_TOKEN_READER_PASSWORD_FILE=$s/token-reader.password
 PUSHFLEET_TOKEN_ADMIN_USER=admin
 PUSHFLEET_TOKEN_ADMIN_PASSWORD_FILE=$s/token-admin.password
+PUSHFLEET_TLS_REGISTRY=$PF_TLS_REGISTRY
+PUSHFLEET_TLS_REGISTRY_URL=https://$PF_TLS_REGISTRY
+PUSHFLEET_TLS_REGISTRY_PORT=$PF_TLS_REGISTRY_PORT
+PUSHFLEET_TLS_CA_FILE=$PF_TLS_CA_CERT
+PUSHFLEET_TLS_WRONG_CA_FILE=$PF_TLS_WRONG_CA_CERT
+PUSHFLEET_TLS_CERTS_D=$PF_TLS_CERTS_DIR
 EOF
 }
 
@@ -452,6 +592,7 @@ check_port_changes() {
         PUSHFLEET_BASIC_PORT) comp=basic-registry ;;
         PUSHFLEET_TOKEN_REGISTRY_PORT) comp=token-registry ;;
         PUSHFLEET_TOKEN_SERVER_PORT) comp=token-server ;;
+        PUSHFLEET_TLS_REGISTRY_PORT) comp=tls-registry ;;
         *) continue ;;
         esac
         case $k in
@@ -461,6 +602,7 @@ check_port_changes() {
         PUSHFLEET_BASIC_PORT) now=$PF_BASIC_PORT ;;
         PUSHFLEET_TOKEN_REGISTRY_PORT) now=$PF_TOKEN_REGISTRY_PORT ;;
         PUSHFLEET_TOKEN_SERVER_PORT) now=$PF_TOKEN_SERVER_PORT ;;
+        PUSHFLEET_TLS_REGISTRY_PORT) now=$PF_TLS_REGISTRY_PORT ;;
         esac
         if [[ $v != "$now" && -n $(pid_of "$comp") ]]; then
             [[ $comp == epmd ]] && comp=rabbitmq
@@ -484,11 +626,14 @@ want dockerd && start_dockerd
 want token-server && start_token_server
 want basic-registry && start_registry basic "$PF_BASIC_PORT" PUSHFLEET_BASIC_PORT
 want token-registry && start_registry token "$PF_TOKEN_REGISTRY_PORT" PUSHFLEET_TOKEN_REGISTRY_PORT
+want tls-registry && start_tls_registry
 
 want dockerd && wait_dockerd
 want token-server && wait_token_server
-want basic-registry && wait_registry basic "$PF_BASIC_PORT"
-want token-registry && wait_registry token "$PF_TOKEN_REGISTRY_PORT"
+want basic-registry && wait_registry basic "http://127.0.0.1:$PF_BASIC_PORT"
+want token-registry && wait_registry token "http://127.0.0.1:$PF_TOKEN_REGISTRY_PORT"
+# Through the real name, /etc/hosts and the CA: ready means a client with the CA can use it.
+want tls-registry && wait_registry tls "https://$PF_TLS_REGISTRY" --cacert "$PF_TLS_CA_CERT"
 want rabbitmq && wait_rabbitmq
 
 write_stack_env

@@ -2,14 +2,17 @@
 # Stops what deploy/local/start.sh started, by pid, and waits for each process to exit.
 #
 # Usage: deploy/local/stop.sh [--purge] [COMPONENT...]
-#   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry (default: all, plus
-#   RabbitMQ's epmd and any other process carrying this stack's marker: first processes
-#   started with lib.sh's `launch` that are no component (a demo worker), last stragglers
-#   such as the containerd of a killed dockerd)
+#   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry tls-registry
+#   (default: all, plus RabbitMQ's epmd and any other process carrying this stack's marker:
+#   first processes started with lib.sh's `launch` that are no component (a demo worker), last
+#   stragglers such as the containerd of a killed dockerd)
 #   --purge: afterwards remove the whole state directory (data, secrets, logs); only with all
 #   components.
 # Idempotent: stopping what is not running does nothing. Only processes whose pid file names a
 # live process carrying PUSHFLEET_STACK_OWNER=<this state dir> in its environment are touched.
+# Stopping tls-registry (or everything) also removes this stack's line from /etc/hosts (the one
+# ending in `# pushfleet-stack <state dir>`) and the /etc/docker/certs.d folders whose owner
+# file names this state dir.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,21 +23,43 @@ for arg in "$@"; do
     case $arg in
     --purge) purge=1 ;;
     -h | --help)
-        sed -n '2,13p' "$0"
+        sed -n '2,15p' "$0"
         exit 0
         ;;
-    rabbitmq | dockerd | token-server | basic-registry | token-registry) wanted+=("$arg") ;;
+    rabbitmq | dockerd | token-server | basic-registry | token-registry | tls-registry) wanted+=("$arg") ;;
     *) die "unknown argument '$arg' (--purge, ${PF_COMPONENTS[*]})" ;;
     esac
 done
 all=""
 if ((${#wanted[@]} == 0)); then
     all=1
-    wanted=(token-registry basic-registry token-server dockerd rabbitmq)
+    wanted=(tls-registry token-registry basic-registry token-server dockerd rabbitmq)
 fi
 [[ -n $purge && -z $all ]] && die "--purge only together with stopping everything"
 
+# Removes what start.sh put outside the state directory for the TLS registry: this stack's
+# /etc/hosts line and its certs.d folders (any port: the port may have changed since).
+remove_tls_trust() {
+    if [[ -n $(hosts_ours) ]]; then
+        log "removing '$(hosts_ours | head -n 1)' from $PF_HOSTS_FILE"
+        hosts_others | rewrite_in_place "$PF_HOSTS_FILE"
+    fi
+    local dir removed=""
+    for dir in "$PF_DOCKER_CERTS_D"/*/; do
+        dir=${dir%/}
+        if [[ ! -d $dir ]] || ! certs_dir_ours "$dir"; then continue; fi
+        log "removing $dir"
+        rm -f "$dir/ca.crt" "$dir/$PF_CERTS_D_OWNER"
+        rmdir "$dir" 2>/dev/null || log "$dir holds files not written by this stack; left in place"
+        removed=1
+    done
+    # The parent too, if that left it empty (start.sh created it when it was missing).
+    if [[ -n $removed ]]; then rmdir "$PF_DOCKER_CERTS_D" 2>/dev/null || true; fi
+}
+
 if [[ ! -d $PF_STATE ]]; then
+    # The state dir may have been deleted by hand: still undo our system changes.
+    if [[ -n $all || " ${wanted[*]} " == *" tls-registry "* ]]; then remove_tls_trust; fi
     log "no state directory $PF_STATE: nothing to stop"
     exit 0
 fi
@@ -124,6 +149,10 @@ for c in "${wanted[@]}"; do
     case $c in
     rabbitmq) stop_rabbitmq ;;
     dockerd) stop_dockerd ;;
+    tls-registry)
+        stop_simple "$c" 15
+        remove_tls_trust
+        ;;
     *) stop_simple "$c" 15 ;;
     esac
 done

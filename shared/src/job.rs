@@ -98,6 +98,12 @@ pub enum JobError {
         /// The message size in bytes.
         size: usize,
     },
+    /// The message's content type says it is not JSON.
+    #[error("content type {found:?} is not application/json")]
+    WrongContentType {
+        /// The content type the message carries (cut to 64 characters).
+        found: String,
+    },
     /// The body is not JSON (or not UTF-8).
     #[error("message is not JSON: {detail}")]
     NotJson {
@@ -247,10 +253,27 @@ impl PushJob {
             Some(v) => return Err(JobError::UnsupportedVersion { found: v }),
             None => {} // let the typed parse below say what is wrong with it
         }
+        if let Some(detail) = array_for_struct(&value) {
+            return Err(JobError::Shape { detail });
+        }
         let job: PushJob = serde_json::from_value(value).map_err(|e| JobError::Shape {
             detail: scrub_serde_message(&e.to_string()),
         })?;
         job.validate()
+    }
+
+    /// Parses and validates a message as delivered: `content_type`, when the publisher set
+    /// one, must be `application/json` (parameters such as `; charset=utf-8` allowed).
+    pub fn from_message(body: &[u8], content_type: Option<&str>) -> Result<ValidJob, JobError> {
+        if let Some(ct) = content_type {
+            let essence = ct.split(';').next().unwrap_or_default().trim();
+            if !essence.eq_ignore_ascii_case(crate::topology::CONTENT_TYPE_JSON) {
+                return Err(JobError::WrongContentType {
+                    found: ct.chars().take(64).collect(),
+                });
+            }
+        }
+        Self::from_slice(body)
     }
 
     /// Validates a job built in code (e.g. by the Django mapping).
@@ -298,6 +321,20 @@ impl PushJob {
         // cannot fail, and an empty body would be refused by any worker anyway.
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// serde's derived structs also read a JSON array as their fields in order
+/// (`[1, "id", "myapp:1", ["harbor", "production/myapp", ["1"]]]`), which the schema does not
+/// allow and `deny_unknown_fields` cannot see. The job, `target` and `options` must be objects.
+fn array_for_struct(value: &Value) -> Option<String> {
+    let path = match value {
+        Value::Array(_) => "the top level",
+        Value::Object(root) => ["target", "options"]
+            .into_iter()
+            .find(|field| root.get(*field).is_some_and(Value::is_array))?,
+        _ => return None,
+    };
+    Some(format!("invalid type: array, expected an object at {path}"))
 }
 
 /// Reads `job_id` out of a message that failed validation, so its failed event can still be
@@ -649,6 +686,31 @@ mod tests {
         assert_eq!(peek_job_id(b"garbage"), None);
         assert_eq!(peek_job_id(br#"{"job_id": "has space"}"#), None);
         assert!(peek_metadata(br#"{"metadata": {"token": "x"}}"#).is_empty());
+    }
+
+    #[test]
+    fn content_type_must_be_json_when_given() {
+        let body = good().to_string();
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+        ] {
+            assert!(PushJob::from_message(body.as_bytes(), ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "text/plain",
+            "application/jsonx",
+            "",
+            "application/xml; x=application/json",
+        ] {
+            let err = PushJob::from_message(body.as_bytes(), Some(bad)).expect_err(bad);
+            assert!(
+                matches!(err, JobError::WrongContentType { .. }),
+                "{bad}: {err}"
+            );
+            assert_eq!(err.code(), ErrorCode::InvalidMessage);
+        }
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! - [`event`]: the result events workers publish.
 //! - [`error_code`]: the stable error codes carried by failed events.
 //! - [`reference`]: image references, parsed and normalised with Docker's grammar.
+//! - [`control`]: fleet-wide requests (cancel a job).
 //! - [`topology`]: exchange, queue and routing-key names and queue arguments.
 //! - [`schema`]: JSON Schemas generated from these types (checked in under `schemas/`).
 
+pub mod control;
 pub mod django;
 pub mod error_code;
 pub mod event;

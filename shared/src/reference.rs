@@ -279,15 +279,16 @@ impl ImageRef {
     /// (`localhost:5000/myapp:0722`).
     ///
     /// Unlike Docker, `docker.io/` is kept when the path's first component would itself be read
-    /// as a registry (`docker.io/docker.io/x`, seed 004), so the familiar form always parses
-    /// back to this same reference.
+    /// as a registry (`docker.io/docker.io/x`, seed 004), or when the path is a 64-hex string
+    /// that alone would be read as an image ID, so the familiar form always parses back to this
+    /// same reference.
     pub fn familiar(&self) -> String {
         let mut out = if self.is_docker_hub() {
             let path = match self.repository.strip_prefix(OFFICIAL_PREFIX) {
                 Some(rest) if !rest.contains('/') => rest,
                 _ => &self.repository,
             };
-            if split_registry(path).0.is_some() {
+            if split_registry(path).0.is_some() || is_image_id(path) {
                 self.name()
             } else {
                 path.to_owned()

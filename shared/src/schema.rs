@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 
+use crate::control::ControlMessage;
 use crate::event::Event;
 use crate::job::PushJob;
 
@@ -13,6 +14,8 @@ use crate::job::PushJob;
 pub const JOB_SCHEMA_FILE: &str = "job.schema.json";
 /// The file name of the event schema under `schemas/`.
 pub const EVENT_SCHEMA_FILE: &str = "event.schema.json";
+/// The file name of the control message schema under `schemas/`.
+pub const CONTROL_SCHEMA_FILE: &str = "control.schema.json";
 
 /// The JSON Schema of a v1 push job.
 pub fn job_schema() -> Value {
@@ -24,11 +27,17 @@ pub fn event_schema() -> Value {
     schemars::schema_for!(Event).to_value()
 }
 
+/// The JSON Schema of a v1 control message.
+pub fn control_schema() -> Value {
+    schemars::schema_for!(ControlMessage).to_value()
+}
+
 /// Every schema as `(file name, pretty JSON text with a final newline)`.
 pub fn schema_files() -> Vec<(&'static str, String)> {
     [
         (JOB_SCHEMA_FILE, job_schema()),
         (EVENT_SCHEMA_FILE, event_schema()),
+        (CONTROL_SCHEMA_FILE, control_schema()),
     ]
     .into_iter()
     .map(|(name, value)| {

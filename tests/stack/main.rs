@@ -7,3 +7,4 @@ mod daemon;
 mod pipeline;
 mod registries;
 mod registry_client;
+mod tls;

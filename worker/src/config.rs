@@ -15,8 +15,9 @@
 //!   one run of `pushfleet check-config` shows everything to fix.
 //! - Unknown keys are errors, at any level: a misspelt key is otherwise a silently ignored
 //!   setting.
-//! - Secrets are never in the file. Registry passwords come from a file or an environment
-//!   variable ([`PasswordSource`]); an inline `password` key is refused. The AMQP URL prints
+//! - Secrets are never in the file. Registry passwords come from a file, an environment
+//!   variable or Docker's own `config.json` and credential helpers ([`PasswordSource`]); an
+//!   inline `password` key is refused. The AMQP URL prints
 //!   with its password replaced by `***` ([`redact_url`]); [`Config::describe`], `Debug` and
 //!   every error message are free of passwords.
 
@@ -30,7 +31,9 @@ use config::{Environment, FileFormat, Value, ValueKind};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::credentials::{CredentialError, Credentials, PasswordSource};
+use crate::credentials::{
+    CredentialError, Credentials, DockerConfigSource, PasswordSource, docker_credential_key,
+};
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "PUSHFLEET";
@@ -83,6 +86,7 @@ const REGISTRY_KEYS: &[&str] = &[
     "username",
     "password_file",
     "password_env",
+    "docker_config",
     "ca_file",
     "aliases",
     "namespaces",
@@ -335,7 +339,9 @@ pub struct Registry {
     /// `host[:port]` as written in image references: no port for a default port (https on
     /// 443), and `docker.io` for Docker Hub (`registry-1.docker.io`, `index.docker.io`).
     pub host: String,
-    /// The user name to log in with (None only for an anonymous registry).
+    /// The user name to log in with. None for an anonymous registry, and for a registry whose
+    /// credentials come from a Docker config without a configured `username` (the user is then
+    /// the Docker config's).
     pub username: Option<String>,
     /// Where the password comes from (None only for an anonymous registry).
     pub password: Option<PasswordSource>,
@@ -352,22 +358,71 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The credentials to push with, read now (so a rotated password file is picked up):
-    /// None for an anonymous registry.
+    /// The credentials to push with, read now (so a rotated password file or Docker config is
+    /// picked up): None for an anonymous registry.
+    ///
+    /// Blocking: with `docker_config`, a credential helper may run (for at most
+    /// [`crate::credentials::DOCKER_CREDENTIAL_TIMEOUT`]). From async code, use
+    /// [`credentials_async`](Self::credentials_async).
     pub fn credentials(&self) -> Result<Option<Credentials>, CredentialError> {
         if self.anonymous {
             return Ok(None);
         }
-        let (Some(username), Some(source)) = (&self.username, &self.password) else {
-            return Err(CredentialError::NotConfigured {
-                what: format!("registry `{}`", self.key),
-            });
-        };
-        let password = source.resolve_with(&|name: &str| self.env.get(name))?;
-        Ok(Some(Credentials {
-            username: username.clone(),
-            password,
-        }))
+        match &self.password {
+            Some(PasswordSource::DockerConfig(source)) => {
+                self.check_docker_login(source, source.resolve()).map(Some)
+            }
+            Some(source) => {
+                let Some(username) = &self.username else {
+                    return Err(self.not_configured());
+                };
+                let password = source.resolve_with(&|name: &str| self.env.get(name))?;
+                Ok(Some(Credentials {
+                    username: username.clone(),
+                    password,
+                }))
+            }
+            None => Err(self.not_configured()),
+        }
+    }
+
+    /// As [`credentials`](Self::credentials), without blocking the async runtime: a Docker
+    /// config lookup (which may run a credential helper process) goes to tokio's blocking
+    /// pool; a password file or variable is read in place, as it is quick. Needs a tokio
+    /// runtime.
+    pub async fn credentials_async(&self) -> Result<Option<Credentials>, CredentialError> {
+        match &self.password {
+            Some(PasswordSource::DockerConfig(source)) if !self.anonymous => {
+                let login = source.resolve_async().await;
+                self.check_docker_login(source, login).map(Some)
+            }
+            _ => self.credentials(),
+        }
+    }
+
+    /// What the Docker config gave, refused when a configured `username` says otherwise.
+    fn check_docker_login(
+        &self,
+        source: &DockerConfigSource,
+        login: Result<Credentials, CredentialError>,
+    ) -> Result<Credentials, CredentialError> {
+        let login = login?;
+        match &self.username {
+            Some(configured) if *configured != login.username => {
+                Err(CredentialError::DockerConfigUserMismatch {
+                    server: source.server.clone(),
+                    path: source.path.clone(),
+                    configured: configured.clone(),
+                })
+            }
+            _ => Ok(login),
+        }
+    }
+
+    fn not_configured(&self) -> CredentialError {
+        CredentialError::NotConfigured {
+            what: format!("registry `{}`", self.key),
+        }
     }
 
     /// Whether jobs may push `repo` (a repository path without host, e.g. `team-a/app`).
@@ -1287,6 +1342,13 @@ fn read_registry(key: &str, mut s: Section<'_>, problems: &mut Problems) -> Opti
     let username = s.get(problems, "username", to_non_empty_string);
     let password_file = s.get(problems, "password_file", to_path);
     let password_env = s.get(problems, "password_env", |v| check_env_name(to_string(v)?));
+    let env_source = &s.ctx.env;
+    // `docker_config = false` reads as absent.
+    let docker_config = s
+        .get(problems, "docker_config", |v| {
+            to_docker_config(v, env_source)
+        })
+        .and_then(|(path, loc)| Some((path?, loc)));
     let ca_file = s.get(problems, "ca_file", |v| {
         let path = to_path(v)?;
         check_ca_file(&path)?;
@@ -1322,49 +1384,89 @@ fn read_registry(key: &str, mut s: Section<'_>, problems: &mut Problems) -> Opti
             username.as_ref().map(|(_, loc)| loc),
             password_file.as_ref().map(|(_, loc)| loc),
             password_env.as_ref().map(|(_, loc)| loc),
+            docker_config.as_ref().map(|(_, loc)| loc),
         ];
         for loc in present.into_iter().flatten() {
             problems.push(loc.problem("must not be set for an anonymous registry"));
         }
     } else if anonymous == Some(false) {
-        if username.is_none() && !already_reported(problems, &loc.child("username")) {
+        // A Docker config brings its own user name; the other sources need one.
+        let docker_config_given =
+            docker_config.is_some() || already_reported(problems, &loc.child("docker_config"));
+        if username.is_none()
+            && !docker_config_given
+            && !already_reported(problems, &loc.child("username"))
+        {
             problems.push(loc.child("username").problem(
-                "missing: a registry needs a username (or anonymous = true if it needs no login)",
+                "missing: a registry needs a username (or docker_config, which brings its own, \
+                 or anonymous = true if it needs no login)",
             ));
         }
-        password = match (&password_file, &password_env) {
-            (Some(_), Some(_)) => {
-                problems.push(
-                    loc.problem("both password_file and password_env are set: keep exactly one"),
-                );
+        let given = [
+            password_file.as_ref().map(|_| "password_file"),
+            password_env.as_ref().map(|_| "password_env"),
+            docker_config.as_ref().map(|_| "docker_config"),
+        ];
+        let given: Vec<&str> = given.into_iter().flatten().collect();
+        password = match (&password_file, &password_env, &docker_config) {
+            _ if given.len() > 1 => {
+                problems.push(loc.problem(format!(
+                    "{} are all set: keep exactly one of password_file, password_env and \
+                     docker_config",
+                    given.join(" and ")
+                )));
                 None
             }
-            (None, None) => {
-                let tried = ["password_file", "password_env"]
-                    .iter()
-                    .any(|k| already_reported(problems, &loc.child(k)));
-                if inline_password.is_none() && !tried {
-                    problems.push(loc.problem(
-                        "no password source: set password_file or password_env (or anonymous = \
-                         true if the registry needs no login); without one, pushing would fail \
-                         with empty credentials",
-                    ));
-                }
-                None
-            }
-            (Some((path, loc)), None) => {
+            (Some((path, loc)), _, _) => {
                 let source = PasswordSource::File(path.clone());
                 if let Err(e) = source.resolve() {
                     problems.push(loc.problem(e.to_string()));
                 }
                 Some(source)
             }
-            (None, Some((name, loc))) => {
+            (_, Some((name, loc)), _) => {
                 let source = PasswordSource::Env(name.clone());
                 if let Err(e) = source.resolve_with(&|name: &str| ctx.env.get(name)) {
                     problems.push(loc.problem(e.to_string()));
                 }
                 Some(source)
+            }
+            (_, _, Some((path, dc_loc))) => url.as_ref().map(|((_, host), _)| {
+                let source = DockerConfigSource {
+                    path: path.clone(),
+                    server: docker_credential_key(host),
+                };
+                // Checked now, helpers included: a registry without usable credentials stops
+                // the worker at start-up (seed 002), not a push later.
+                match source.resolve() {
+                    Err(e) => problems.push(dc_loc.problem(e.to_string())),
+                    Ok(login) => {
+                        if let Some((configured, user_loc)) = &username
+                            && *configured != login.username
+                        {
+                            let mismatch = CredentialError::DockerConfigUserMismatch {
+                                server: source.server.clone(),
+                                path: source.path.clone(),
+                                configured: configured.clone(),
+                            };
+                            problems.push(user_loc.problem(mismatch.to_string()));
+                        }
+                    }
+                }
+                PasswordSource::DockerConfig(source)
+            }),
+            (None, None, None) => {
+                let tried = ["password_file", "password_env", "docker_config"]
+                    .iter()
+                    .any(|k| already_reported(problems, &loc.child(k)));
+                if inline_password.is_none() && !tried {
+                    problems.push(loc.problem(
+                        "no password source: set password_file, password_env or docker_config \
+                         (or anonymous = true if the registry needs no login); without one, \
+                         pushing would fail with empty credentials",
+                    ));
+                }
+                None
             }
         };
     }
@@ -1436,12 +1538,60 @@ fn parse_registry_url(input: &str) -> Result<(Url, String), String> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err("the URL must not have a query or fragment".to_owned());
     }
+    if name == "docker.io" {
+        return Err(
+            "`docker.io` is Docker Hub's name in image references, not its registry API host: \
+             use url = \"https://registry-1.docker.io\""
+                .to_owned(),
+        );
+    }
     let host = match (name, url.port()) {
         ("registry-1.docker.io" | "index.docker.io" | "docker.io", None) => "docker.io".to_owned(),
         (name, None) => name.to_owned(),
         (name, Some(port)) => format!("{name}:{port}"),
     };
     Ok((url, host))
+}
+
+/// `docker_config`: a path to a `config.json`; `true` for Docker's own default (see
+/// [`default_docker_config`]); `false` for none. From the environment, `"true"` and `"false"`
+/// are read as those.
+fn to_docker_config(value: Value, env: &EnvSource) -> Result<Option<PathBuf>, String> {
+    let flag = match &value.kind {
+        ValueKind::Boolean(b) => Some(*b),
+        ValueKind::String(s) if s.trim().eq_ignore_ascii_case("true") => Some(true),
+        ValueKind::String(s) if s.trim().eq_ignore_ascii_case("false") => Some(false),
+        ValueKind::String(_) => None,
+        other => {
+            return Err(format!(
+                "expected the path of a Docker config.json, or true, found {}",
+                kind_name(other)
+            ));
+        }
+    };
+    match flag {
+        Some(true) => default_docker_config(env).map(Some),
+        Some(false) => Ok(None),
+        None => to_path(value).map(Some),
+    }
+}
+
+/// Where Docker itself looks: `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`
+/// (in the environment the configuration is loaded from).
+fn default_docker_config(env: &EnvSource) -> Result<PathBuf, String> {
+    let non_empty = |name: &str| env.get(name).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("DOCKER_CONFIG") {
+        return Ok(PathBuf::from(dir).join("config.json"));
+    }
+    if let Some(home) = non_empty("HOME") {
+        return Ok(PathBuf::from(home).join(".docker").join("config.json"));
+    }
+    Err(
+        "docker_config = true means $DOCKER_CONFIG/config.json, else \
+         $HOME/.docker/config.json, and neither DOCKER_CONFIG nor HOME is set: give the \
+         file's path instead"
+            .to_owned(),
+    )
 }
 
 fn check_env_name(name: String) -> Result<String, String> {
@@ -1543,6 +1693,21 @@ impl fmt::Display for Description<'_> {
             writeln!(f, "    host:       {}", r.host)?;
             if r.anonymous {
                 writeln!(f, "    auth:       anonymous (no credentials)")?;
+            } else if let Some(PasswordSource::DockerConfig(source)) = &r.password {
+                // One lookup (it may run a credential helper) gives both lines.
+                let (user, status) = match r.check_docker_login(source, source.resolve()) {
+                    Ok(login) => (
+                        format!("{} (from the docker config)", login.username),
+                        "resolved".to_owned(),
+                    ),
+                    Err(e) => (
+                        "(from the docker config, not known now)".to_owned(),
+                        format!("NOT USABLE: {e}"),
+                    ),
+                };
+                let user = r.username.clone().unwrap_or(user);
+                writeln!(f, "    username:   {user}")?;
+                writeln!(f, "    password:   {source} ({status})")?;
             } else {
                 writeln!(
                     f,
@@ -1572,6 +1737,7 @@ fn source_status(source: &PasswordSource, env: &dyn Fn(&str) -> Option<String>) 
     let ok = match source {
         PasswordSource::File(_) => "readable",
         PasswordSource::Env(_) => "set",
+        PasswordSource::DockerConfig(_) => "resolved",
     };
     match source.resolve_with(env) {
         Ok(_) => format!("{source} ({ok})"),
@@ -2546,5 +2712,348 @@ namespaces = ["*"]
         assert!(config.registries.get("harbor").is_some());
         assert!(config.registries.len() >= 2);
         assert!(!example.contains("password ="));
+    }
+
+    // --- docker_config ---
+
+    fn b64(text: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    /// A Docker `config.json` in the fixture directory with `auths` entries `(key, user:pw)`.
+    fn docker_config_file(fx: &Fixture, name: &str, auths: &[(&str, &str)]) -> String {
+        let entries: Vec<String> = auths
+            .iter()
+            .map(|(key, login)| format!(r#""{key}": {{"auth": "{}"}}"#, b64(login)))
+            .collect();
+        fx.file(
+            name,
+            format!(r#"{{"auths": {{{}}}}}"#, entries.join(", ")).as_bytes(),
+        )
+    }
+
+    fn registry_toml(key: &str, url: &str, extra: &str) -> String {
+        format!("[registries.{key}]\nurl = \"{url}\"\nnamespaces = [\"team\"]\n{extra}\n")
+    }
+
+    #[tokio::test]
+    async fn docker_config_gives_user_and_password() {
+        let fx = Fixture::new();
+        let dc = docker_config_file(
+            &fx,
+            "config.json",
+            &[
+                ("https://index.docker.io/v1/", &format!("hubuser:{SECRET}")),
+                ("reg.example.com:5000", "robot:reg-pw"),
+            ],
+        );
+        let toml = format!(
+            "{}{}{}",
+            registry_toml(
+                "hub",
+                "https://registry-1.docker.io",
+                &format!("docker_config = \"{dc}\"")
+            ),
+            registry_toml(
+                "reg",
+                "https://reg.example.com:5000",
+                &format!("username = \"robot\"\ndocker_config = \"{dc}\"")
+            ),
+            registry_toml(
+                "index",
+                "https://index.docker.io",
+                &format!("docker_config = \"{dc}\"")
+            ),
+        );
+        let config = load_from_str(&toml, env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        let hub = config.registries.get("hub").expect("hub");
+        assert_eq!(hub.host, "docker.io");
+        assert_eq!(hub.username, None);
+        assert_eq!(
+            hub.password,
+            Some(PasswordSource::DockerConfig(DockerConfigSource {
+                path: dc.clone().into(),
+                server: "https://index.docker.io/v1/".into(),
+            }))
+        );
+        for registry in [hub, config.registries.get("index").expect("index")] {
+            let login = registry.credentials().expect("resolved").expect("creds");
+            assert_eq!(login.username, "hubuser");
+            assert_eq!(login.password.expose_secret(), SECRET);
+            let login = registry
+                .credentials_async()
+                .await
+                .expect("resolved")
+                .expect("creds");
+            assert_eq!(login.username, "hubuser");
+        }
+        let reg = config.registries.get("reg").expect("reg");
+        let login = reg.credentials_async().await.expect("ok").expect("creds");
+        assert_eq!(
+            (login.username.as_str(), login.password.expose_secret()),
+            ("robot", "reg-pw")
+        );
+
+        let described = config.describe();
+        assert!(
+            described.contains(&format!(
+                "docker config {dc} (key https://index.docker.io/v1/) (resolved)"
+            )),
+            "{described}"
+        );
+        assert!(
+            described.contains("hubuser (from the docker config)"),
+            "{described}"
+        );
+        assert!(!described.contains(SECRET), "{described}");
+        assert!(!format!("{config:?}").contains(SECRET));
+
+        // Another user logs in there later: jobs fail rather than push as someone else.
+        std::fs::write(
+            &dc,
+            format!(
+                r#"{{"auths": {{"reg.example.com:5000": {{"auth": "{}"}}}}}}"#,
+                b64(&format!("intruder:{SECRET}"))
+            ),
+        )
+        .expect("rewrite");
+        let err = reg.credentials_async().await.expect_err("other user");
+        assert!(
+            matches!(err, CredentialError::DockerConfigUserMismatch { .. }),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains(SECRET), "{err}");
+        // And the Hub entry is gone: the one error naming the key.
+        let err = hub.credentials().expect_err("gone");
+        assert!(
+            matches!(err, CredentialError::NoDockerCredential { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("`https://index.docker.io/v1/`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn docker_config_true_is_dockers_own_default() {
+        let fx = Fixture::new();
+        let dir = fx.dir.path().join("dockercfg");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("config.json"),
+            format!(
+                r#"{{"auths": {{"reg.example.com": {{"auth": "{}"}}}}}}"#,
+                b64("u:pw")
+            ),
+        )
+        .expect("write");
+        let home = fx.dir.path().join("home");
+        std::fs::create_dir_all(home.join(".docker")).expect("mkdir");
+        std::fs::copy(dir.join("config.json"), home.join(".docker/config.json")).expect("copy");
+        let toml = registry_toml("reg", "https://reg.example.com", "docker_config = true");
+        let dir_s = dir.display().to_string();
+        let home_s = home.display().to_string();
+        let cases = [
+            (
+                vec![("DOCKER_CONFIG", dir_s.as_str()), ("HOME", home_s.as_str())],
+                dir.join("config.json"),
+            ),
+            (
+                vec![("HOME", home_s.as_str())],
+                home.join(".docker/config.json"),
+            ),
+        ];
+        for (vars, expected) in cases {
+            let config = load_from_str(&toml, env(&vars)).unwrap_or_else(|e| panic!("{e}"));
+            let reg = config.registries.get("reg").expect("reg");
+            match &reg.password {
+                Some(PasswordSource::DockerConfig(source)) => {
+                    assert_eq!(source.path, expected);
+                    assert_eq!(source.server, "reg.example.com");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // From the environment alone, as text.
+        let config = load(
+            None,
+            env(&[
+                ("PUSHFLEET__REGISTRIES__REG__URL", "https://reg.example.com"),
+                ("PUSHFLEET__REGISTRIES__REG__DOCKER_CONFIG", "true"),
+                ("PUSHFLEET__REGISTRIES__REG__NAMESPACES", "team"),
+                ("DOCKER_CONFIG", dir_s.as_str()),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let login = config
+            .registries
+            .get("reg")
+            .expect("reg")
+            .credentials()
+            .expect("ok")
+            .expect("creds");
+        assert_eq!(login.username, "u");
+
+        let errors = load_from_str(&toml, env(&[])).expect_err("no HOME");
+        assert!(
+            problem_for(&errors, "registries.reg.docker_config")
+                .message
+                .contains("neither DOCKER_CONFIG nor HOME"),
+            "{errors}"
+        );
+        // false is no source at all.
+        let errors = load_from_str(
+            &registry_toml("reg", "https://reg.example.com", "docker_config = false"),
+            env(&[]),
+        )
+        .expect_err("no source");
+        assert!(
+            problem_for(&errors, "registries.reg")
+                .message
+                .contains("no password source")
+        );
+    }
+
+    #[test]
+    fn docker_config_problems_are_found_at_load() {
+        let fx = Fixture::new();
+        let dc = docker_config_file(&fx, "config.json", &[("other.example.com", "u:pw")]);
+        let missing = fx.dir.path().join("absent.json").display().to_string();
+        let broken = fx.file("broken.json", format!("{{\"auths\": \"{SECRET}").as_bytes());
+        let pw = fx.file("pw", b"pw\n");
+        let toml = [
+            // No entry for the key: the seed-002 error, naming the key.
+            registry_toml(
+                "none",
+                "https://reg.example.com:5000",
+                &format!("docker_config = \"{dc}\""),
+            ),
+            registry_toml(
+                "missing",
+                "https://reg.example.com",
+                &format!("docker_config = \"{missing}\""),
+            ),
+            registry_toml(
+                "broken",
+                "https://reg.example.com",
+                &format!("docker_config = \"{broken}\""),
+            ),
+            registry_toml(
+                "both",
+                "https://other.example.com",
+                &format!("username = \"u\"\npassword_file = \"{pw}\"\ndocker_config = \"{dc}\""),
+            ),
+            registry_toml(
+                "mismatch",
+                "https://other.example.com",
+                &format!("username = \"someone-else\"\ndocker_config = \"{dc}\""),
+            ),
+            registry_toml(
+                "anon",
+                "https://other.example.com",
+                &format!("anonymous = true\ndocker_config = \"{dc}\""),
+            ),
+            registry_toml("number", "https://other.example.com", "docker_config = 5"),
+            registry_toml(
+                "hubroot",
+                "https://docker.io",
+                &format!("docker_config = \"{dc}\""),
+            ),
+        ]
+        .concat();
+        let errors = load_from_str(&toml, env(&[])).expect_err("problems");
+        let none = problem_for(&errors, "registries.none.docker_config");
+        assert!(
+            none.message
+                .starts_with("no usable credentials for `reg.example.com:5000` in docker config"),
+            "{none}"
+        );
+        assert!(
+            problem_for(&errors, "registries.missing.docker_config")
+                .message
+                .contains("absent.json")
+        );
+        assert!(
+            problem_for(&errors, "registries.broken.docker_config")
+                .message
+                .contains("not valid JSON (line 1")
+        );
+        assert!(
+            problem_for(&errors, "registries.both")
+                .message
+                .contains("exactly one")
+        );
+        assert!(
+            problem_for(&errors, "registries.mismatch.username")
+                .message
+                .contains("another user than the configured username `someone-else`")
+        );
+        assert!(
+            problem_for(&errors, "registries.anon.docker_config")
+                .message
+                .contains("anonymous")
+        );
+        assert!(
+            problem_for(&errors, "registries.number.docker_config")
+                .message
+                .contains("or true")
+        );
+        assert!(
+            problem_for(&errors, "registries.hubroot.url")
+                .message
+                .contains("https://registry-1.docker.io")
+        );
+        // A docker_config registry needs no username; the others still do.
+        assert!(
+            !errors
+                .problems()
+                .iter()
+                .any(|p| p.key == "registries.none.username"),
+            "{errors}"
+        );
+        let shown = format!("{errors}\n{errors:?}");
+        assert!(!shown.contains(SECRET), "{shown}");
+    }
+
+    #[test]
+    fn the_amqp_password_is_never_shown() {
+        // Describe, Debug and the error of every AMQP URL problem, from the file and the
+        // environment, with the password in the URL.
+        let fx = Fixture::new();
+        let base = minimal(&fx);
+        let config = load_from_str(
+            &format!("[amqp]\nurl = \"amqps://pf:{SECRET}@rabbit:5671/vh\"\n{base}"),
+            env(&[]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for shown in [
+            config.describe(),
+            format!("{config:?}"),
+            config.amqp.url.to_string(),
+            format!("{:?}", config.amqp.url),
+            config.amqp.url.redacted(),
+        ] {
+            assert!(!shown.contains(SECRET), "{shown}");
+        }
+        assert!(config.describe().contains("amqps://pf:***@rabbit:5671/vh"));
+        for url in [
+            format!("http://pf:{SECRET}@rabbit"),
+            format!("amqp://pf:{SECRET}@"),
+            format!("amqp://pf:{SECRET}@[rabbit"),
+            format!("amqp://pf:{SECRET}@rabbit:99999"),
+            format!("pf:{SECRET}@rabbit"),
+        ] {
+            let from_file = load_from_str(&format!("[amqp]\nurl = \"{url}\"\n{base}"), env(&[]))
+                .expect_err(&url);
+            let from_env =
+                load_from_str(&base, env(&[("PUSHFLEET__AMQP__URL", &url)])).expect_err(&url);
+            for errors in [from_file, from_env] {
+                problem_for(&errors, "amqp.url");
+                let shown = format!("{errors}\n{errors:?}");
+                assert!(!shown.contains(SECRET), "{url}: {shown}");
+            }
+        }
     }
 }

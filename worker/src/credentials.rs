@@ -1,27 +1,70 @@
 //! Where passwords come from, and reading them at the moment they are needed.
 //!
-//! A password is never written in the configuration file. The file says where to find it: a
-//! file (a Kubernetes secret volume, a Docker secret) or an environment variable, a
-//! [`PasswordSource`]. The password itself is read into a [`SecretString`], which does not
-//! print, and is zeroed when dropped.
+//! A password is never written in the configuration file. The file says where to find it, a
+//! [`PasswordSource`]:
 //!
-//! Rotation: a password file is read again on every [`PasswordSource::resolve`], so a worker
+//! - a file (a Kubernetes secret volume, a Docker secret);
+//! - an environment variable;
+//! - Docker's own `config.json` ([`DockerConfigSource`]): its `auths` entries and its
+//!   credential helpers (`credHelpers`, `credsStore`), read with the `docker_credential`
+//!   crate. That source gives the user name too.
+//!
+//! The password itself is read into a [`SecretString`], which does not print, and is zeroed
+//! when dropped.
+//!
+//! Rotation: a password file and a Docker config are read again on every resolve, so a worker
 //! picks up a rotated Kubernetes secret without a restart (the kubelet swaps the files of a
 //! secret volume atomically; note that a secret mounted with `subPath` is *not* updated by
 //! Kubernetes). An environment variable cannot change inside a running process, so rotating a
 //! `password_env` secret needs a restart.
 //!
-//! Errors name the file or the variable, never what was read from it.
+//! Blocking: a credential helper is a process (`docker-credential-<name>`, found on `PATH`),
+//! and the `docker_credential` crate waits for it synchronously. Resolving a Docker config
+//! source therefore blocks; it is bounded by [`DOCKER_CREDENTIAL_TIMEOUT`], and async code
+//! goes through [`DockerConfigSource::resolve_async`] (via
+//! `config::Registry::credentials_async`), which runs it on tokio's blocking pool.
+//!
+//! Errors name the file, the variable, the Docker credential key or the helper, never what was
+//! read from them (a failing helper's output is not repeated either: it may hold a secret).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// The largest password file read, in bytes. A password is short; a bigger file is almost
 /// certainly the wrong path (a certificate bundle, a log), and is refused rather than read.
 pub const MAX_PASSWORD_FILE_BYTES: u64 = 64 * 1024;
+
+/// The largest Docker `config.json` read, in bytes.
+pub const MAX_DOCKER_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How long a Docker config lookup (in practice: a credential helper) may take before it is
+/// given up. The helper process is not killed (the `docker_credential` crate owns it); it is
+/// left to finish on its own thread.
+pub const DOCKER_CREDENTIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The key Docker stores Docker Hub credentials under, in `auths` and `credHelpers`, and what
+/// it passes to credential helpers.
+pub const DOCKER_HUB_CREDENTIAL_KEY: &str = "https://index.docker.io/v1/";
+
+/// The user name a credential helper answers with when its secret is an identity token.
+const IDENTITY_TOKEN_USER: &str = "<token>";
+
+/// The key Docker looks credentials up by for a registry whose image references use `host`
+/// (`host[:port]`, as in `reg.example.com:5000/team/app`): [`DOCKER_HUB_CREDENTIAL_KEY`] for
+/// Docker Hub (`docker.io`, `index.docker.io`, `registry-1.docker.io`), else `host` itself.
+pub fn docker_credential_key(host: &str) -> String {
+    match host {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
+            DOCKER_HUB_CREDENTIAL_KEY.to_owned()
+        }
+        other => other.to_owned(),
+    }
+}
 
 /// Where a password comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +73,18 @@ pub enum PasswordSource {
     File(PathBuf),
     /// The value of this environment variable.
     Env(String),
+    /// Docker's `config.json`, which also gives the user name.
+    DockerConfig(DockerConfigSource),
 }
 
 impl PasswordSource {
-    /// Reads the password from the process environment or the file.
+    /// Reads the password from the process environment, the file or the Docker config.
     ///
-    /// One trailing newline (`\n` or `\r\n`) is removed, since `echo` and most editors add
-    /// one; nothing else is trimmed. An empty result is an error: an empty password only ever
-    /// leads to a confusing authentication failure later.
+    /// One trailing newline (`\n` or `\r\n`) is removed from a file or variable, since `echo`
+    /// and most editors add one; nothing else is trimmed. An empty result is an error: an
+    /// empty password only ever leads to a confusing authentication failure later.
+    ///
+    /// Blocks while a Docker credential helper runs (see [`DockerConfigSource::resolve`]).
     pub fn resolve(&self) -> Result<SecretString, CredentialError> {
         self.resolve_with(&|name: &str| std::env::var(name).ok())
     }
@@ -59,6 +106,7 @@ impl PasswordSource {
                 }
                 Ok(SecretString::from(value))
             }
+            Self::DockerConfig(source) => source.resolve().map(|login| login.password),
         }
     }
 }
@@ -68,7 +116,272 @@ impl fmt::Display for PasswordSource {
         match self {
             Self::File(path) => write!(f, "file {}", path.display()),
             Self::Env(name) => write!(f, "env {name}"),
+            Self::DockerConfig(source) => write!(f, "{source}"),
         }
+    }
+}
+
+/// Credentials from Docker's `config.json`: the entry for [`server`](Self::server) in `auths`,
+/// or what the credential helper named by `credHelpers` (for that key) or `credsStore` answers.
+///
+/// The key is matched as Docker does: exactly for `credHelpers`; for `auths`, a key written
+/// with a scheme or path (`https://reg.example.com`, `https://index.docker.io/v1/`) also
+/// matches its host, and `docker.io`, `registry-1.docker.io` and `index.docker.io` are one.
+/// An identity token (an OAuth refresh token, e.g. from `az acr login`) is refused: pushfleet
+/// logs in with a user name and a password or access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfigSource {
+    /// The `config.json` file, read on every resolve.
+    pub path: PathBuf,
+    /// The credential key: [`DOCKER_HUB_CREDENTIAL_KEY`] for Docker Hub, else `host[:port]`
+    /// (see [`docker_credential_key`]).
+    pub server: String,
+}
+
+impl fmt::Display for DockerConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "docker config {} (key {})",
+            self.path.display(),
+            self.server
+        )
+    }
+}
+
+/// Only the parts of a Docker config that name helpers (for messages); never a secret.
+#[derive(Debug, Default, serde::Deserialize)]
+struct HelperNames {
+    #[serde(rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(rename = "credHelpers")]
+    cred_helpers: Option<HashMap<String, String>>,
+}
+
+impl HelperNames {
+    /// The helper the lookup of `server` may run: its `credHelpers` entry, else `credsStore`.
+    fn helper_for(&self, server: &str) -> Option<String> {
+        self.cred_helpers
+            .as_ref()
+            .and_then(|helpers| helpers.get(server))
+            .filter(|name| !name.is_empty())
+            .or(self.creds_store.as_ref().filter(|name| !name.is_empty()))
+            .map(|name| format!("docker-credential-{name}"))
+    }
+}
+
+impl DockerConfigSource {
+    /// The user name and password for [`server`](Self::server), read now, waiting at most
+    /// [`DOCKER_CREDENTIAL_TIMEOUT`] for a credential helper. Blocks the calling thread: from
+    /// async code, use [`resolve_async`](Self::resolve_async).
+    pub fn resolve(&self) -> Result<Credentials, CredentialError> {
+        self.resolve_within(DOCKER_CREDENTIAL_TIMEOUT)
+    }
+
+    /// As [`resolve`](Self::resolve), on tokio's blocking pool, so the runtime's worker
+    /// threads are never held up by a credential helper. Needs a tokio runtime.
+    pub async fn resolve_async(&self) -> Result<Credentials, CredentialError> {
+        let source = self.clone();
+        tokio::task::spawn_blocking(move || source.resolve())
+            .await
+            .map_err(|e| CredentialError::DockerCredentialHelper {
+                helper: "(lookup task)".to_owned(),
+                server: self.server.clone(),
+                problem: if e.is_panic() {
+                    "the lookup panicked".to_owned()
+                } else {
+                    "the lookup was cancelled".to_owned()
+                },
+            })?
+    }
+
+    /// As [`resolve`](Self::resolve) with another time limit. The lookup runs on its own
+    /// thread, which is left behind if it does not finish in time.
+    pub fn resolve_within(&self, timeout: Duration) -> Result<Credentials, CredentialError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let source = self.clone();
+        std::thread::Builder::new()
+            .name("docker-credential".to_owned())
+            .spawn(move || {
+                // The receiver is gone only after a timeout, which is already reported.
+                let _ = tx.send(source.lookup());
+            })
+            .map_err(|e| CredentialError::DockerCredentialHelper {
+                helper: "(lookup thread)".to_owned(),
+                server: self.server.clone(),
+                problem: format!("cannot start a thread for the lookup: {e}"),
+            })?;
+        match rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(CredentialError::DockerCredentialTimeout {
+                    server: self.server.clone(),
+                    path: self.path.clone(),
+                    after: timeout,
+                })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(CredentialError::DockerCredentialHelper {
+                    helper: "(lookup thread)".to_owned(),
+                    server: self.server.clone(),
+                    problem: "the lookup ended without an answer".to_owned(),
+                })
+            }
+        }
+    }
+
+    /// The lookup itself: read and check the file, then let `docker_credential` find the
+    /// entry (running a helper if the file says so). Blocking, without a time limit.
+    fn lookup(&self) -> Result<Credentials, CredentialError> {
+        let mut bytes = self.read()?;
+        let result = self.lookup_in(&bytes);
+        secrecy::zeroize::Zeroize::zeroize(&mut bytes);
+        result
+    }
+
+    fn read(&self) -> Result<Vec<u8>, CredentialError> {
+        let unreadable = |error| CredentialError::DockerConfigUnreadable {
+            path: self.path.clone(),
+            error,
+        };
+        let file = std::fs::File::open(&self.path).map_err(unreadable)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_DOCKER_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > MAX_DOCKER_CONFIG_BYTES {
+            secrecy::zeroize::Zeroize::zeroize(&mut bytes);
+            return Err(self.invalid(format!(
+                "is larger than {MAX_DOCKER_CONFIG_BYTES} bytes: is it the right file?"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    fn invalid(&self, problem: String) -> CredentialError {
+        CredentialError::DockerConfigInvalid {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+
+    fn unusable(&self, problem: &str) -> CredentialError {
+        CredentialError::DockerCredentialUnusable {
+            server: self.server.clone(),
+            path: self.path.clone(),
+            problem: problem.to_owned(),
+        }
+    }
+
+    fn none_found(&self, detail: String) -> CredentialError {
+        CredentialError::NoDockerCredential {
+            server: self.server.clone(),
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn lookup_in(&self, bytes: &[u8]) -> Result<Credentials, CredentialError> {
+        use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+
+        // Syntax first, reported by position only: serde_json's messages can quote a value.
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            return Err(self.invalid(format!(
+                "is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            )));
+        }
+        let shape = || {
+            self.invalid(
+                "is not a Docker config.json (auths must be an object of objects, credHelpers \
+                 an object of strings, credsStore a string)"
+                    .to_owned(),
+            )
+        };
+        let names: HelperNames = serde_json::from_slice(bytes).map_err(|_| shape())?;
+        let helper = || {
+            names
+                .helper_for(&self.server)
+                .unwrap_or_else(|| "docker-credential-(unknown)".to_owned())
+        };
+        let helper_error = |problem: &str| CredentialError::DockerCredentialHelper {
+            helper: helper(),
+            server: self.server.clone(),
+            problem: problem.to_owned(),
+        };
+        let found = docker_credential::get_credential_from_reader(bytes, &self.server);
+        let (username, password) = match found {
+            Ok(DockerCredential::UsernamePassword(username, password)) => (username, password),
+            Ok(DockerCredential::IdentityToken(mut token)) => {
+                secrecy::zeroize::Zeroize::zeroize(&mut token);
+                return Err(self.unusable(
+                    "it holds an identity token (an OAuth refresh token), and pushfleet logs in \
+                     with a user name and a password or access token: log in with those \
+                     (`docker login -u <user>`)",
+                ));
+            }
+            Err(E::NoCredentialConfigured) => {
+                let detail = match &names.creds_store {
+                    Some(store) if !store.is_empty() => format!(
+                        "no auths or credHelpers entry for it, and credsStore \
+                         `docker-credential-{store}` was asked"
+                    ),
+                    _ => "no auths or credHelpers entry for it, and no credsStore".to_owned(),
+                };
+                return Err(self.none_found(detail));
+            }
+            Err(E::HelperFailure { stdout, stderr, .. }) => {
+                // The output is never repeated: a helper may print anything, a secret too.
+                let not_found = [&stdout, &stderr]
+                    .iter()
+                    .any(|out| out.to_ascii_lowercase().contains("credentials not found"));
+                if not_found {
+                    return Err(self.none_found(format!("{} has none for it", helper())));
+                }
+                return Err(helper_error(
+                    "it exited with an error (its output is not shown: it may hold a secret)",
+                ));
+            }
+            Err(E::HelperCommunicationError) => {
+                return Err(helper_error(
+                    "cannot run it, or talk to it: is it installed, executable and on the \
+                     worker's PATH?",
+                ));
+            }
+            Err(E::MalformedHelperResponse) => {
+                return Err(helper_error(
+                    "its answer is not the JSON a credential helper gives \
+                     ({\"Username\": .., \"Secret\": ..})",
+                ));
+            }
+            Err(E::CredentialDecodingError) => {
+                return Err(self.unusable(
+                    "its `auth` field is not base64 of `user:password` (as `docker login` \
+                     writes it)",
+                ));
+            }
+            Err(E::CredentialMismatchError) => {
+                return Err(
+                    self.unusable("its `auth` field disagrees with its username/password fields")
+                );
+            }
+            Err(E::ConfigReadError | E::ConfigNotFound) => return Err(shape()),
+        };
+        let password = SecretString::from(password);
+        if username == IDENTITY_TOKEN_USER {
+            return Err(self.unusable(
+                "the credential helper answered with an identity token (user `<token>`), and \
+                 pushfleet logs in with a user name and a password or access token",
+            ));
+        }
+        if username.is_empty() {
+            return Err(self.unusable("its user name is empty"));
+        }
+        if password.expose_secret().is_empty() {
+            return Err(self.unusable("its password is empty"));
+        }
+        Ok(Credentials { username, password })
     }
 }
 
@@ -168,6 +481,90 @@ pub enum CredentialError {
     NotConfigured {
         /// What lacks credentials, e.g. "registry `harbor`".
         what: String,
+    },
+    /// The Docker config file could not be opened or read.
+    #[error("cannot read docker config {}: {error}", path.display())]
+    DockerConfigUnreadable {
+        /// The `config.json` file.
+        path: PathBuf,
+        /// What the operating system said.
+        error: std::io::Error,
+    },
+    /// The Docker config file is too large, not JSON, or not shaped like a `config.json`.
+    #[error("docker config {} {problem}", path.display())]
+    DockerConfigInvalid {
+        /// The `config.json` file.
+        path: PathBuf,
+        /// What is wrong (never a value from the file).
+        problem: String,
+    },
+    /// Nothing in the Docker config resolves to credentials for the key: no `auths` entry, no
+    /// `credHelpers` entry, and no `credsStore` (or the helper has none for it).
+    #[error(
+        "no usable credentials for `{server}` in docker config {}: {detail}; log in with \
+         `DOCKER_CONFIG=<the file's directory> docker login` for that registry, or use \
+         password_file or password_env",
+        path.display()
+    )]
+    NoDockerCredential {
+        /// The credential key looked up, e.g. `https://index.docker.io/v1/` or
+        /// `reg.example.com:5000`.
+        server: String,
+        /// The `config.json` file.
+        path: PathBuf,
+        /// Where it was looked for.
+        detail: String,
+    },
+    /// The entry for the key exists but cannot be used (an identity token, an `auth` field
+    /// that does not decode, an empty user or password).
+    #[error("the docker config entry for `{server}` in {} cannot be used: {problem}", path.display())]
+    DockerCredentialUnusable {
+        /// The credential key.
+        server: String,
+        /// The `config.json` file.
+        path: PathBuf,
+        /// Why (never the entry's content).
+        problem: String,
+    },
+    /// A credential helper could not be run, failed, or answered nonsense.
+    #[error("credential helper {helper} (for `{server}`): {problem}")]
+    DockerCredentialHelper {
+        /// The helper's program name, e.g. `docker-credential-pass`.
+        helper: String,
+        /// The credential key it was asked for.
+        server: String,
+        /// What went wrong (never the helper's output).
+        problem: String,
+    },
+    /// The lookup (a credential helper, in practice) did not finish in time.
+    #[error(
+        "looking up `{server}` in docker config {} took longer than {} s (a credential helper \
+         waiting for input?)",
+        path.display(),
+        after.as_secs()
+    )]
+    DockerCredentialTimeout {
+        /// The credential key.
+        server: String,
+        /// The `config.json` file.
+        path: PathBuf,
+        /// The time limit.
+        after: Duration,
+    },
+    /// The registry's configured `username` is not the user the Docker config holds for it.
+    #[error(
+        "the docker config {} holds credentials for `{server}` of another user than the \
+         configured username `{configured}`: log in as `{configured}` there, or remove \
+         username to take the docker config's user",
+        path.display()
+    )]
+    DockerConfigUserMismatch {
+        /// The credential key.
+        server: String,
+        /// The `config.json` file.
+        path: PathBuf,
+        /// The `username` of the registry's configuration.
+        configured: String,
     },
 }
 
@@ -358,5 +755,388 @@ mod tests {
         assert!(!shown.contains(SECRET), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
         assert!(shown.contains("robot$ci"), "{shown}");
+    }
+
+    // --- Docker config.json ---
+
+    fn b64(text: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    /// A `config.json` with `json` in a fresh directory; the source looks up `server`.
+    fn docker_source(json: &str, server: &str) -> (tempfile::TempDir, DockerConfigSource) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = file_with(&dir, "config.json", json.as_bytes());
+        let source = DockerConfigSource {
+            path,
+            server: server.to_owned(),
+        };
+        (dir, source)
+    }
+
+    /// Every way the source shows itself and `err`, which must not contain `secret`.
+    fn assert_hidden(err: &CredentialError, secret: &str) {
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!shown.contains(&b64(secret)), "{shown}");
+    }
+
+    #[test]
+    fn docker_credential_keys_are_what_docker_stores() {
+        let cases = [
+            ("docker.io", DOCKER_HUB_CREDENTIAL_KEY),
+            ("index.docker.io", DOCKER_HUB_CREDENTIAL_KEY),
+            ("registry-1.docker.io", DOCKER_HUB_CREDENTIAL_KEY),
+            ("reg.example.com", "reg.example.com"),
+            ("reg.example.com:5000", "reg.example.com:5000"),
+            ("127.0.0.1:5001", "127.0.0.1:5001"),
+        ];
+        for (host, key) in cases {
+            assert_eq!(docker_credential_key(host), key, "{host}");
+        }
+        assert_eq!(DOCKER_HUB_CREDENTIAL_KEY, "https://index.docker.io/v1/");
+    }
+
+    #[test]
+    fn docker_config_auths_entries_resolve() {
+        let json = format!(
+            r#"{{"auths": {{
+                "https://index.docker.io/v1/": {{"auth": "{hub}"}},
+                "reg.example.com:5000": {{"auth": "{reg}"}},
+                "https://other.example.com": {{"auth": "{other}"}},
+                "fields.example.com": {{"username": "fielduser", "password": "{SECRET}"}}
+            }}}}"#,
+            hub = b64(&format!("hubuser:{SECRET}")),
+            reg = b64("robot$ci:pw:with:colons"),
+            other = b64("otheruser:other-pw"),
+        );
+        let cases = [
+            (DOCKER_HUB_CREDENTIAL_KEY, "hubuser", SECRET),
+            ("reg.example.com:5000", "robot$ci", "pw:with:colons"),
+            // Written with a scheme (older `docker login`), still found by host.
+            ("other.example.com", "otheruser", "other-pw"),
+            ("fields.example.com", "fielduser", SECRET),
+        ];
+        for (server, user, password) in cases {
+            let (_dir, source) = docker_source(&json, server);
+            let login = source.resolve().unwrap_or_else(|e| panic!("{server}: {e}"));
+            assert_eq!(login.username, user, "{server}");
+            assert_eq!(login.password.expose_secret(), password, "{server}");
+            assert!(!format!("{login:?}").contains(password));
+        }
+    }
+
+    #[test]
+    fn docker_config_without_an_entry_names_the_key() {
+        let json = format!(
+            r#"{{"auths": {{"reg.example.com": {{"auth": "{}"}}}}}}"#,
+            b64(&format!("u:{SECRET}"))
+        );
+        for server in [DOCKER_HUB_CREDENTIAL_KEY, "reg.example.com:5000"] {
+            let (_dir, source) = docker_source(&json, server);
+            let err = source.resolve().expect_err("no entry");
+            assert!(
+                matches!(err, CredentialError::NoDockerCredential { .. }),
+                "{err:?}"
+            );
+            let shown = err.to_string();
+            assert!(shown.contains("no usable credentials"), "{shown}");
+            assert!(shown.contains(&format!("`{server}`")), "{shown}");
+            assert!(
+                shown.contains(&source.path.display().to_string()),
+                "{shown}"
+            );
+            assert_hidden(&err, SECRET);
+        }
+        // An empty entry (what `docker login` leaves with a credsStore) and no store: none.
+        let (_dir, source) =
+            docker_source(r#"{"auths": {"reg.example.com": {}}}"#, "reg.example.com");
+        let err = source.resolve().expect_err("empty entry");
+        assert!(
+            matches!(err, CredentialError::NoDockerCredential { .. }),
+            "{err:?}"
+        );
+        let (_dir, source) = docker_source("{}", "reg.example.com");
+        assert!(matches!(
+            source.resolve(),
+            Err(CredentialError::NoDockerCredential { .. })
+        ));
+    }
+
+    #[test]
+    fn docker_config_problems_never_show_the_content() {
+        let secret_auth = b64(&format!("u:{SECRET}"));
+        let cases = [
+            // Not JSON: only the position is reported.
+            (
+                format!(r#"{{"auths": {{"r": {{"auth": "{secret_auth}"}} "#),
+                "not valid JSON",
+            ),
+            (
+                format!(r#"{{"auths": "{SECRET}"}}"#),
+                "not a Docker config.json",
+            ),
+            (
+                format!(r#"{{"credsStore": ["{SECRET}"]}}"#),
+                "not a Docker config.json",
+            ),
+            // An auth field that is not base64 of user:password.
+            (
+                format!(r#"{{"auths": {{"r": {{"auth": "{SECRET}!"}}}}}}"#),
+                "not base64",
+            ),
+            (
+                format!(r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#, b64(SECRET)),
+                "not base64",
+            ),
+            // auth and the username/password fields disagree.
+            (
+                format!(
+                    r#"{{"auths": {{"r": {{"auth": "{secret_auth}", "username": "u", "password": "other"}}}}}}"#
+                ),
+                "disagrees",
+            ),
+            (
+                format!(r#"{{"auths": {{"r": {{"identitytoken": "{SECRET}"}}}}}}"#),
+                "identity token",
+            ),
+            (
+                format!(r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#, b64("u:")),
+                "password is empty",
+            ),
+            (
+                format!(
+                    r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#,
+                    b64(&format!(":{SECRET}"))
+                ),
+                "user name is empty",
+            ),
+        ];
+        for (json, expected) in cases {
+            let (_dir, source) = docker_source(&json, "r");
+            let err = source.resolve().expect_err(expected);
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+            assert_hidden(&err, SECRET);
+        }
+    }
+
+    #[test]
+    fn docker_config_file_problems_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = DockerConfigSource {
+            path: dir.path().join("absent.json"),
+            server: "r".into(),
+        };
+        let err = missing.resolve().expect_err("missing");
+        assert!(
+            matches!(err, CredentialError::DockerConfigUnreadable { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("absent.json"), "{err}");
+
+        let mut big = format!(
+            r#"{{"auths": {{"r": {{"auth": "{}"}}}}, "x": ""#,
+            b64(&format!("u:{SECRET}"))
+        );
+        big.push_str(&"a".repeat(MAX_DOCKER_CONFIG_BYTES as usize));
+        big.push_str("\"}");
+        let (_dir, source) = docker_source(&big, "r");
+        let err = source.resolve().expect_err("too large");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        assert_hidden(&err, SECRET);
+    }
+
+    #[test]
+    fn docker_config_is_read_again_on_every_resolve() {
+        let (_dir, source) = docker_source(
+            &format!(r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#, b64("u:first")),
+            "r",
+        );
+        assert_eq!(
+            source.resolve().expect("first").password.expose_secret(),
+            "first"
+        );
+        std::fs::write(
+            &source.path,
+            format!(
+                r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#,
+                b64("u:rotated")
+            ),
+        )
+        .expect("rotate");
+        assert_eq!(
+            source.resolve().expect("second").password.expose_secret(),
+            "rotated"
+        );
+        // Through the PasswordSource too.
+        let password = PasswordSource::DockerConfig(source.clone())
+            .resolve()
+            .expect("as a password source");
+        assert_eq!(password.expose_secret(), "rotated");
+        assert_eq!(
+            PasswordSource::DockerConfig(source.clone()).to_string(),
+            format!("docker config {} (key r)", source.path.display())
+        );
+    }
+
+    #[tokio::test]
+    async fn docker_config_resolves_off_the_runtime() {
+        let (_dir, source) = docker_source(
+            &format!(
+                r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#,
+                b64(&format!("u:{SECRET}"))
+            ),
+            "r",
+        );
+        let login = source.resolve_async().await.expect("resolved");
+        assert_eq!(login.username, "u");
+        assert_eq!(login.password.expose_secret(), SECRET);
+    }
+
+    // --- Credential helpers ---
+    //
+    // `docker_credential` runs `docker-credential-<name>` looked up on PATH, and PATH is
+    // process-wide (and changing it is `unsafe` in edition 2024, which this crate forbids). So
+    // the test runs itself again as a child process whose PATH starts with a directory holding
+    // a fake helper, and the helper cases run there.
+
+    /// Set in the child process: the directory holding the fake helpers.
+    const HELPER_DIR_VAR: &str = "PUSHFLEET_TEST_CREDENTIAL_HELPER_DIR";
+
+    /// The fake helper `docker-credential-pftest`: answers for `127.0.0.1:5999` and Docker
+    /// Hub, says "not found" for `absent.example.com`, fails printing the secret for
+    /// `leaky.example.com`, answers an identity token for `token.example.com`, nonsense for
+    /// `garbled.example.com`, and hangs for `slow.example.com`.
+    const HELPER_SCRIPT: &str = r#"#!/bin/sh
+[ "$1" = get ] || exit 3
+server=$(cat)
+case "$server" in
+  127.0.0.1:5999) echo '{"ServerURL":"127.0.0.1:5999","Username":"helper-user","Secret":"S3cr3t-Pa55-zz9"}' ;;
+  https://index.docker.io/v1/) echo '{"ServerURL":"https://index.docker.io/v1/","Username":"hub-user","Secret":"S3cr3t-Pa55-zz9"}' ;;
+  absent.example.com) echo 'credentials not found in native keychain'; exit 1 ;;
+  leaky.example.com) echo 'oops S3cr3t-Pa55-zz9'; echo 'S3cr3t-Pa55-zz9' >&2; exit 1 ;;
+  token.example.com) echo '{"ServerURL":"token.example.com","Username":"<token>","Secret":"S3cr3t-Pa55-zz9"}' ;;
+  garbled.example.com) echo 'S3cr3t-Pa55-zz9' ;;
+  slow.example.com) exec sleep 5 ;;
+  *) echo "credentials not found in native keychain"; exit 1 ;;
+esac
+"#;
+
+    #[test]
+    fn credential_helpers_are_run_from_path() {
+        if let Some(dir) = std::env::var_os(HELPER_DIR_VAR) {
+            helper_cases(Path::new(&dir));
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let helper = file_with(&dir, "docker-credential-pftest", HELPER_SCRIPT.as_bytes());
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = match std::env::var_os("PATH") {
+            Some(path) => {
+                let mut dirs = vec![dir.path().to_path_buf()];
+                dirs.extend(std::env::split_paths(&path));
+                std::env::join_paths(dirs).expect("PATH")
+            }
+            None => dir.path().as_os_str().to_owned(),
+        };
+        let exe = std::env::current_exe().expect("the test binary");
+        let output = std::process::Command::new(exe)
+            .args([
+                "credentials::tests::credential_helpers_are_run_from_path",
+                "--exact",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env("PATH", path)
+            .env(HELPER_DIR_VAR, dir.path())
+            .output()
+            .expect("run the test binary again");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "helper cases failed:\n{stdout}\n{stderr}"
+        );
+        // The child really ran the cases (a filter matching nothing would pass too).
+        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+        assert!(stdout.contains("helper cases: 9 checked"), "{stdout}");
+    }
+
+    /// Runs in the child process, with the fake helper first on PATH.
+    fn helper_cases(dir: &Path) {
+        let write = |name: &str, json: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, json).expect("write config");
+            path
+        };
+        let helpers = write(
+            "helpers.json",
+            r#"{"auths": {"127.0.0.1:5999": {}}, "credHelpers": {
+                "127.0.0.1:5999": "pftest", "https://index.docker.io/v1/": "pftest",
+                "absent.example.com": "pftest", "leaky.example.com": "pftest",
+                "token.example.com": "pftest", "garbled.example.com": "pftest",
+                "slow.example.com": "pftest", "missing.example.com": "not-installed-xyz"}}"#,
+        );
+        let store = write("store.json", r#"{"credsStore": "pftest"}"#);
+        let source = |path: &Path, server: &str| DockerConfigSource {
+            path: path.to_path_buf(),
+            server: server.to_owned(),
+        };
+        let mut checked = 0;
+
+        // credHelpers, and credsStore, both answer.
+        for (path, server, user) in [
+            (&helpers, "127.0.0.1:5999", "helper-user"),
+            (&helpers, DOCKER_HUB_CREDENTIAL_KEY, "hub-user"),
+            (&store, "127.0.0.1:5999", "helper-user"),
+        ] {
+            let login = source(path, server)
+                .resolve()
+                .unwrap_or_else(|e| panic!("{server}: {e}"));
+            assert_eq!(login.username, user);
+            assert_eq!(login.password.expose_secret(), SECRET);
+            checked += 1;
+        }
+        // "credentials not found" from the helper is "no credentials for the key".
+        for path in [&helpers, &store] {
+            let err = source(path, "absent.example.com")
+                .resolve()
+                .expect_err("absent");
+            assert!(
+                matches!(err, CredentialError::NoDockerCredential { .. }),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string().contains("docker-credential-pftest"),
+                "{err}"
+            );
+            checked += 1;
+        }
+        let cases = [
+            ("leaky.example.com", "exited with an error"),
+            ("token.example.com", "identity token"),
+            ("garbled.example.com", "not the JSON"),
+            ("missing.example.com", "docker-credential-not-installed-xyz"),
+        ];
+        for (server, expected) in cases {
+            let err = source(&helpers, server).resolve().expect_err(server);
+            assert!(err.to_string().contains(expected), "{server}: {err}");
+            assert_hidden(&err, SECRET);
+            checked += 1;
+        }
+        assert_eq!(checked, 9);
+        // A helper that hangs is given up after the time limit.
+        let started = std::time::Instant::now();
+        let err = source(&helpers, "slow.example.com")
+            .resolve_within(Duration::from_millis(300))
+            .expect_err("slow");
+        assert!(
+            matches!(err, CredentialError::DockerCredentialTimeout { .. }),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+        println!("helper cases: {checked} checked");
     }
 }

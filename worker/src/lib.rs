@@ -4,7 +4,8 @@
 //! - [`config`], [`credentials`]: the configuration file, environment overrides, the registry
 //!   catalogue and password sources.
 //! - [`broker`]: the RabbitMQ connections, the topology declared on them, confirmed publishes.
-//! - [`runner`]: the consume loop; what happens to each delivery.
+//! - [`runner`]: broker sessions, reconnection, shutdown; [`delivery`]: what happens to
+//!   each delivery; [`cancel`]: cancel requests.
 //! - [`pipeline`]: one job, stage by stage; [`plan`] is its I/O-free first stage.
 //! - [`daemon`]: the Docker daemon stages (source, tag, push, untag).
 //! - [`registry`]: the registry stages (preflight, manifest digest).
@@ -14,11 +15,14 @@
 //! - [`commands`]: the binary's subcommands; [`telemetry`]: logging.
 
 pub mod broker;
+pub mod cancel;
 pub mod commands;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+pub mod delivery;
 pub mod failure;
+pub mod health;
 pub mod pipeline;
 pub mod plan;
 pub mod registry;

@@ -22,6 +22,17 @@ enum Command {
         /// The configuration file (TOML); `PUSHFLEET__...` variables override it.
         #[arg(short, long, env = "PUSHFLEET_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve `/healthz` and `/readyz` on this address (e.g. `0.0.0.0:8080`).
+        #[arg(long, env = "PUSHFLEET_HEALTH_LISTEN")]
+        health_listen: Option<std::net::SocketAddr>,
+    },
+    /// Cancel a job, queued or running, by its id.
+    Cancel {
+        /// The configuration file (for the broker address and the topology prefix).
+        #[arg(short, long, env = "PUSHFLEET_CONFIG")]
+        config: Option<PathBuf>,
+        /// The job to cancel.
+        job_id: String,
     },
     /// Validate the configuration without touching the network and print it (redacted).
     CheckConfig {
@@ -60,7 +71,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Worker { config } => commands::worker::run(config.as_deref()).await,
+            Command::Worker {
+                config,
+                health_listen,
+            } => commands::worker::run(config.as_deref(), health_listen).await,
+            Command::Cancel { config, job_id } => {
+                commands::cancel(config.as_deref(), &job_id).await
+            }
             Command::CheckConfig { config } => commands::check_config(config.as_deref()),
             Command::Submit(args) => commands::submit::run(*args).await,
             Command::Schemas { write } => commands::schemas(write.as_deref()),

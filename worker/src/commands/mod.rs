@@ -28,6 +28,42 @@ pub fn check_config(file: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `pushfleet cancel`: asks every worker to cancel `job_id` (queued or running).
+pub async fn cancel(file: Option<&Path>, job_id: &str) -> anyhow::Result<ExitCode> {
+    let config = match config::load(file, None) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let topology = Topology::new(&config.amqp.topology_prefix);
+    let url = config
+        .amqp
+        .url_with_password()
+        .context("amqp.password_file")?;
+    let conn = crate::broker::connect(
+        secrecy::ExposeSecret::expose_secret(&url),
+        "pushfleet cancel",
+    )
+    .await
+    .with_context(|| format!("cannot reach the broker at {}", config.amqp.url))?;
+    let publisher = crate::broker::ConfirmedPublisher::open(&conn).await?;
+    crate::broker::declare_topology(publisher.channel(), &topology).await?;
+    let message = pushfleet_shared::control::ControlMessage::cancel(job_id);
+    publisher
+        .publish_json(
+            &topology.control_exchange(),
+            "",
+            &message.to_json(),
+            Default::default(),
+        )
+        .await?;
+    eprintln!("asked every worker to cancel job {job_id}");
+    let _ = conn.close(200, "done".into()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `pushfleet schemas`: prints the schemas, or writes them into `dir`.
 pub fn schemas(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     for (name, text) in schema_files() {

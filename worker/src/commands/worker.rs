@@ -7,10 +7,19 @@ use std::sync::Arc;
 use anyhow::Context;
 use tracing::info;
 
-use crate::{config, runner};
+use std::net::SocketAddr;
 
-/// Loads the configuration (refusing to start half-configured) and runs the worker.
-pub async fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::WorkerStatus;
+use crate::{config, health, runner};
+
+/// Loads the configuration (refusing to start half-configured) and runs the worker, serving
+/// the health endpoints on `health_listen` when given.
+pub async fn run(
+    file: Option<&Path>,
+    health_listen: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     let config = match config::load(file, None) {
         Ok(c) => Arc::new(c),
         Err(errors) => {
@@ -22,9 +31,27 @@ pub async fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     };
     info!(amqp = %config.amqp.url, docker = %config.docker.host, registries = config.registries.len(), "configuration loaded");
-    runner::run(config, shutdown_signal())
-        .await
-        .context("the worker stopped on an error")?;
+    let status = Arc::new(WorkerStatus::default());
+    let stop_health = CancellationToken::new();
+    let health = match health_listen {
+        Some(addr) => {
+            let listener = health::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the health endpoints"))?;
+            Some(tokio::spawn(health::serve(
+                listener,
+                Arc::clone(&status),
+                stop_health.clone(),
+            )))
+        }
+        None => None,
+    };
+    let result = runner::run_with_status(config, status, shutdown_signal()).await;
+    stop_health.cancel();
+    if let Some(task) = health {
+        let _ = task.await;
+    }
+    result.context("the worker could not run")?;
     Ok(ExitCode::SUCCESS)
 }
 

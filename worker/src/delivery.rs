@@ -1,0 +1,355 @@
+//! What happens to one delivery: parse, run the pipeline, report, and only then settle it.
+//!
+//! 1. Parse. A message that is not a valid job gets a `failed` event (`invalid_message` or
+//!    `invalid_reference`, with the `job_id` when one can be read), is copied to the
+//!    dead-letter queue with the reason in its headers, and is acked. Nothing crashes, nothing
+//!    stalls, nothing is lost.
+//! 2. `accepted`, then the pipeline under the job's time limit and its cancel token, with
+//!    `progress` events at most once a second.
+//! 3. The outcome event (`succeeded`, `failed`, `retrying` or `dead`) is published and
+//!    confirmed by the broker; a retry is republished to the delay queue and a failure copied
+//!    to the dead-letter queue, both confirmed; only then is the delivery acked. A worker that
+//!    dies before that leaves the job unacked, and the broker hands it to another worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use pushfleet_shared::event::{JobState, RetryInfo};
+use pushfleet_shared::job::{self, PushJob};
+use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
+use pushfleet_shared::{ErrorCode, event::EventError};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::broker::{BrokerError, ConfirmedPublisher};
+use crate::cancel::Cancels;
+use crate::failure::JobFailure;
+use crate::pipeline::Pipeline;
+use crate::report::Reporter;
+use crate::retry::{RetryDecision, RetryPolicy};
+
+/// The header carrying the attempt number of a job republished for retry.
+pub const ATTEMPT_HEADER: &str = "x-pushfleet-attempt";
+/// Headers set on dead-lettered jobs, saying why.
+pub const DEAD_CODE_HEADER: &str = "x-pushfleet-error-code";
+/// The human message of the failure, on dead-lettered jobs.
+pub const DEAD_MESSAGE_HEADER: &str = "x-pushfleet-error-message";
+/// The worker that dead-lettered the job.
+pub const DEAD_WORKER_HEADER: &str = "x-pushfleet-worker";
+
+/// What every job task of one broker session shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) publisher: ConfirmedPublisher,
+    pub(crate) topology: Topology,
+    pub(crate) worker_id: String,
+    pub(crate) job_timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) cancels: Arc<Cancels>,
+}
+
+/// The attempt number a delivery carries (1 when it never went through the retry queue).
+fn attempt_of(delivery: &Delivery) -> u32 {
+    let value = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPT_HEADER));
+    let n = match value {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        _ => 1,
+    };
+    u32::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Handles one delivery to the end (see the module doc).
+pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
+    let attempt = attempt_of(&delivery);
+    let job_id = job::peek_job_id(&delivery.data);
+    let span = info_span!(
+        "job",
+        job_id = job_id.as_deref().unwrap_or("-"),
+        attempt,
+        target = tracing::field::Empty
+    );
+    async move {
+        let settled = match PushJob::from_message(
+            &delivery.data,
+            delivery.properties.content_type().as_ref().map(|c| c.as_str()),
+        ) {
+            Err(e) => {
+                warn!(code = %e.code(), error = %e, "refusing a message that is not a valid job");
+                let reporter = shared.reporter(job_id, attempt, job::peek_metadata(&delivery.data));
+                let error = EventError::new(e.code(), e.to_string(), e.hint());
+                let event = reporter.error_event(JobState::Failed, error);
+                finish_failed(shared, &reporter, &delivery, event).await
+            }
+            Ok(valid) => run_job(shared, &delivery, valid, attempt).await,
+        };
+        if let Err(e) = settled {
+            // The outcome could not be recorded: leave the job to the broker, which redelivers
+            // it (to this or another worker). Redelivery is harmless (see pipeline).
+            error!(error = %e, "could not record the job's outcome; returning it to the queue");
+            if let Err(e) = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await {
+                error!(error = %e, "nack failed; the broker requeues the job when the channel closes");
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+impl Shared {
+    fn reporter(
+        &self,
+        job_id: Option<String>,
+        attempt: u32,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    ) -> Reporter {
+        Reporter::new(
+            self.publisher.clone(),
+            self.topology.events_exchange(),
+            &self.worker_id,
+            job_id,
+            attempt,
+            metadata,
+        )
+    }
+}
+
+async fn run_job(
+    shared: &Shared,
+    delivery: &Delivery,
+    valid: pushfleet_shared::job::ValidJob,
+    attempt: u32,
+) -> Result<(), BrokerError> {
+    let mut reporter = shared.reporter(
+        Some(valid.job.job_id.clone()),
+        attempt,
+        valid.job.metadata.clone(),
+    );
+    // The catalogue key, even when the job named an alias; nothing for an unknown registry.
+    let registry_key = shared
+        .pipeline
+        .config()
+        .registries
+        .get(&valid.job.target.registry)
+        .map(|r| r.key.clone());
+    reporter.set_context(registry_key, Some(valid.source.to_string()), Vec::new());
+    reporter
+        .publish(&reporter.event(JobState::Accepted))
+        .await?;
+    info!(source = %valid.source, registry = %valid.job.target.registry, "job accepted");
+
+    let (progress_tx, progress_rx) = watch::channel(None);
+    let stop_progress = CancellationToken::new();
+    let progress_task = tokio::spawn(publish_progress(
+        reporter.clone(),
+        progress_rx,
+        stop_progress.clone(),
+    ));
+
+    let timeout_s =
+        valid.timeout_s_or(u32::try_from(shared.job_timeout.as_secs()).unwrap_or(u32::MAX));
+    let limit = Duration::from_secs(u64::from(timeout_s));
+    let cancel = shared.cancels.register(&valid.job.job_id);
+    // Dropping the pipeline future (time limit, cancel) drops the daemon's push stream, which
+    // ends the push; the outcome is a failure either way, never a success.
+    let result = tokio::select! {
+        biased;
+        () = cancel.cancelled() => None,
+        r = tokio::time::timeout(limit, shared.pipeline.run(&valid, &progress_tx)) => r.ok(),
+    };
+    shared.cancels.finish(&valid.job.job_id);
+    stop_progress.cancel();
+    let _ = progress_task.await;
+
+    match result {
+        Some(Ok(success)) => {
+            reporter.set_context(
+                Some(success.plan.registry.clone()),
+                None,
+                success.plan.targets.clone(),
+            );
+            let mut event = reporter.event(JobState::Succeeded);
+            event.digest = Some(success.digest.clone());
+            event.size = success.size;
+            event.bytes = Some(success.bytes);
+            event.phases = Some(success.phases);
+            event.already_present = Some(success.already_present);
+            reporter.publish(&event).await?;
+            info!(digest = %success.digest, already_present = success.already_present, "job succeeded");
+            delivery.ack(BasicAckOptions::default()).await?;
+            Ok(())
+        }
+        Some(Err(failure)) => {
+            if let Some(plan) = &failure.plan {
+                reporter.set_context(Some(plan.registry.clone()), None, plan.targets.clone());
+            }
+            settle_failure(
+                shared,
+                &reporter,
+                delivery,
+                &valid,
+                attempt,
+                failure.failure,
+                Some(failure.phases),
+            )
+            .await
+        }
+        None => {
+            let failure = if cancel.is_cancelled() {
+                JobFailure::new(ErrorCode::Cancelled, "the job was cancelled on request")
+            } else {
+                JobFailure::new(
+                    ErrorCode::Timeout,
+                    format!("the job did not finish within {timeout_s} s"),
+                )
+            };
+            settle_failure(shared, &reporter, delivery, &valid, attempt, failure, None).await
+        }
+    }
+}
+
+async fn settle_failure(
+    shared: &Shared,
+    reporter: &Reporter,
+    delivery: &Delivery,
+    valid: &pushfleet_shared::job::ValidJob,
+    attempt: u32,
+    failure: JobFailure,
+    phases: Option<pushfleet_shared::event::PhaseTimings>,
+) -> Result<(), BrokerError> {
+    warn!(code = %failure.code(), error = %failure.error.message, "attempt failed");
+    let decision = shared.retry.decide(attempt, &failure);
+    match decision {
+        RetryDecision::Retry {
+            delay,
+            next_attempt,
+        } => {
+            let mut event = reporter.error_event(JobState::Retrying, failure.error);
+            event.phases = phases;
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            event.retry = Some(RetryInfo {
+                delay_ms,
+                next_attempt,
+                next_attempt_at: OffsetDateTime::now_utc() + delay,
+            });
+            // Republish first: if the event fails after this, the job still exists twice at
+            // worst (at-least-once), never zero times.
+            let mut headers = FieldTable::default();
+            headers.insert(
+                ATTEMPT_HEADER.into(),
+                AMQPValue::LongLongInt(i64::from(next_attempt)),
+            );
+            let properties = BasicProperties::default()
+                .with_headers(headers)
+                .with_expiration(delay_ms.to_string().into());
+            shared
+                .publisher
+                .publish_json(
+                    &shared.topology.retry_exchange(),
+                    JOB_ROUTING_KEY,
+                    &valid.job.to_json(),
+                    properties,
+                )
+                .await?;
+            reporter.publish(&event).await?;
+            info!(?delay, next_attempt, "retry scheduled");
+            delivery.ack(BasicAckOptions::default()).await?;
+            Ok(())
+        }
+        RetryDecision::Fail | RetryDecision::Dead => {
+            let state = if decision == RetryDecision::Fail {
+                JobState::Failed
+            } else {
+                JobState::Dead
+            };
+            let mut event = reporter.error_event(state, failure.error);
+            event.phases = phases;
+            finish_failed(shared, reporter, delivery, event).await
+        }
+    }
+}
+
+/// Copies the message to the dead-letter queue with the reason in its headers, publishes the
+/// terminal error `event`, then acks.
+async fn finish_failed(
+    shared: &Shared,
+    reporter: &Reporter,
+    delivery: &Delivery,
+    event: pushfleet_shared::Event,
+) -> Result<(), BrokerError> {
+    let Some(error) = event.error.clone() else {
+        return reporter.publish(&event).await;
+    };
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        DEAD_CODE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(error.code.as_str())),
+    );
+    headers.insert(
+        DEAD_MESSAGE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(error.message.as_str())),
+    );
+    headers.insert(
+        DEAD_WORKER_HEADER.into(),
+        AMQPValue::LongString(LongString::from(shared.worker_id.as_str())),
+    );
+    let mut properties = BasicProperties::default().with_headers(headers);
+    if let Some(ct) = delivery.properties.content_type() {
+        properties = properties.with_content_type(ShortString::from(ct.as_str()));
+    }
+    shared
+        .publisher
+        .publish_raw(
+            &shared.topology.dead_letter_exchange(),
+            JOB_ROUTING_KEY,
+            &delivery.data,
+            properties,
+        )
+        .await?;
+    reporter.publish(&event).await?;
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+/// Publishes the latest progress at most once a second until `stop`.
+async fn publish_progress(
+    reporter: Reporter,
+    mut progress: watch::Receiver<Option<pushfleet_shared::event::Progress>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let latest = progress.borrow_and_update().clone();
+        if let Some(p) = latest {
+            let mut event = reporter.event(JobState::Progress);
+            event.progress = Some(p);
+            if let Err(e) = reporter.publish(&event).await {
+                warn!(error = %e, "could not publish a progress event");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
