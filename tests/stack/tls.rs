@@ -167,7 +167,6 @@ async fn assert_refused_at_preflight(h: &mut Harness, registry: &str) -> Result<
         .await?;
     let failed = expect_failed(&events, "registry_tls_failed")?;
     let error = failed.error.as_ref().context("error")?;
-    eprintln!("MSG {registry}: {} / HINT: {}", error.message, error.hint);
     assert!(!error.retryable, "{error:?}");
     assert!(
         error.message.contains(registry) && error.message.contains("certificate"),
