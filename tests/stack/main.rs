@@ -7,4 +7,5 @@ mod daemon;
 mod pipeline;
 mod registries;
 mod registry_client;
+mod secrets;
 mod tls;

@@ -560,3 +560,51 @@ async fn a_password_that_base64_encodes_with_plus_and_slash_pushes_fine() -> Res
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
     h.stop().await
 }
+
+#[tokio::test]
+async fn a_running_job_is_cancelled_and_not_reported_as_a_success() -> Result<()> {
+    // A "registry" that accepts connections and never answers: preflight hangs until cancelled.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = silent.local_addr()?.port();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "x")?;
+    let extra = format!(
+        "[registries.silent]\nurl = \"http://127.0.0.1:{port}\"\nusername = \"u\"\npassword_file = \"{}\"\nnamespaces = [\"production\"]\n",
+        pw.display()
+    );
+    let mut h = Harness::start(&extra).await?;
+    let name = unique("myapp");
+    make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
+    let j = job(&format!("{name}:1"), "silent", &format!("production/{name}"), &["1"]);
+    let id = j["job_id"].as_str().context("id")?.to_owned();
+    h.broker.publish_job(&j).await?;
+    h.broker
+        .wait_until(|e| e.job_id.as_deref() == Some(id.as_str()) && e.state == JobState::Accepted)
+        .await?;
+
+    let control = pushfleet_shared::control::ControlMessage::cancel(&id);
+    let channel = h.broker.conn.create_channel().await?;
+    channel
+        .basic_publish(
+            h.worker.topology.control_exchange().as_str().into(),
+            "".into(),
+            Default::default(),
+            &control.to_json(),
+            Default::default(),
+        )
+        .await?
+        .await?;
+    let events = h.broker.wait_for(&id).await?;
+    let failed = expect_failed(&events, "cancelled")?;
+    assert!(!failed.error.as_ref().is_some_and(|e| e.retryable));
+    assert!(events.iter().all(|e| e.state != JobState::Succeeded));
+    hold.abort();
+    h.stop().await
+}

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, Consumer};
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
-use pushfleet_worker::broker::{ConfirmedPublisher, connect, declare_topology};
+use pushfleet_worker::broker::{
+    ConfirmedPublisher, connect, declare_topology, subscribe_exclusive,
+};
 use pushfleet_worker::config::{Config, load_from_str};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -154,37 +154,7 @@ impl Broker {
         let publisher = ConfirmedPublisher::open(&conn).await?;
         declare_topology(publisher.channel(), topology).await?;
         let channel = conn.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                topology.events_exchange().as_str().into(),
-                "job.*".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let events = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let events = subscribe_exclusive(&channel, &topology.events_exchange(), "job.*").await?;
         Ok(Self {
             conn,
             publisher,

@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use pushfleet_shared::topology::{self, ExchangeKind, QueueArg, Topology};
 
 /// How long a publish may wait for the broker's confirm before it counts as failed.
@@ -100,6 +100,48 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
             .await?;
     }
     Ok(())
+}
+
+/// Subscribes to `exchange` through a server-named, exclusive, auto-deleted queue bound with
+/// `binding_key`: a private view (events for `submit --wait`, control requests for a worker)
+/// that disappears with the connection. Messages are auto-acked.
+pub async fn subscribe_exclusive(
+    channel: &Channel,
+    exchange: &str,
+    binding_key: &str,
+) -> Result<Consumer, BrokerError> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            binding_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(consumer)
 }
 
 /// A channel in confirm mode, for publishes that must be known to have reached the broker.

@@ -77,15 +77,17 @@ impl Cancels {
         state
             .cancelled
             .retain(|_, at| now.saturating_duration_since(*at) < REMEMBER_FOR);
-        if state.cancelled.len() >= REMEMBER_AT_MOST {
-            if let Some(oldest) = state
-                .cancelled
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(id, _)| id.clone())
-            {
-                state.cancelled.remove(&oldest);
-            }
+        let oldest = (state.cancelled.len() >= REMEMBER_AT_MOST)
+            .then(|| {
+                state
+                    .cancelled
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(id, _)| id.clone())
+            })
+            .flatten();
+        if let Some(oldest) = oldest {
+            state.cancelled.remove(&oldest);
         }
         state.cancelled.insert(job_id.to_owned(), now);
         match state.running.get(job_id) {

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pushfleet_shared::ErrorCode;
 use pushfleet_shared::event::{PhaseTimings, Progress};
 use pushfleet_shared::job::ValidJob;
+use pushfleet_shared::{ErrorCode, ImageRef};
 use tokio::sync::watch;
 
 use crate::config::{Config, Registry};
@@ -223,25 +223,14 @@ impl Pipeline {
         let target_name = targets.first().map(|t| t.name()).unwrap_or_default();
         let known_digest = source.repo_digests.iter().find_map(|d| {
             let (name, digest) = d.rsplit_once('@')?;
-            (pushfleet_shared::ImageRef::parse(name).ok()?.name() == target_name)
-                .then(|| digest.to_owned())
+            (ImageRef::parse(name).ok()?.name() == target_name).then(|| digest.to_owned())
         });
         if let Some(expected) = known_digest {
             let t = Instant::now();
-            let mut all_present = true;
-            for target in targets {
-                let tag = target.tag_or_latest();
-                let found = client
-                    .manifest_digest(repository, tag, login.as_ref())
-                    .await
-                    .map_err(|e| coded(&e))?;
-                if found.as_deref() != Some(expected.as_str()) {
-                    all_present = false;
-                    break;
-                }
-            }
+            let mismatch =
+                first_mismatch(client, repository, targets, login.as_ref(), &expected).await?;
             phases.verify_ms = ms(t);
-            if all_present {
+            if mismatch.is_none() {
                 return Ok((expected, None, 0, true));
             }
         }
@@ -300,21 +289,16 @@ impl Pipeline {
         })?;
 
         let t = Instant::now();
-        for target in targets {
-            let tag = target.tag_or_latest();
-            let found = client
-                .manifest_digest(repository, tag, login.as_ref())
-                .await
-                .map_err(|e| coded(&e))?;
-            if found.as_deref() != Some(digest.as_str()) {
-                return Err(JobFailure::new(
-                    ErrorCode::DigestMismatch,
-                    format!(
-                        "the daemon pushed {target} as {digest}, but the registry holds {}",
-                        found.as_deref().unwrap_or("no manifest under that tag")
-                    ),
-                ));
-            }
+        if let Some((target, found)) =
+            first_mismatch(client, repository, targets, login.as_ref(), &digest).await?
+        {
+            return Err(JobFailure::new(
+                ErrorCode::DigestMismatch,
+                format!(
+                    "the daemon pushed {target} as {digest}, but the registry holds {}",
+                    found.as_deref().unwrap_or("no manifest under that tag")
+                ),
+            ));
         }
         phases.verify_ms = ms(t);
 
@@ -333,6 +317,27 @@ impl Pipeline {
         }
         Ok((digest, Some(size), bytes, false))
     }
+}
+
+/// Asks the registry for each target tag's manifest digest; returns the first target whose tag
+/// does not point at `expected` (with what it points at), or `None` when all do.
+async fn first_mismatch<'t>(
+    client: &RegistryClient,
+    repository: &str,
+    targets: &'t [ImageRef],
+    login: Option<&Credentials>,
+    expected: &str,
+) -> Result<Option<(&'t ImageRef, Option<String>)>, JobFailure> {
+    for target in targets {
+        let found = client
+            .manifest_digest(repository, target.tag_or_latest(), login)
+            .await
+            .map_err(|e| coded(&e))?;
+        if found.as_deref() != Some(expected) {
+            return Ok(Some((target, found)));
+        }
+    }
+    Ok(None)
 }
 
 fn coded<E: Coded>(e: &E) -> JobFailure {

@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use pushfleet_shared::control::{ControlAction, ControlMessage};
@@ -208,37 +206,8 @@ impl Session {
             .await?;
 
         // This worker's own control queue: server-named, exclusive, gone with the connection.
-        let control_queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                control_queue.name().clone(),
-                topology.control_exchange().as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let control = channel
-            .basic_consume(
-                control_queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let control =
+            broker::subscribe_exclusive(&channel, &topology.control_exchange(), "").await?;
 
         let shared = Arc::new(Shared {
             pipeline: Arc::clone(pipeline),

@@ -12,8 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use pushfleet_shared::django::DjangoPushStep;
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::job::{JOB_VERSION, JobOptions, JobTarget, PushJob, ValidJob};
@@ -252,38 +250,7 @@ async fn publish(
     // Subscribe before publishing, so no event can be missed.
     let events = if wait {
         let channel = conn.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                topology.events_exchange().as_str().into(),
-                "job.*".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Some(consumer)
+        Some(broker::subscribe_exclusive(&channel, &topology.events_exchange(), "job.*").await?)
     } else {
         None
     };
