@@ -2,12 +2,18 @@
 //! in one place. The worker declares it, the tests and `pushfleet submit` publish into it, and
 //! `pushfleet topology` prints it as JSON for other callers (the Python client).
 //!
+//! Retries wait in delay queues bucketed by the delay's order of magnitude (bucket `k` holds
+//! delays of `2^k` to `2^(k+1)` seconds): RabbitMQ expires messages only at the head of a
+//! queue, so one queue for all delays would hold a 5-second retry behind a 5-minute one. Within
+//! a bucket a message waits at most twice its delay.
+//!
 //! Names derive from one prefix (default `pushfleet`), so several fleets, or parallel tests,
 //! can share one broker without meeting.
 //!
 //! ```text
 //! <p>.jobs    (direct) --"job"--> <p>.jobs    (quorum queue, delivery limit, DLX <p>.dlx)
-//! <p>.retry   (direct) --"job"--> <p>.retry   (quorum queue, per-message TTL, DLX <p>.jobs)
+//! <p>.retry   (direct) --"delay.<k>"--> <p>.retry.<k> (quorum queues, per-message TTL,
+//!                                                    DLX <p>.jobs; declared when first used)
 //! <p>.dlx     (direct) --"job"--> <p>.dead    (quorum queue: dead letters, kept for replay)
 //! <p>.events  (topic)  --"job.<state>"--> consumers' own queues
 //! <p>.control (fanout) --> one exclusive queue per worker (cancel requests)
@@ -25,6 +31,8 @@ pub const JOB_ROUTING_KEY: &str = "job";
 /// How many times the broker redelivers a job (e.g. after worker crashes) before it
 /// dead-letters it: a job that kills its worker cannot loop forever.
 pub const DEFAULT_DELIVERY_LIMIT: i64 = 5;
+/// The largest delay bucket (2^17 s, about 36 hours).
+pub const MAX_RETRY_BUCKET: u32 = 17;
 /// The content type of jobs and events.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
@@ -120,10 +128,42 @@ impl Topology {
         format!("{}.retry", self.prefix)
     }
 
-    /// The delay queue: messages carry a per-message TTL and dead-letter back to the jobs
-    /// exchange when it expires. Nobody consumes it.
-    pub fn retry_queue(&self) -> String {
-        format!("{}.retry", self.prefix)
+    /// The delay bucket of `delay`: `floor(log2(seconds))`, 0 below 2 s, at most
+    /// [`MAX_RETRY_BUCKET`].
+    pub fn retry_bucket(delay: std::time::Duration) -> u32 {
+        let secs = delay.as_secs().max(1);
+        (63 - secs.leading_zeros()).min(MAX_RETRY_BUCKET)
+    }
+
+    /// The delay queue of `bucket`: messages carry a per-message TTL and dead-letter back to
+    /// the jobs exchange when it expires. Nobody consumes it.
+    pub fn retry_queue(&self, bucket: u32) -> String {
+        format!("{}.retry.{bucket}", self.prefix)
+    }
+
+    /// The routing key that reaches the delay queue of `bucket` on the retry exchange.
+    pub fn retry_routing_key(bucket: u32) -> String {
+        format!("delay.{bucket}")
+    }
+
+    /// The declaration of the delay queue of `bucket`.
+    pub fn retry_queue_spec(&self, bucket: u32) -> QueueSpec {
+        let s = |v: &str| QueueArg::Str(v.to_owned());
+        QueueSpec {
+            name: self.retry_queue(bucket),
+            arguments: vec![
+                ("x-queue-type".to_owned(), s("quorum")),
+                (
+                    "x-dead-letter-exchange".to_owned(),
+                    s(&self.jobs_exchange()),
+                ),
+                ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
+                ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
+                ("x-overflow".to_owned(), s("reject-publish")),
+            ],
+            bound_to: self.retry_exchange(),
+            binding_key: Self::retry_routing_key(bucket),
+        }
     }
 
     /// Where jobs that cannot be done are dead-lettered (direct exchange).
@@ -186,21 +226,6 @@ impl Topology {
                 binding_key: JOB_ROUTING_KEY.to_owned(),
             },
             QueueSpec {
-                name: self.retry_queue(),
-                arguments: vec![
-                    quorum.clone(),
-                    (
-                        "x-dead-letter-exchange".to_owned(),
-                        s(&self.jobs_exchange()),
-                    ),
-                    ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
-                    ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
-                    ("x-overflow".to_owned(), s("reject-publish")),
-                ],
-                bound_to: self.retry_exchange(),
-                binding_key: JOB_ROUTING_KEY.to_owned(),
-            },
-            QueueSpec {
                 name: self.dead_letter_queue(),
                 arguments: vec![quorum],
                 bound_to: self.dead_letter_exchange(),
@@ -219,7 +244,7 @@ mod tests {
         let t = Topology::new("t1");
         assert_eq!(t.jobs_exchange(), "t1.jobs");
         assert_eq!(t.jobs_queue(), "t1.jobs");
-        assert_eq!(t.retry_queue(), "t1.retry");
+        assert_eq!(t.retry_queue(3), "t1.retry.3");
         assert_eq!(t.dead_letter_queue(), "t1.dead");
         assert_eq!(t.events_exchange(), "t1.events");
         assert_eq!(t.control_exchange(), "t1.control");
@@ -253,14 +278,34 @@ mod tests {
     }
 
     #[test]
-    fn retry_queue_dead_letters_back_into_the_jobs_exchange() {
+    fn retry_queues_dead_letter_back_into_the_jobs_exchange() {
         let t = Topology::new("p");
-        let retry = &t.queues()[1];
-        assert_eq!(retry.name, "p.retry");
+        let retry = t.retry_queue_spec(4);
+        assert_eq!(retry.name, "p.retry.4");
+        assert_eq!(retry.bound_to, "p.retry");
+        assert_eq!(retry.binding_key, "delay.4");
         assert!(retry.arguments.contains(&(
             "x-dead-letter-exchange".to_owned(),
             QueueArg::Str("p.jobs".to_owned())
         )));
+        assert!(
+            !t.queues().iter().any(|q| q.name.starts_with("p.retry")),
+            "declared on use"
+        );
+    }
+
+    #[test]
+    fn delays_fall_into_power_of_two_buckets() {
+        use std::time::Duration;
+        let b = |ms: u64| Topology::retry_bucket(Duration::from_millis(ms));
+        assert_eq!(b(0), 0);
+        assert_eq!(b(500), 0);
+        assert_eq!(b(1_999), 0);
+        assert_eq!(b(2_000), 1);
+        assert_eq!(b(5_000), 2);
+        assert_eq!(b(8_000), 3);
+        assert_eq!(b(300_000), 8);
+        assert_eq!(b(u64::MAX), MAX_RETRY_BUCKET);
     }
 
     #[test]

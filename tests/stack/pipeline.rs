@@ -2,12 +2,13 @@
 //! registries. Every test has its own topology prefix, image names and repositories.
 
 use anyhow::{Context, Result};
+use pushfleet_shared::PushJob;
 use pushfleet_shared::django::DjangoPushStep;
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::fleet::{
     Broker, TestWorker, base_registries, basic_auth, bearer_auth, expect_failed, make_image,
-    registry_digest, terminal, worker_config,
+    registry_digest, terminal, worker_config_with,
 };
 use pushfleet_tests::{StackEnv, docker, unique};
 use serde_json::{Map, Value, json};
@@ -21,10 +22,14 @@ struct Harness {
 
 impl Harness {
     async fn start(extra_registries: &str) -> Result<Self> {
+        Self::start_with(extra_registries, "").await
+    }
+
+    async fn start_with(extra_registries: &str, worker_extra: &str) -> Result<Self> {
         let env = StackEnv::load()?;
         let prefix = unique("pipe");
         let registries = format!("{}\n{extra_registries}", base_registries(&env)?);
-        let config = worker_config(&env, &prefix, &registries)?;
+        let config = worker_config_with(&env, &prefix, &registries, worker_extra)?;
         let broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
         let worker = TestWorker::start(config).await?;
         Ok(Self {
@@ -345,7 +350,8 @@ async fn seed_002_a_password_file_gone_after_start_is_credentials_missing() -> R
 }
 
 #[tokio::test]
-async fn seed_002_an_unreachable_registry_is_retryable_and_never_falls_back() -> Result<()> {
+async fn seed_002_an_unreachable_registry_is_retried_through_the_delay_queue_then_dead()
+-> Result<()> {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = closed.local_addr()?.port();
     drop(closed);
@@ -356,7 +362,8 @@ async fn seed_002_an_unreachable_registry_is_retryable_and_never_falls_back() ->
         "[registries.down]\nurl = \"http://127.0.0.1:{port}\"\nusername = \"u\"\npassword_file = \"{}\"\nnamespaces = [\"production\"]\n",
         pw.display()
     );
-    let mut h = Harness::start(&extra).await?;
+    let retries = "max_attempts = 3\nretry_min_delay_ms = 200\nretry_max_delay_s = 1";
+    let mut h = Harness::start_with(&extra, retries).await?;
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
     let j = job(
@@ -366,25 +373,58 @@ async fn seed_002_an_unreachable_registry_is_retryable_and_never_falls_back() ->
         &["1"],
     );
     let id = j["job_id"].as_str().context("id")?.to_owned();
-    h.broker.publish_job(&j).await?;
-    let retrying = h
-        .broker
-        .wait_until(|e| e.job_id.as_deref() == Some(id.as_str()) && e.state == JobState::Retrying)
-        .await?;
-    let error = retrying.error.as_ref().context("error")?;
-    assert_eq!(error.code.as_str(), "registry_unreachable");
-    assert!(error.retryable);
-    let retry = retrying.retry.as_ref().context("retry info")?;
-    assert_eq!(retry.next_attempt, 2);
-    assert!(retry.delay_ms > 0);
-    assert!(
-        retrying
-            .targets
-            .iter()
-            .all(|t| t.starts_with(&format!("127.0.0.1:{port}/"))),
-        "the target stays on the named registry: {:?}",
-        retrying.targets
+    let events = h.run(&j).await?;
+
+    let retrying: Vec<_> = events
+        .iter()
+        .filter(|e| e.state == JobState::Retrying)
+        .collect();
+    assert_eq!(
+        retrying.len(),
+        2,
+        "attempts 1 and 2 are retried: {events:#?}"
     );
+    for (i, e) in retrying.iter().enumerate() {
+        let error = e.error.as_ref().context("error")?;
+        assert_eq!(error.code.as_str(), "registry_unreachable");
+        assert!(error.retryable);
+        let retry = e.retry.as_ref().context("retry info")?;
+        assert_eq!(retry.next_attempt as usize, i + 2);
+        assert!(
+            retry.delay_ms >= 200 * (1 << i),
+            "growing delays: {retry:?}"
+        );
+        assert!(
+            e.targets
+                .iter()
+                .all(|t| t.starts_with(&format!("127.0.0.1:{port}/"))),
+            "the target stays on the named registry: {:?}",
+            e.targets
+        );
+    }
+    let accepted: Vec<_> = events
+        .iter()
+        .filter(|e| e.state == JobState::Accepted)
+        .map(|e| e.attempt)
+        .collect();
+    assert_eq!(
+        accepted,
+        [1, 2, 3],
+        "the delay queue brought the job back twice"
+    );
+    let dead = terminal(&events)?;
+    assert_eq!(dead.state, JobState::Dead, "{dead:#?}");
+    assert_eq!(dead.attempt, 3);
+    assert_eq!(
+        dead.error.as_ref().map(|e| e.code.as_str()),
+        Some("registry_unreachable")
+    );
+    let letter = h
+        .broker
+        .take_dead_letter()
+        .await?
+        .context("the dead job is kept")?;
+    assert!(PushJob::from_slice(&letter.data).is_ok_and(|v| v.job.job_id == id));
     h.stop().await
 }
 
@@ -582,7 +622,12 @@ async fn a_running_job_is_cancelled_and_not_reported_as_a_success() -> Result<()
     let mut h = Harness::start(&extra).await?;
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;
-    let j = job(&format!("{name}:1"), "silent", &format!("production/{name}"), &["1"]);
+    let j = job(
+        &format!("{name}:1"),
+        "silent",
+        &format!("production/{name}"),
+        &["1"],
+    );
     let id = j["job_id"].as_str().context("id")?.to_owned();
     h.broker.publish_job(&j).await?;
     h.broker

@@ -65,6 +65,16 @@ namespaces = ["team-a"]
 
 /// A worker configuration on a fresh topology prefix, with `registries` as its catalogue.
 pub fn worker_config(env: &StackEnv, prefix: &str, registries: &str) -> Result<Config> {
+    worker_config_with(env, prefix, registries, "")
+}
+
+/// Like [`worker_config`], with extra `[worker]` lines (e.g. `max_attempts = 2`).
+pub fn worker_config_with(
+    env: &StackEnv,
+    prefix: &str,
+    registries: &str,
+    worker_extra: &str,
+) -> Result<Config> {
     let text = format!(
         r#"
 [amqp]
@@ -76,6 +86,7 @@ id = "{prefix}-worker"
 concurrency = 4
 job_timeout_s = 120
 shutdown_grace_s = 10
+{worker_extra}
 
 [docker]
 host = "{docker}"

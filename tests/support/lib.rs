@@ -91,3 +91,4 @@ pub fn docker(env: &StackEnv) -> Result<bollard::Docker> {
 }
 
 pub mod fleet;
+pub mod process;

@@ -14,7 +14,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use pushfleet_shared::topology::{self, ExchangeKind, QueueArg, Topology};
+use pushfleet_shared::topology::{self, ExchangeKind, QueueArg, QueueSpec, Topology};
 
 /// How long a publish may wait for the broker's confirm before it counts as failed.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
@@ -79,26 +79,32 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
             .await?;
     }
     for queue in topology.queues() {
-        channel
-            .queue_declare(
-                queue.name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                field_table(&queue.arguments),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name.as_str().into(),
-                queue.bound_to.as_str().into(),
-                queue.binding_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_queue(channel, &queue).await?;
     }
+    Ok(())
+}
+
+/// Declares one durable queue with its arguments and binds it.
+pub async fn declare_queue(channel: &Channel, queue: &QueueSpec) -> Result<(), BrokerError> {
+    channel
+        .queue_declare(
+            queue.name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            field_table(&queue.arguments),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name.as_str().into(),
+            queue.bound_to.as_str().into(),
+            queue.binding_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     Ok(())
 }
 

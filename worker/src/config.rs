@@ -2698,17 +2698,25 @@ namespaces = ["*"]
         let amqp_pw = fx.file("amqp", b"amqp-pw\n");
         let harbor_pw = fx.file("harbor", b"harbor-pw\n");
         let ca = fx.file("harbor-ca.crt", b"-----BEGIN CERTIFICATE-----\n");
+        let hub = docker_config_file(
+            &fx,
+            ".dockerconfigjson",
+            &[("https://index.docker.io/v1/", "mycompany-ci:dckr_pat")],
+        );
         let config = load_from_str(
             example,
             env(&[
                 ("PUSHFLEET__AMQP__PASSWORD_FILE", &amqp_pw),
                 ("PUSHFLEET__REGISTRIES__HARBOR__PASSWORD_FILE", &harbor_pw),
                 ("PUSHFLEET__REGISTRIES__HARBOR__CA_FILE", &ca),
+                ("PUSHFLEET__REGISTRIES__DOCKERHUB__DOCKER_CONFIG", &hub),
                 ("GITLAB_REGISTRY_TOKEN", "glpat"),
-                ("DOCKERHUB_TOKEN", "dckr"),
             ]),
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        let dockerhub = config.registries.get("dockerhub").expect("dockerhub");
+        let login = dockerhub.credentials().expect("resolved").expect("creds");
+        assert_eq!(login.username, "mycompany-ci");
         assert!(config.registries.get("harbor").is_some());
         assert!(config.registries.len() >= 2);
         assert!(!example.contains("password ="));

@@ -53,6 +53,28 @@ pub(crate) struct Shared {
     pub(crate) job_timeout: Duration,
     pub(crate) retry: RetryPolicy,
     pub(crate) cancels: Arc<Cancels>,
+    /// The delay buckets whose queue this session has declared.
+    pub(crate) retry_buckets: std::sync::Mutex<std::collections::HashSet<u32>>,
+}
+
+impl Shared {
+    /// Declares the delay queue for `delay` once per session; returns its routing key.
+    async fn retry_route(&self, delay: Duration) -> Result<String, BrokerError> {
+        let bucket = Topology::retry_bucket(delay);
+        let known = self
+            .retry_buckets
+            .lock()
+            .map(|set| set.contains(&bucket))
+            .unwrap_or(false);
+        if !known {
+            let spec = self.topology.retry_queue_spec(bucket);
+            crate::broker::declare_queue(self.publisher.channel(), &spec).await?;
+            if let Ok(mut set) = self.retry_buckets.lock() {
+                set.insert(bucket);
+            }
+        }
+        Ok(Topology::retry_routing_key(bucket))
+    }
 }
 
 /// The attempt number a delivery carries (1 when it never went through the retry queue).
@@ -255,11 +277,12 @@ async fn settle_failure(
             let properties = BasicProperties::default()
                 .with_headers(headers)
                 .with_expiration(delay_ms.to_string().into());
+            let route = shared.retry_route(delay).await?;
             shared
                 .publisher
                 .publish_json(
                     &shared.topology.retry_exchange(),
-                    JOB_ROUTING_KEY,
+                    &route,
                     &valid.job.to_json(),
                     properties,
                 )

@@ -89,7 +89,7 @@ pub fn topology(prefix: &str) -> anyhow::Result<ExitCode> {
         "jobs_queue": t.jobs_queue(),
         "job_routing_key": pushfleet_shared::topology::JOB_ROUTING_KEY,
         "retry_exchange": t.retry_exchange(),
-        "retry_queue": t.retry_queue(),
+        "retry_queues": format!("{}.retry.<k> (declared on first use; k = floor(log2(delay s)))", t.prefix()),
         "dead_letter_exchange": t.dead_letter_exchange(),
         "dead_letter_queue": t.dead_letter_queue(),
         "events_exchange": t.events_exchange(),

@@ -250,6 +250,10 @@ impl Coded for RegistryError {
         }
     }
 
+    fn retry_after(&self) -> Option<Duration> {
+        RegistryError::retry_after(self)
+    }
+
     fn hint(&self) -> String {
         match self {
             Self::InvalidEndpoint { .. } => {

@@ -130,6 +130,9 @@ async fn rate_limit_on_ping_carries_retry_after() {
     assert_eq!(e.code(), ErrorCode::RegistryRateLimited);
     assert_eq!(e.retry_after(), Some(Duration::from_secs(17)));
     assert!(e.is_retryable());
+    // The runner sees the wait through the failure it builds from the error.
+    let failure = crate::failure::JobFailure::from(&e);
+    assert_eq!(failure.retry_after, Some(Duration::from_secs(17)));
     assert!(
         e.to_string().contains("registry `hub`") && e.to_string().contains("team/app"),
         "{e}"
