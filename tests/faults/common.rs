@@ -1,11 +1,13 @@
 //! What every fault test shares: one-at-a-time execution, the overall time limit, logs kept
 //! and printed on failure, a fleet of worker processes on a fresh topology, images and jobs.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
+use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::fleet::{base_registries, make_image};
 use pushfleet_tests::process::{
@@ -223,4 +225,132 @@ pub(crate) fn print_evidence(fleet: &Fleet, title: &str, job_ids: &[String]) {
             eprintln!("    {line}");
         }
     }
+}
+
+/// How many distinct jobs have a terminal event.
+pub(crate) fn ended(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.state.is_terminal())
+        .filter_map(|e| e.job_id.as_deref())
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// The most attempts a job may need to outlast an outage of `down`: the first, one per
+/// doubling of the delay from `min_delay` until the delays add up to the outage, and two more
+/// for jitter and the time the component needs to answer again.
+pub(crate) fn attempt_bound(down: Duration, min_delay: Duration) -> u32 {
+    let ratio = down.as_secs_f64() / min_delay.as_secs_f64();
+    let doublings = ratio.max(1.0).log2().ceil();
+    // A small positive number of doublings: the cast cannot truncate meaningfully.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let doublings = doublings as u32;
+    1 + doublings + 2
+}
+
+/// How the jobs of an outage were retried.
+#[derive(Debug, Default)]
+pub(crate) struct RetryFigures {
+    /// Jobs with at least one `retrying` event.
+    pub(crate) jobs_retried: usize,
+    /// The highest attempt number any job reached.
+    pub(crate) max_attempt: u32,
+    /// How many jobs ended at each attempt number.
+    pub(crate) final_attempts: BTreeMap<u32, usize>,
+    /// The error codes of the `retrying` events, counted.
+    pub(crate) codes: BTreeMap<String, usize>,
+    /// The delays (ms) of the `retrying` events of the job retried most, in order.
+    pub(crate) longest_delays: Vec<u64>,
+    /// Every broken rule, with the job it concerns.
+    pub(crate) problems: Vec<String>,
+}
+
+impl RetryFigures {
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "jobs_retried={} max_attempt={} final_attempts={:?} retry_codes={:?} delays_of_most_retried_ms={:?}",
+            self.jobs_retried, self.max_attempt, self.final_attempts, self.codes, self.longest_delays
+        )
+    }
+}
+
+/// Checks the retries of `job_ids`: every `retrying` event is retryable and carries a delay of
+/// at least `min_delay * 2^(attempt-1)` (capped at `max_delay`), the next attempt starts no
+/// earlier than that delay after it (the broker held the job: no hot loop), and no job needs
+/// more than `bound` attempts.
+pub(crate) fn analyse_retries(
+    events: &[Event],
+    job_ids: &[String],
+    settings: WorkerSettings,
+    bound: u32,
+) -> RetryFigures {
+    let mut fig = RetryFigures::default();
+    let min = settings.retry_min_delay_ms;
+    let cap = settings.retry_max_delay_s * 1000;
+    // The broker's clock and ours are one machine's; allow for event stamping order.
+    let tolerance_ms: i128 = 100;
+    for id in job_ids {
+        let mine: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.job_id.as_deref() == Some(id.as_str()))
+            .collect();
+        let max_attempt = mine.iter().map(|e| e.attempt).max().unwrap_or(0);
+        fig.max_attempt = fig.max_attempt.max(max_attempt);
+        *fig.final_attempts.entry(max_attempt).or_default() += 1;
+        if max_attempt > bound {
+            fig.problems.push(format!(
+                "{id}: {max_attempt} attempts, more than the bound {bound}"
+            ));
+        }
+        let retrying: Vec<&&Event> = mine
+            .iter()
+            .filter(|e| e.state == JobState::Retrying)
+            .collect();
+        if !retrying.is_empty() {
+            fig.jobs_retried += 1;
+        }
+        let delays: Vec<u64> = retrying
+            .iter()
+            .filter_map(|e| e.retry.as_ref().map(|r| r.delay_ms))
+            .collect();
+        if delays.len() > fig.longest_delays.len() {
+            fig.longest_delays = delays;
+        }
+        for r in retrying {
+            let code = r.error.as_ref().map_or("-", |e| e.code.as_str());
+            *fig.codes.entry(code.to_owned()).or_default() += 1;
+            if !r.error.as_ref().is_some_and(|e| e.retryable) {
+                fig.problems
+                    .push(format!("{id}: a retrying event with a non-retryable error"));
+            }
+            let Some(info) = r.retry.as_ref() else {
+                fig.problems
+                    .push(format!("{id}: retrying without retry info"));
+                continue;
+            };
+            let shift = r.attempt.saturating_sub(1).min(30);
+            let floor = min.saturating_mul(1 << shift).min(cap);
+            if info.delay_ms < floor {
+                fig.problems.push(format!(
+                    "{id}: attempt {} retried after {} ms, less than {floor} ms",
+                    r.attempt, info.delay_ms
+                ));
+            }
+            let next = mine
+                .iter()
+                .find(|e| e.state == JobState::Accepted && e.attempt == info.next_attempt);
+            if let Some(next) = next {
+                let gap_ms = (next.at.unix_timestamp_nanos() - r.at.unix_timestamp_nanos())
+                    / 1_000_000;
+                if gap_ms + tolerance_ms < i128::from(info.delay_ms) {
+                    fig.problems.push(format!(
+                        "{id}: attempt {} started {gap_ms} ms after the retry of {} ms was scheduled",
+                        info.next_attempt, info.delay_ms
+                    ));
+                }
+            }
+        }
+    }
+    fig
 }

@@ -12,7 +12,7 @@ use pushfleet_shared::event::{Event, JobState};
 use pushfleet_tests::process::{WorkerSettings, outcome, verify_in_basic_registry};
 use pushfleet_tests::unique;
 
-use crate::common::{Fleet, fault_test, print_evidence};
+use crate::common::{Fleet, ended, fault_test, print_evidence};
 
 const JOBS: usize = 100;
 const SOURCES: usize = 10;
@@ -40,15 +40,6 @@ fn in_flight(events: &[Event], worker: &str) -> BTreeSet<String> {
         }
     }
     running
-}
-
-fn ended(events: &[Event]) -> usize {
-    events
-        .iter()
-        .filter(|e| e.state.is_terminal())
-        .filter_map(|e| e.job_id.as_deref())
-        .collect::<BTreeSet<_>>()
-        .len()
 }
 
 #[tokio::test]

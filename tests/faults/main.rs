@@ -16,11 +16,11 @@
 //! cargo test -p pushfleet-tests --test faults -- --nocapture
 //! ```
 
-// TMP mod broker_restart;
-// TMP mod cancel;
+mod broker_restart;
+mod cancel;
 mod common;
-// TMP mod daemon_restart;
+mod daemon_restart;
 mod kill;
-// TMP mod poison;
-// TMP mod registry_outage;
-// TMP mod sigterm;
+mod poison;
+mod registry_outage;
+mod sigterm;

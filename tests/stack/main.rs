@@ -4,6 +4,7 @@
 
 mod broker;
 mod daemon;
+mod hostile;
 mod pipeline;
 mod registries;
 mod registry_client;

@@ -32,7 +32,7 @@ use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, Que
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, Consumer};
 use pushfleet_shared::event::{Event, JobState};
-use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
+use pushfleet_shared::topology::{JOB_ROUTING_KEY, MAX_RETRY_BUCKET, Topology};
 use pushfleet_tests::fleet::make_image;
 use pushfleet_tests::{StackEnv, docker, unique};
 use pushfleet_worker::broker::{ConfirmedPublisher, connect, declare_topology};
@@ -394,16 +394,24 @@ impl Tap {
                 FieldTable::default(),
             )
             .await?;
-        for (exchange, key) in [
-            (topology.events_exchange(), "#"),
-            (topology.retry_exchange(), JOB_ROUTING_KEY),
-            (topology.dead_letter_exchange(), JOB_ROUTING_KEY),
-        ] {
+        // The retry exchange routes by delay bucket (`delay.<n>`): every bucket is tapped.
+        let mut bindings = vec![
+            (topology.events_exchange(), "#".to_owned()),
+            (topology.retry_exchange(), JOB_ROUTING_KEY.to_owned()),
+            (topology.dead_letter_exchange(), JOB_ROUTING_KEY.to_owned()),
+        ];
+        for bucket in 0..=MAX_RETRY_BUCKET {
+            bindings.push((
+                topology.retry_exchange(),
+                Topology::retry_routing_key(bucket),
+            ));
+        }
+        for (exchange, key) in bindings {
             channel
                 .queue_bind(
                     queue.name().clone(),
                     exchange.as_str().into(),
-                    key.into(),
+                    key.as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )

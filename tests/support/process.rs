@@ -509,6 +509,7 @@ struct Seen {
 /// publish before disrupting the broker.
 pub struct EventLog {
     topology: Topology,
+    url: String,
     queue: String,
     conn: Connection,
     publisher: ConfirmedPublisher,
@@ -564,9 +565,10 @@ impl EventLog {
             )
             .await?;
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let task = tokio::spawn(collect(url, queue.clone(), Arc::clone(&seen)));
+        let task = tokio::spawn(collect(url.clone(), queue.clone(), Arc::clone(&seen)));
         Ok(Self {
             topology: topology.clone(),
+            url,
             queue,
             conn,
             publisher,
@@ -691,14 +693,21 @@ impl EventLog {
     }
 
     /// Stops collecting and deletes the topology's queues and exchanges and the collector's
-    /// queue (best effort: the test passed, nothing there is needed any more).
+    /// queue (best effort, on a fresh connection: the test passed, nothing there is needed).
     pub async fn cleanup(self) {
         self.task.abort();
-        let Ok(channel) = self.conn.create_channel().await else {
+        let Ok(conn) = connect(&self.url, "pushfleet-faults cleanup").await else {
+            return;
+        };
+        let Ok(channel) = conn.create_channel().await else {
             return;
         };
         let mut queues: Vec<String> = self.topology.queues().into_iter().map(|q| q.name).collect();
         queues.push(self.queue.clone());
+        // Delay queues are declared on first use, one per bucket.
+        queues.extend(
+            (0..=pushfleet_shared::topology::MAX_RETRY_BUCKET).map(|k| self.topology.retry_queue(k)),
+        );
         for q in queues {
             let _ = channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -709,6 +718,7 @@ impl EventLog {
                 .exchange_delete(e.name.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
+        let _ = conn.close(200, "done".into()).await;
         let _ = self.conn.close(200, "done".into()).await;
     }
 }

@@ -91,6 +91,7 @@ const REGISTRY_KEYS: &[&str] = &[
     "aliases",
     "namespaces",
     "anonymous",
+    "max_concurrent_pushes",
 ];
 
 /// The validated configuration of one worker.
@@ -353,6 +354,9 @@ pub struct Registry {
     pub namespaces: Vec<String>,
     /// The registry needs no credentials.
     pub anonymous: bool,
+    /// At most this many pushes to this registry at once from one worker (`None`: as many as
+    /// `worker.concurrency` allows).
+    pub max_concurrent_pushes: Option<u16>,
     /// Where `password_env` is looked up: the environment the configuration was loaded from.
     env: EnvSource,
 }
@@ -1375,6 +1379,10 @@ fn read_registry(key: &str, mut s: Section<'_>, problems: &mut Problems) -> Opti
         },
     );
     let anonymous = s.get_or(problems, "anonymous", false, to_bool);
+    let max_concurrent_pushes = s.get(problems, "max_concurrent_pushes", |v| {
+        let n = in_range(to_u64(v)?, 1, u64::from(MAX_CONCURRENCY), "")?;
+        u16::try_from(n).map_err(|_| format!("must be at most {MAX_CONCURRENCY}"))
+    });
     let (loc, ctx) = (s.loc.clone(), s.ctx);
     s.finish(problems);
 
@@ -1488,6 +1496,7 @@ fn read_registry(key: &str, mut s: Section<'_>, problems: &mut Problems) -> Opti
         aliases: aliases.map(|(a, _)| a).unwrap_or_default(),
         namespaces: namespaces?.0,
         anonymous: anonymous?,
+        max_concurrent_pushes: max_concurrent_pushes.map(|(n, _)| n),
         env: ctx.env.clone(),
     };
     key_ok.then_some(RegistryDraft {
@@ -1727,6 +1736,9 @@ impl fmt::Display for Description<'_> {
                 writeln!(f, "    aliases:    {}", r.aliases.join(", "))?;
             }
             writeln!(f, "    namespaces: {}", r.namespaces.join(", "))?;
+            if let Some(n) = r.max_concurrent_pushes {
+                writeln!(f, "    max concurrent pushes: {n}")?;
+            }
         }
         Ok(())
     }
@@ -1819,6 +1831,36 @@ namespaces = ["production"]
             .iter()
             .find(|p| p.key == key)
             .unwrap_or_else(|| panic!("no problem for `{key}` in:\n{errors}"))
+    }
+
+    #[test]
+    fn max_concurrent_pushes_is_optional_and_bounded() {
+        let fx = Fixture::new();
+        let config = load_ok(&fx.config(&minimal(&fx)), Some(HashMap::new()));
+        assert_eq!(
+            config
+                .registries
+                .get("harbor")
+                .and_then(|r| r.max_concurrent_pushes),
+            None
+        );
+
+        let limited = format!("{}max_concurrent_pushes = 2\n", minimal(&fx));
+        let config = load_ok(&fx.config(&limited), Some(HashMap::new()));
+        assert_eq!(
+            config
+                .registries
+                .get("harbor")
+                .and_then(|r| r.max_concurrent_pushes),
+            Some(2)
+        );
+        assert!(config.describe().contains("max concurrent pushes: 2"));
+
+        for bad in ["0", "257", "\"many\""] {
+            let text = format!("{}max_concurrent_pushes = {bad}\n", minimal(&fx));
+            let errors = load_err(&fx.config(&text), Some(HashMap::new()));
+            problem_for(&errors, "registries.harbor.max_concurrent_pushes");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Instant;
 use pushfleet_shared::event::{PhaseTimings, Progress};
 use pushfleet_shared::job::ValidJob;
 use pushfleet_shared::{ErrorCode, ImageRef};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, Registry};
 
@@ -89,6 +89,8 @@ pub struct Pipeline {
     config: Arc<Config>,
     daemon: Daemon,
     registries: HashMap<String, RegistryClient>,
+    /// Per-registry push slots, for registries with `max_concurrent_pushes`.
+    push_slots: HashMap<String, Arc<Semaphore>>,
 }
 
 /// Milliseconds since `start`.
@@ -126,10 +128,19 @@ impl Pipeline {
                 })?;
             registries.insert(registry.key.clone(), client);
         }
+        let push_slots = config
+            .registries
+            .iter()
+            .filter_map(|r| {
+                let n = usize::from(r.max_concurrent_pushes?);
+                Some((r.key.clone(), Arc::new(Semaphore::new(n))))
+            })
+            .collect();
         Ok(Self {
             config,
             daemon,
             registries,
+            push_slots,
         })
     }
 
@@ -205,7 +216,7 @@ impl Pipeline {
         phases.resolve_ms = ms(t);
 
         let t = Instant::now();
-        let login: Option<Credentials> = registry.credentials().map_err(|e| {
+        let login: Option<Credentials> = registry.credentials_async().await.map_err(|e| {
             JobFailure::new(
                 ErrorCode::RegistryCredentialsMissing,
                 format!("registry {}: {e}", registry.key),
@@ -244,7 +255,16 @@ impl Pipeline {
         }
         phases.tag_ms = ms(t);
 
+        // A registry with `max_concurrent_pushes` takes that many pushes from this worker at
+        // once; the others wait here (waiting counts as push time: it is what the job waited
+        // for). The slot is given back as soon as the pushes are done.
         let t = Instant::now();
+        let slot = match self.push_slots.get(&registry.key) {
+            Some(slots) => Some(Arc::clone(slots).acquire_owned().await.map_err(|_| {
+                JobFailure::new(ErrorCode::PushFailed, "the worker is shutting down")
+            })?),
+            None => None,
+        };
         let mut pushed: Option<(String, u64)> = None;
         let mut bytes = 0;
         for target in targets {
@@ -283,6 +303,7 @@ impl Pipeline {
             }
             pushed = Some((outcome.digest, outcome.size));
         }
+        drop(slot);
         phases.push_ms = ms(t);
         let (digest, size) = pushed.ok_or_else(|| {
             JobFailure::new(ErrorCode::PushFailed, "the job has no target tag to push")
