@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// The message is not a valid job: not JSON, wrong shape, unknown version, bad field.
     InvalidMessage,
+    /// Job signing is configured and the job's signature is missing or wrong.
+    InvalidSignature,
     /// The source or a target image reference does not follow Docker's reference grammar.
     InvalidReference,
     /// `target.registry` names no registry (key or alias) in the worker's catalogue.
@@ -56,8 +58,9 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidMessage,
+        ErrorCode::InvalidSignature,
         ErrorCode::InvalidReference,
         ErrorCode::UnknownRegistry,
         ErrorCode::NamespaceNotAllowed,
@@ -83,6 +86,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::InvalidReference => "invalid_reference",
             ErrorCode::UnknownRegistry => "unknown_registry",
             ErrorCode::NamespaceNotAllowed => "namespace_not_allowed",
@@ -125,6 +129,9 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidMessage => {
                 "the message is not a valid v1 push job: compare it with schemas/job.schema.json"
+            }
+            ErrorCode::InvalidSignature => {
+                "sign the job with the fleet's shared key (header x-pushfleet-signature: v1=<hex HMAC-SHA256 of the body>)"
             }
             ErrorCode::InvalidReference => {
                 "check the image name: lowercase repository, tag of letters, digits, '_', '.', '-' (at most 128)"

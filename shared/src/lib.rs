@@ -8,6 +8,7 @@
 //! - [`reference`]: image references, parsed and normalised with Docker's grammar.
 //! - [`control`]: fleet-wide requests (cancel a job).
 //! - [`topology`]: exchange, queue and routing-key names and queue arguments.
+//! - [`signature`]: optional HMAC signatures on jobs.
 //! - [`schema`]: JSON Schemas generated from these types (checked in under `schemas/`).
 
 pub mod control;
@@ -17,6 +18,7 @@ pub mod event;
 pub mod job;
 pub mod reference;
 pub mod schema;
+pub mod signature;
 pub mod topology;
 
 pub use error_code::ErrorCode;

@@ -38,7 +38,10 @@ fn expect_cancelled(events: &[Event], job_id: &str) -> Result<()> {
     let first = terminal.first().context("no terminal event")?;
     ensure!(
         first.state == JobState::Failed
-            && first.error.as_ref().is_some_and(|e| e.code.as_str() == "cancelled"),
+            && first
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code.as_str() == "cancelled"),
         "expected failed/cancelled, got {}/{}",
         first.state.as_str(),
         first.error.as_ref().map_or("-", |e| e.code.as_str())

@@ -270,7 +270,11 @@ impl RetryFigures {
     pub(crate) fn line(&self) -> String {
         format!(
             "jobs_retried={} max_attempt={} final_attempts={:?} retry_codes={:?} delays_of_most_retried_ms={:?}",
-            self.jobs_retried, self.max_attempt, self.final_attempts, self.codes, self.longest_delays
+            self.jobs_retried,
+            self.max_attempt,
+            self.final_attempts,
+            self.codes,
+            self.longest_delays
         )
     }
 }
@@ -341,8 +345,8 @@ pub(crate) fn analyse_retries(
                 .iter()
                 .find(|e| e.state == JobState::Accepted && e.attempt == info.next_attempt);
             if let Some(next) = next {
-                let gap_ms = (next.at.unix_timestamp_nanos() - r.at.unix_timestamp_nanos())
-                    / 1_000_000;
+                let gap_ms =
+                    (next.at.unix_timestamp_nanos() - r.at.unix_timestamp_nanos()) / 1_000_000;
                 if gap_ms + tolerance_ms < i128::from(info.delay_ms) {
                     fig.problems.push(format!(
                         "{id}: attempt {} started {gap_ms} ms after the retry of {} ms was scheduled",

@@ -75,7 +75,11 @@ async fn three_sigkills_mid_run_lose_no_job() -> Result<()> {
                 .map(|ev| in_flight(&ev, &name).len())
                 .unwrap_or(0);
             fleet.workers[victim].kill().await?;
-            kills.push((started.elapsed().as_secs_f64(), ended(&fleet.events.events()), holding));
+            kills.push((
+                started.elapsed().as_secs_f64(),
+                ended(&fleet.events.events()),
+                holding,
+            ));
             tokio::time::sleep(Duration::from_millis(500)).await;
             fleet
                 .restart_worker(victim, &format!("w2-restart{}", n + 1))
@@ -107,7 +111,10 @@ async fn three_sigkills_mid_run_lose_no_job() -> Result<()> {
         let failed: Vec<String> = out.not_succeeded.keys().cloned().collect();
         print_evidence(&fleet, "jobs that did not succeed", &failed);
 
-        ensure!(kills.iter().all(|k| k.2 > 0), "every kill must hit a busy worker: {kill_desc:?}");
+        ensure!(
+            kills.iter().all(|k| k.2 > 0),
+            "every kill must hit a busy worker: {kill_desc:?}"
+        );
         ensure!(out.lost.is_empty(), "lost jobs: {:?}", out.lost);
         ensure!(
             out.not_succeeded.is_empty(),

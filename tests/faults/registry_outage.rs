@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use pushfleet_tests::process::{
-    Fault, Outage, WorkerSettings, outcome, verify_in_basic_registry,
-};
+use pushfleet_tests::process::{Fault, Outage, WorkerSettings, outcome, verify_in_basic_registry};
 use pushfleet_tests::unique;
 
 use crate::common::{Fleet, analyse_retries, attempt_bound, ended, fault_test, print_evidence};

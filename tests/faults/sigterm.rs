@@ -101,7 +101,10 @@ async fn round(fleet: &mut Fleet, base: &str, label: &str, grace_s: u64) -> Resu
     if out.lost.len() + out.not_succeeded.len() + out.duplicates > 0 {
         print_evidence(fleet, "the job of this round", &ids);
     }
-    ensure!(status.success(), "the worker exited with {status} after SIGTERM");
+    ensure!(
+        status.success(),
+        "the worker exited with {status} after SIGTERM"
+    );
     ensure!(
         exit_after <= Duration::from_secs(grace_s + 5),
         "the worker took {exit_after:?} to exit with a grace of {grace_s} s"
@@ -128,13 +131,8 @@ async fn round(fleet: &mut Fleet, base: &str, label: &str, grace_s: u64) -> Resu
 #[tokio::test]
 async fn sigterm_during_a_push_completes_or_requeues_within_the_grace_period() -> Result<()> {
     fault_test("sigterm", Duration::from_secs(200), |logs| async move {
-        let mut fleet = Fleet::new(
-            "sigterm",
-            Arc::clone(&logs),
-            WorkerSettings::default(),
-            "",
-        )
-        .await?;
+        let mut fleet =
+            Fleet::new("sigterm", Arc::clone(&logs), WorkerSettings::default(), "").await?;
         let base = unique("fterm");
         round(&mut fleet, &base, "drain", 30).await?;
         round(&mut fleet, &base, "requeue", 1).await?;

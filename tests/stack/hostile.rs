@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use futures_util::{StreamExt, stream};
 use lapin::BasicProperties;
 use lapin::options::BasicGetOptions;
@@ -974,27 +974,29 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
     }
     let publish_time = publish_started.elapsed();
 
-    // Exactly one failed event per message.
+    // Exactly one failed event per message. From here on, every problem is collected, so one
+    // run reports them all.
+    let mut problems: Vec<String> = Vec::new();
     if !wait_for_failed(&mut broker, total, ALL_FAILED_WITHIN).await? {
         let failed = broker
             .seen()
             .iter()
             .filter(|e| e.state == JobState::Failed)
             .count();
-        bail!(
+        problems.push(format!(
             "only {failed} of {total} failed events within {ALL_FAILED_WITHIN:?}; {}",
             missing(&messages, &broker)
-        );
+        ));
     }
     let settle_time = publish_started.elapsed();
 
     // The dead-letter queue holds one copy of each, with its code in the headers.
-    let mut expected: HashMap<(Vec<u8>, Option<String>), Vec<Code>> = HashMap::new();
+    let mut expected: HashMap<(Vec<u8>, Option<String>), Vec<(Code, &str)>> = HashMap::new();
     for m in &messages {
         expected
             .entry((m.body.clone(), m.content_type.clone()))
             .or_default()
-            .push(m.code);
+            .push((m.code, m.category));
     }
     let channel = broker.conn.create_channel().await?;
     let dead_letter_queue = Topology::new(&prefix).dead_letter_queue();
@@ -1009,8 +1011,21 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
     {
         let delivery = message.delivery;
         dead += 1;
-        let code = header_string(&delivery, "x-pushfleet-error-code")
-            .context("a dead letter without x-pushfleet-error-code")?;
+        let preview = String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(120)]);
+        let Some(code) = header_string(&delivery, "x-pushfleet-error-code") else {
+            let death = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-death").map(|d| format!("{d:?}")))
+                .unwrap_or_default();
+            problems.push(format!(
+                "a dead letter without x-pushfleet-error-code ({} bytes, x-death {}): {preview}",
+                delivery.data.len(),
+                &death[..death.len().min(400)]
+            ));
+            continue;
+        };
         let text = header_string(&delivery, "x-pushfleet-error-message").unwrap_or_default();
         longest_header = longest_header.max(text.len());
         let content_type = delivery
@@ -1019,30 +1034,43 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
             .as_ref()
             .map(|c| c.as_str().to_owned());
         let key = (delivery.data.clone(), content_type);
-        let codes = expected.get_mut(&key).with_context(|| {
-            format!(
-                "a dead letter that was never sent (or twice): {}",
-                String::from_utf8_lossy(&key.0[..key.0.len().min(200)])
-            )
-        })?;
-        let at = codes
-            .iter()
-            .position(|c| c.as_str() == code)
-            .with_context(|| format!("dead-lettered with {code}, expected one of {codes:?}"))?;
-        codes.swap_remove(at);
-        if codes.is_empty() {
-            expected.remove(&key);
+        let Some(codes) = expected.get_mut(&key) else {
+            problems.push(format!(
+                "a dead letter sent once, kept twice ({code}): {preview}"
+            ));
+            continue;
+        };
+        match codes.iter().position(|(c, _)| c.as_str() == code) {
+            Some(at) => {
+                codes.swap_remove(at);
+                if codes.is_empty() {
+                    expected.remove(&key);
+                }
+            }
+            None => problems.push(format!(
+                "dead-lettered with {code}, expected {codes:?}: {preview}"
+            )),
         }
     }
-    ensure!(
-        dead == total,
-        "{dead} dead letters for {total} hostile messages"
-    );
-    ensure!(
-        expected.is_empty(),
-        "{} messages were not dead-lettered",
-        expected.len()
-    );
+    if dead != total {
+        problems.push(format!("{dead} dead letters for {total} hostile messages"));
+    }
+    if !expected.is_empty() {
+        let left: Vec<String> = expected
+            .iter()
+            .take(20)
+            .map(|((body, _), codes)| {
+                format!(
+                    "{codes:?}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(120)])
+                )
+            })
+            .collect();
+        problems.push(format!(
+            "{} messages never dead-lettered with their code, e.g. {left:#?}",
+            expected.len()
+        ));
+    }
 
     // The events: one failed event per message, each with the predicted code; where the job
     // id is readable, the event carries it.
@@ -1063,46 +1091,43 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
     let mut ids_seen = HashSet::new();
     let mut largest_event = 0;
     for event in broker.seen() {
-        ensure!(
-            matches!(event.state, JobState::Failed | JobState::Accepted),
-            "unexpected {:?} event for {:?}",
-            event.state,
-            event.job_id
-        );
+        if !matches!(event.state, JobState::Failed | JobState::Accepted) {
+            problems.push(format!(
+                "unexpected {:?} event for {:?}",
+                event.state, event.job_id
+            ));
+        }
         largest_event = largest_event.max(serde_json::to_vec(event)?.len());
         if event.state != JobState::Failed {
             continue;
         }
-        let error = event.error.as_ref().context("failed event without error")?;
-        ensure!(!error.retryable && !error.hint.is_empty(), "{error:?}");
+        let Some(error) = event.error.as_ref() else {
+            problems.push(format!("failed event without error: {:?}", event.job_id));
+            continue;
+        };
+        if error.retryable || error.hint.is_empty() {
+            problems.push(format!("{:?}: retryable or without hint", event.job_id));
+        }
         let code = error.code.as_str();
         match &event.job_id {
-            Some(id) => {
-                let want = by_id
-                    .get(id)
-                    .with_context(|| format!("event for unknown job {id}"))?;
-                ensure!(
-                    want.as_str() == code,
-                    "{id}: {code}, expected {}",
-                    want.as_str()
-                );
-                ensure!(ids_seen.insert(id.clone()), "two failed events for {id}");
-            }
+            Some(id) => match by_id.get(id) {
+                Some(want) if want.as_str() == code => {
+                    if !ids_seen.insert(id.clone()) {
+                        problems.push(format!("two failed events for {id}"));
+                    }
+                }
+                want => problems.push(format!("{id}: failed with {code}, expected {want:?}")),
+            },
             None => *anonymous_seen.entry(code).or_default() += 1,
         }
     }
-    ensure!(
-        ids_seen.len() == by_id.len(),
-        "failed events for {} of {} readable job ids",
-        ids_seen.len(),
-        by_id.len()
-    );
-    ensure!(
-        anonymous_seen == anonymous,
-        "events without a job id: {anonymous_seen:?}, expected {anonymous:?}"
-    );
+    if anonymous_seen != anonymous {
+        problems.push(format!(
+            "events without a job id: {anonymous_seen:?}, expected {anonymous:?}"
+        ));
+    }
 
-    // The worker survived: a good job goes through.
+    // The worker survived: a good job goes through, and the worker stops cleanly.
     let name = unique("hostile-app");
     make_image(&docker(&env)?, &[&format!("{name}:1")]).await?;
     let good_id = unique("hostile-good");
@@ -1114,33 +1139,47 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
             "target": {"registry": "basic", "repository": format!("production/{name}"), "tags": ["1"]}
         }))
         .await?;
-    let events = broker.wait_for(&good_id).await?;
-    let done = terminal(&events)?;
-    ensure!(done.state == JobState::Succeeded, "the good job: {done:#?}");
+    // Under `wait_for`'s own limit, whose error would print every event seen.
+    match tokio::time::timeout(Duration::from_secs(60), broker.wait_for(&good_id)).await {
+        Ok(Ok(events)) => {
+            let done = terminal(&events)?;
+            if done.state != JobState::Succeeded {
+                problems.push(format!("the good job afterwards: {done:#?}"));
+            }
+        }
+        Ok(Err(e)) => problems.push(format!("the good job afterwards: {e}")),
+        Err(_) => problems.push("the good job afterwards: no terminal event in 60 s".into()),
+    }
     let failed_total = broker
         .seen()
         .iter()
         .filter(|e| e.state == JobState::Failed)
         .count();
-    ensure!(
-        failed_total == total,
-        "{failed_total} failed events for {total} messages"
-    );
-    worker
-        .stop()
-        .await
-        .map_err(|e| anyhow!("the worker did not stop cleanly: {e}"))?;
+    if failed_total != total {
+        problems.push(format!(
+            "in the end, {failed_total} failed events for {total} messages"
+        ));
+    }
+    if let Err(e) = worker.stop().await {
+        problems.push(format!("the worker did not stop cleanly: {e}"));
+    }
 
     println!(
-        "hostile: {total} messages published in {publish_time:.1?}, all failed and \
-         dead-lettered after {settle_time:.1?}, {:.1?} in all",
+        "hostile: {total} messages published in {publish_time:.1?}, failed events for all \
+         after {settle_time:.1?}, {:.1?} in all",
         started.elapsed()
     );
     println!("hostile: per category {per_category:?}");
     println!("hostile: per code {per_code:?}");
     println!(
-        "hostile: largest event {largest_event} bytes, longest x-pushfleet-error-message \
-         {longest_header} bytes"
+        "hostile: {dead} dead letters; largest event {largest_event} bytes, longest \
+         x-pushfleet-error-message {longest_header} bytes"
+    );
+    ensure!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
     );
     Ok(())
 }

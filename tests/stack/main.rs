@@ -9,4 +9,5 @@ mod pipeline;
 mod registries;
 mod registry_client;
 mod secrets;
+mod signing;
 mod tls;

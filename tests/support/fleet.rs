@@ -75,7 +75,18 @@ pub fn worker_config_with(
     registries: &str,
     worker_extra: &str,
 ) -> Result<Config> {
-    let text = format!(
+    let text = worker_config_text(env, prefix, registries, worker_extra)?;
+    load_from_str(&text, Some(HashMap::new())).map_err(|e| anyhow!("test config invalid: {e}"))
+}
+
+/// The TOML text behind [`worker_config_with`], for tests that need to change more.
+pub fn worker_config_text(
+    env: &StackEnv,
+    prefix: &str,
+    registries: &str,
+    worker_extra: &str,
+) -> Result<String> {
+    Ok(format!(
         r#"
 [amqp]
 url = "{amqp}"
@@ -94,8 +105,7 @@ host = "{docker}"
 "#,
         amqp = env.get("PUSHFLEET_AMQP_URL")?,
         docker = env.get("PUSHFLEET_DOCKER_HOST")?,
-    );
-    load_from_str(&text, Some(HashMap::new())).map_err(|e| anyhow!("test config invalid: {e}"))
+    ))
 }
 
 /// A worker running in this process until dropped or stopped.

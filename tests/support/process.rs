@@ -706,7 +706,8 @@ impl EventLog {
         queues.push(self.queue.clone());
         // Delay queues are declared on first use, one per bucket.
         queues.extend(
-            (0..=pushfleet_shared::topology::MAX_RETRY_BUCKET).map(|k| self.topology.retry_queue(k)),
+            (0..=pushfleet_shared::topology::MAX_RETRY_BUCKET)
+                .map(|k| self.topology.retry_queue(k)),
         );
         for q in queues {
             let _ = channel

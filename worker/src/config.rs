@@ -70,7 +70,12 @@ pub const DEFAULT_RETRY_MAX_DELAY_S: u64 = 300;
 const ENV_ORIGIN: &str = "the environment";
 
 const ROOT_KEYS: &[&str] = &["amqp", "worker", "docker", "registries"];
-const AMQP_KEYS: &[&str] = &["url", "password_file", "topology_prefix"];
+const AMQP_KEYS: &[&str] = &[
+    "url",
+    "password_file",
+    "topology_prefix",
+    "signing_key_file",
+];
 const WORKER_KEYS: &[&str] = &[
     "id",
     "concurrency",
@@ -116,6 +121,25 @@ pub struct AmqpConfig {
     pub password_file: Option<PathBuf>,
     /// The prefix every exchange and queue name is derived from.
     pub topology_prefix: String,
+    /// The key jobs must be signed with (`signing_key_file`, read at load), if any.
+    pub signing_key: Option<SigningKey>,
+}
+
+/// The shared key of job signatures (see `pushfleet_shared::signature`). Never printed.
+#[derive(Clone)]
+pub struct SigningKey(secrecy::SecretSlice<u8>);
+
+impl SigningKey {
+    /// The key bytes, for signing or verifying.
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
 }
 
 impl AmqpConfig {
@@ -1110,6 +1134,7 @@ fn read_amqp(mut s: Section<'_>, problems: &mut Problems) -> Option<AmqpConfig> 
         AmqpUrl::parse(&to_string(v)?).map_err(|e| e.0)
     });
     let password_file = s.get(problems, "password_file", to_path);
+    let signing_key_file = s.get(problems, "signing_key_file", to_path);
     let topology_prefix = s.get_or(
         problems,
         "topology_prefix",
@@ -1128,11 +1153,44 @@ fn read_amqp(mut s: Section<'_>, problems: &mut Problems) -> Option<AmqpConfig> 
             problems.push(loc.problem(e.to_string()));
         }
     }
+    let signing_key = match &signing_key_file {
+        Some((path, loc)) => match read_signing_key(path) {
+            Ok(key) => Some(key),
+            Err(message) => {
+                problems.push(loc.problem(message));
+                None
+            }
+        },
+        None => None,
+    };
     Some(AmqpConfig {
         url: url?,
         password_file: password_file.map(|(path, _)| path),
         topology_prefix: topology_prefix?,
+        signing_key,
     })
+}
+
+/// Reads a job-signing key file: its bytes, one trailing newline removed, at least
+/// [`pushfleet_shared::signature::MIN_KEY_BYTES`] long. Errors never show the content.
+fn read_signing_key(path: &Path) -> Result<SigningKey, String> {
+    use pushfleet_shared::signature::MIN_KEY_BYTES;
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the signing key file {}: {e}", path.display()))?;
+    if bytes.ends_with(b"\r\n") {
+        bytes.truncate(bytes.len() - 2);
+    } else if bytes.ends_with(b"\n") {
+        bytes.truncate(bytes.len() - 1);
+    }
+    if bytes.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "the signing key in {} is {} bytes; use at least {MIN_KEY_BYTES} random bytes \
+             (e.g. `openssl rand -hex 32 > FILE`)",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    Ok(SigningKey(bytes.into()))
 }
 
 fn check_topology_prefix(prefix: String) -> Result<String, String> {
@@ -1678,6 +1736,12 @@ impl fmt::Display for Description<'_> {
         };
         writeln!(f, "  password:         {amqp_password}")?;
         writeln!(f, "  topology prefix:  {}", c.amqp.topology_prefix)?;
+        let signing = if c.amqp.signing_key.is_some() {
+            "required (signing_key_file)"
+        } else {
+            "not required"
+        };
+        writeln!(f, "  job signatures:   {signing}")?;
         writeln!(f, "docker")?;
         writeln!(f, "  host:             {}", c.docker.host)?;
         writeln!(f, "worker")?;
@@ -1831,6 +1895,37 @@ namespaces = ["production"]
             .iter()
             .find(|p| p.key == key)
             .unwrap_or_else(|| panic!("no problem for `{key}` in:\n{errors}"))
+    }
+
+    #[test]
+    fn a_signing_key_is_read_at_load_and_never_printed() {
+        let fx = Fixture::new();
+        let key = "k3y-".repeat(10);
+        let key_file = fx.file("signing.key", format!("{key}\n").as_bytes());
+        let text = format!(
+            "[amqp]\nsigning_key_file = \"{key_file}\"\n{}",
+            minimal(&fx)
+        );
+        let config = load_ok(&fx.config(&text), Some(HashMap::new()));
+        let signing = config.amqp.signing_key.as_ref().expect("key loaded");
+        assert_eq!(
+            signing.expose(),
+            key.as_bytes(),
+            "one trailing newline removed"
+        );
+        assert!(config.describe().contains("job signatures:   required"));
+        assert!(!config.describe().contains(&key) && !format!("{config:?}").contains(&key));
+
+        let short = fx.file("short.key", b"too-short\n");
+        let text = format!("[amqp]\nsigning_key_file = \"{short}\"\n{}", minimal(&fx));
+        let errors = load_err(&fx.config(&text), Some(HashMap::new()));
+        let problem = problem_for(&errors, "amqp.signing_key_file");
+        assert!(
+            problem.message.contains("at least 32"),
+            "{}",
+            problem.message
+        );
+        assert!(!errors.to_string().contains("too-short"));
     }
 
     #[test]

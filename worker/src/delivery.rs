@@ -19,7 +19,8 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use pushfleet_shared::event::{JobState, RetryInfo};
-use pushfleet_shared::job::{self, PushJob};
+use pushfleet_shared::job::{self, PushJob, ValidJob};
+use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
 use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
 use pushfleet_shared::{ErrorCode, event::EventError};
 use time::OffsetDateTime;
@@ -53,6 +54,7 @@ pub(crate) struct Shared {
     pub(crate) job_timeout: Duration,
     pub(crate) retry: RetryPolicy,
     pub(crate) cancels: Arc<Cancels>,
+    pub(crate) signing_key: Option<crate::config::SigningKey>,
     /// The delay buckets whose queue this session has declared.
     pub(crate) retry_buckets: std::sync::Mutex<std::collections::HashSet<u32>>,
 }
@@ -105,14 +107,10 @@ pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
         target = tracing::field::Empty
     );
     async move {
-        let settled = match PushJob::from_message(
-            &delivery.data,
-            delivery.properties.content_type().as_ref().map(|c| c.as_str()),
-        ) {
-            Err(e) => {
-                warn!(code = %e.code(), error = %e, "refusing a message that is not a valid job");
+        let settled = match read_job(shared, &delivery) {
+            Err(error) => {
+                warn!(code = %error.code, error = %error.message, "refusing a message that is not a valid job");
                 let reporter = shared.reporter(job_id, attempt, job::peek_metadata(&delivery.data));
-                let error = EventError::new(e.code(), e.to_string(), e.hint());
                 let event = reporter.error_event(JobState::Failed, error);
                 finish_failed(shared, &reporter, &delivery, event).await
             }
@@ -129,6 +127,33 @@ pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
     }
     .instrument(span)
     .await;
+}
+
+/// Checks the signature (when job signing is configured), the content type and the body.
+fn read_job(shared: &Shared, delivery: &Delivery) -> Result<ValidJob, EventError> {
+    if let Some(key) = &shared.signing_key {
+        let header = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(SIGNATURE_HEADER))
+            .and_then(|v| match v {
+                AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+                AMQPValue::ShortString(s) => Some(s.as_str()),
+                _ => None,
+            });
+        signature::verify(key.expose(), &delivery.data, header).map_err(|e| {
+            let code = ErrorCode::InvalidSignature;
+            EventError::new(code, e.to_string(), code.default_hint())
+        })?;
+    }
+    let content_type = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .map(|c| c.as_str());
+    PushJob::from_message(&delivery.data, content_type)
+        .map_err(|e| EventError::new(e.code(), e.to_string(), e.hint()))
 }
 
 impl Shared {

@@ -217,6 +217,7 @@ impl Session {
             job_timeout: config.worker.job_timeout(),
             retry: config.worker.retry_policy(),
             cancels: Arc::clone(cancels),
+            signing_key: config.amqp.signing_key.clone(),
             retry_buckets: Default::default(),
         });
         Ok(Self {

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use pushfleet_shared::django::DjangoPushStep;
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::job::{JOB_VERSION, JobOptions, JobTarget, PushJob, ValidJob};
+use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
 use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
@@ -255,12 +256,22 @@ async fn publish(
         None
     };
 
+    let body = job.job.to_json();
+    let mut properties = lapin::BasicProperties::default();
+    if let Some(key) = &config.amqp.signing_key {
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            SIGNATURE_HEADER.into(),
+            lapin::types::AMQPValue::LongString(signature::sign(key.expose(), &body).into()),
+        );
+        properties = properties.with_headers(headers);
+    }
     publisher
         .publish_json(
             &topology.jobs_exchange(),
             JOB_ROUTING_KEY,
-            &job.job.to_json(),
-            lapin::BasicProperties::default(),
+            &body,
+            properties,
         )
         .await?;
     eprintln!(
