@@ -9,11 +9,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use lapin::{BasicProperties, Connection, Consumer};
 use pushfleet_shared::event::{Event, JobState};
-use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
+use pushfleet_shared::topology::{JOB_ROUTING_KEY, MAX_RETRY_BUCKET, Topology};
 use pushfleet_worker::broker::{
     ConfirmedPublisher, connect, declare_topology, subscribe_exclusive,
 };
 use pushfleet_worker::config::{Config, load_from_str};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +114,7 @@ host = "{docker}"
 pub struct TestWorker {
     /// The topology it consumes from.
     pub topology: Topology,
+    amqp_url: SecretString,
     stop: CancellationToken,
     handle: Option<JoinHandle<Result<(), pushfleet_worker::runner::RunError>>>,
 }
@@ -121,6 +123,10 @@ impl TestWorker {
     /// Starts a worker with `config` and returns once its topology is declared.
     pub async fn start(config: Config) -> Result<Self> {
         let topology = Topology::new(&config.amqp.topology_prefix);
+        let amqp_url = config
+            .amqp
+            .url_with_password()
+            .map_err(|e| anyhow!("amqp password: {e}"))?;
         let stop = CancellationToken::new();
         let token = stop.clone();
         let config = Arc::new(config);
@@ -129,19 +135,46 @@ impl TestWorker {
         });
         Ok(Self {
             topology,
+            amqp_url,
             stop,
             handle: Some(handle),
         })
     }
 
-    /// Asks the worker to stop and waits for it; returns its result.
+    /// Asks the worker to stop and waits for it, then deletes its topology from the broker
+    /// (quorum queues are not free: a suite must not leave hundreds behind); returns the
+    /// worker's result.
     pub async fn stop(mut self) -> Result<()> {
         self.stop.cancel();
-        match self.handle.take() {
-            Some(h) => Ok(h.await??),
+        let result = match self.handle.take() {
+            Some(h) => h.await?,
             None => Ok(()),
-        }
+        };
+        delete_topology(self.amqp_url.expose_secret(), &self.topology).await?;
+        Ok(result?)
     }
+}
+
+/// Deletes every queue and exchange of `topology` (those that exist).
+pub async fn delete_topology(amqp_url: &str, topology: &Topology) -> Result<()> {
+    let conn = connect(amqp_url, "pushfleet-tests cleanup").await?;
+    let mut queues: Vec<String> = topology.queues().into_iter().map(|q| q.name).collect();
+    queues.extend((0..=MAX_RETRY_BUCKET).map(|b| topology.retry_queue(b)));
+    for queue in queues {
+        // Deleting a queue that does not exist closes the channel: one channel each.
+        let channel = conn.create_channel().await?;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
+    for exchange in topology.exchanges() {
+        let channel = conn.create_channel().await?;
+        let _ = channel
+            .exchange_delete(exchange.name.as_str().into(), Default::default())
+            .await;
+    }
+    conn.close(200, "cleaned up".into()).await?;
+    Ok(())
 }
 
 impl Drop for TestWorker {
