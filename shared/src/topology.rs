@@ -16,7 +16,7 @@
 //!                                                    DLX <p>.jobs; declared when first used)
 //! <p>.dlx     (direct) --"job"--> <p>.dead    (quorum queue: dead letters, kept for replay)
 //! <p>.events  (topic)  --"job.<state>"--> consumers' own queues
-//! <p>.control (fanout) --> one exclusive queue per worker (cancel requests)
+//! <p>.control (fanout) --> <p>.control (stream, 24 h): every worker reads it from the start
 //! ```
 //!
 //! The module does not depend on an AMQP library: arguments are plain [`QueueArg`] values the
@@ -31,6 +31,8 @@ pub const JOB_ROUTING_KEY: &str = "job";
 /// How many times the broker redelivers a job (e.g. after worker crashes) before it
 /// dead-letters it: a job that kills its worker cannot loop forever.
 pub const DEFAULT_DELIVERY_LIMIT: i64 = 5;
+/// How long the control stream keeps requests.
+pub const CONTROL_MAX_AGE: &str = "24h";
 /// The largest delay bucket (2^17 s, about 36 hours).
 pub const MAX_RETRY_BUCKET: u32 = 17;
 /// The content type of jobs and events.
@@ -186,6 +188,12 @@ impl Topology {
         format!("{}.control", self.prefix)
     }
 
+    /// The control stream: cancel requests kept for a day, read by every worker from its
+    /// start, so a request published while no worker runs is still honoured.
+    pub fn control_queue(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
     /// Every exchange, in declaration order.
     pub fn exchanges(&self) -> Vec<ExchangeSpec> {
         use ExchangeKind::*;
@@ -226,6 +234,21 @@ impl Topology {
                 binding_key: JOB_ROUTING_KEY.to_owned(),
             },
             QueueSpec {
+                name: self.control_queue(),
+                arguments: vec![
+                    ("x-queue-type".to_owned(), s("stream")),
+                    ("x-max-age".to_owned(), s(CONTROL_MAX_AGE)),
+                    // Small segments, so old requests really go after a day (streams drop
+                    // whole segments).
+                    (
+                        "x-stream-max-segment-size-bytes".to_owned(),
+                        QueueArg::Int(1_000_000),
+                    ),
+                ],
+                bound_to: self.control_exchange(),
+                binding_key: String::new(),
+            },
+            QueueSpec {
                 name: self.dead_letter_queue(),
                 arguments: vec![quorum],
                 bound_to: self.dead_letter_exchange(),
@@ -248,6 +271,7 @@ mod tests {
         assert_eq!(t.dead_letter_queue(), "t1.dead");
         assert_eq!(t.events_exchange(), "t1.events");
         assert_eq!(t.control_exchange(), "t1.control");
+        assert_eq!(t.control_queue(), "t1.control");
         assert_eq!(Topology::default().jobs_queue(), "pushfleet.jobs");
     }
 

@@ -610,7 +610,7 @@ fn encode(value: &Value, encoding: &Encoding) -> (Vec<u8>, bool) {
                 out.push(b',');
                 out.extend_from_slice(&compact[1..]);
                 // The repeated value is parsed too, so its nesting counts against the limit.
-                (out, 1 + json_depth(first) <= 127)
+                (out, json_depth(first) < 127)
             }
             _ => (compact, true),
         },
@@ -840,11 +840,11 @@ fn oracle_accepts(value: &Value) -> bool {
     if !job_id_ok {
         return false;
     }
-    if !root
+    let source_ok = root
         .get("source")
         .and_then(Value::as_str)
-        .is_some_and(|s| ImageRef::parse(s).is_ok())
-    {
+        .is_some_and(|s| ImageRef::parse(s).is_ok());
+    if !source_ok {
         return false;
     }
     let Some(target) = root.get("target").and_then(Value::as_object) else {

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use pushfleet_shared::control::{ControlAction, ControlMessage};
 use pushfleet_shared::topology::Topology;
@@ -36,6 +36,12 @@ use crate::cancel::Cancels;
 use crate::config::Config;
 use crate::delivery::{self, Shared};
 use crate::pipeline::{Pipeline, PipelineSetupError};
+
+/// How many control requests are in flight to one worker at once.
+const CONTROL_PREFETCH: u16 = 100;
+
+/// How long closing a broker connection may take before it is dropped instead.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the worker could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -205,9 +211,26 @@ impl Session {
             )
             .await?;
 
-        // This worker's own control queue: server-named, exclusive, gone with the connection.
-        let control =
-            broker::subscribe_exclusive(&channel, &topology.control_exchange(), "").await?;
+        // The control stream, read from its start on every session: cancel requests
+        // published while this worker was away still count. Streams need manual acks and a
+        // prefetch, so they get their own channel.
+        let control_channel = consume_conn.create_channel().await?;
+        control_channel
+            .basic_qos(CONTROL_PREFETCH, BasicQosOptions { global: false })
+            .await?;
+        let mut offset = FieldTable::default();
+        offset.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
+        let control = control_channel
+            .basic_consume(
+                topology.control_queue().as_str().into(),
+                format!("{consumer_tag}-control").as_str().into(),
+                BasicConsumeOptions::default(),
+                offset,
+            )
+            .await?;
 
         let shared = Arc::new(Shared {
             pipeline: Arc::clone(pipeline),
@@ -249,7 +272,13 @@ impl Session {
                     None => return SessionEnd::Lost("the broker ended the jobs consumer".into()),
                 },
                 next = self.control.next() => match next {
-                    Some(Ok(message)) => self.on_control(&message.data),
+                    Some(Ok(message)) => {
+                        let sent_at = *message.properties.timestamp();
+                        self.on_control(&message.data, sent_at);
+                        if let Err(e) = message.ack(BasicAckOptions::default()).await {
+                            return SessionEnd::Lost(e.to_string());
+                        }
+                    }
                     Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
                     None => return SessionEnd::Lost("the broker ended the control consumer".into()),
                 },
@@ -257,7 +286,15 @@ impl Session {
         }
     }
 
-    fn on_control(&self, body: &[u8]) {
+    /// Applies one control request; `sent_at` is its AMQP timestamp (seconds since the epoch).
+    fn on_control(&self, body: &[u8], sent_at: Option<u64>) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let age_s = sent_at
+            .and_then(|t| i64::try_from(t).ok())
+            .map_or(0, |t| now.saturating_sub(t).max(0));
+        if u64::try_from(age_s).unwrap_or(0) > crate::cancel::REMEMBER_FOR.as_secs() {
+            return; // older than the stream is meant to keep
+        }
         match ControlMessage::from_slice(body) {
             Some(ControlMessage {
                 action: ControlAction::Cancel,
@@ -288,12 +325,23 @@ impl Session {
         }
     }
 
+    /// Closes both connections, each within [`CLOSE_TIMEOUT`]: after a lost broker a
+    /// connection can look open while its I/O loop is gone, and a close would wait forever
+    /// for the broker's reply (lapin's shutdown hang). Dropping it then is enough.
     async fn close(&self) {
         for conn in [&self.consume_conn, &self.publish_conn] {
-            if conn.status().connected()
-                && let Err(e) = conn.close(200, "worker stopping".into()).await
+            if !conn.status().connected() {
+                continue;
+            }
+            match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "worker stopping".into()))
+                .await
             {
-                warn!(error = %e, "closing a broker connection failed");
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "closing a broker connection failed"),
+                Err(_) => warn!(
+                    ?CLOSE_TIMEOUT,
+                    "the broker did not answer the close; dropping"
+                ),
             }
         }
     }

@@ -59,7 +59,12 @@ pub async fn cancel(file: Option<&Path>, job_id: &str) -> anyhow::Result<ExitCod
             Default::default(),
         )
         .await?;
-    eprintln!("asked every worker to cancel job {job_id}");
+    eprintln!(
+        "asked every worker to cancel job {job_id} (kept for {} in {}: workers that start later \
+         honour it too)",
+        pushfleet_shared::topology::CONTROL_MAX_AGE,
+        topology.control_queue()
+    );
     let _ = conn.close(200, "done".into()).await;
     Ok(ExitCode::SUCCESS)
 }
