@@ -113,7 +113,7 @@ async fn rabbitmq_stop_app_start_app_under_load_workers_recover_alone() -> Resul
         };
         let (sessions, _) = fleet.events.sessions();
         println!(
-            "FAULT rabbit: {} stopped_after={ended_at_stop}_jobs_done stop_app={stop_took:.1}s down={:.0}s start_app={start_took:.1}s recovery_s={recovery} (start_app issued -> first event) workers_ready_after=[{}] accepted_after_restart={accepted_after:?} collector_sessions={sessions}",
+            "FAULT rabbit: {} stopped_after={ended_at_stop}_jobs_done stop_app={stop_took:.1}s down={:.0}s start_app={start_took:.1}s recovery_s={recovery} (start_app issued -> first event; the broker answered after start_app={start_took:.1}s) workers_ready_after=[{}] accepted_after_restart={accepted_after:?} collector_sessions={sessions}",
             out.figures(),
             DOWN.as_secs_f64(),
             readiness.join(", ")
@@ -141,7 +141,7 @@ async fn rabbitmq_stop_app_start_app_under_load_workers_recover_alone() -> Resul
             out.not_succeeded
         );
         verify_in_basic_registry(&fleet.env, &events, &ids).await?;
-        fleet.shutdown(true).await
+        fleet.shutdown().await
     })
     .await
 }

@@ -17,7 +17,7 @@ use pushfleet_tests::process::{
 };
 use pushfleet_tests::{docker, unique};
 
-use crate::common::{Fleet, fault_test, print_evidence};
+use crate::common::{Fleet, fault_test, print_evidence, remember_image};
 
 /// The tag `repository:tag` holds in the basic registry, if any.
 async fn in_basic_registry(fleet: &Fleet, repository: &str, tag: &str) -> Result<Option<String>> {
@@ -120,7 +120,7 @@ async fn cancel_of_a_job_queued_before_any_worker_runs() -> Result<()> {
             print_evidence(&fleet, "the cancelled job", &ids);
         }
         result?;
-        fleet.shutdown(true).await
+        fleet.shutdown().await
     })
     .await
 }
@@ -136,7 +136,7 @@ async fn cancel_of_a_job_queued_behind_a_busy_worker() -> Result<()> {
         let base = unique("fcancelb");
         let large = format!("{base}-large:src");
         let image = make_large_image(&docker(&fleet.env)?, &large, 96 << 20).await?;
-        fleet.images.push(image);
+        remember_image(image);
         let sources = fleet.make_sources(&base, 1).await?;
         fleet.start_worker("w1").await?;
         fleet.wait_all_ready(Duration::from_secs(30)).await?;
@@ -203,7 +203,7 @@ async fn cancel_of_a_job_queued_behind_a_busy_worker() -> Result<()> {
             print_evidence(&fleet, "the jobs", &ids);
         }
         result?;
-        fleet.shutdown(true).await
+        fleet.shutdown().await
     })
     .await
 }

@@ -11,8 +11,8 @@ use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::fleet::{base_registries, make_image};
 use pushfleet_tests::process::{
-    EventLog, Logs, WorkerProcess, WorkerSettings, job_json, pushfleet_binary, remove_images,
-    worker_toml,
+    EventLog, Logs, WorkerProcess, WorkerSettings, delete_topology, job_json, pushfleet_binary,
+    remove_images, worker_toml,
 };
 use pushfleet_tests::{StackEnv, docker, unique};
 use serde_json::Value;
@@ -22,10 +22,53 @@ use serde_json::Value;
 /// runtimes; it never poisons, so one failed test does not fail the others.)
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// What the running test left on the stack: topology prefixes and image ids. [`fault_test`]
+/// removes them when the test ends, passed or failed (only one test runs at a time).
+#[derive(Debug, Default)]
+struct Leftovers {
+    prefixes: Vec<String>,
+    images: Vec<String>,
+}
+
+static LEFTOVERS: std::sync::Mutex<Leftovers> = std::sync::Mutex::new(Leftovers {
+    prefixes: Vec::new(),
+    images: Vec::new(),
+});
+
+fn leftovers() -> std::sync::MutexGuard<'static, Leftovers> {
+    LEFTOVERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Records an image of the running test, removed (with all its tags) when the test ends.
+pub(crate) fn remember_image(id: String) {
+    leftovers().images.push(id);
+}
+
+/// Removes what the test left: its images from the daemon, its queues and exchanges from the
+/// broker (kept, like the logs, when `PUSHFLEET_FAULTS_KEEP_LOGS` is set).
+async fn clean_up() {
+    let Leftovers { prefixes, images } = std::mem::take(&mut *leftovers());
+    if std::env::var_os("PUSHFLEET_FAULTS_KEEP_LOGS").is_some() {
+        return;
+    }
+    let Ok(env) = StackEnv::load() else {
+        return;
+    };
+    if let Ok(docker) = docker(&env) {
+        remove_images(&docker, &images).await;
+    }
+    for prefix in prefixes {
+        delete_topology(&env, &prefix).await;
+    }
+}
+
 /// Runs one fault test: waits for the other tests to finish, then runs `body` with a fresh log
 /// folder, at most `limit`. On failure (or timeout) the logs are printed and kept; on success
-/// they are deleted. Dropping the body on timeout kills its worker processes and restores any
-/// outage it started.
+/// they are deleted (kept when `PUSHFLEET_FAULTS_KEEP_LOGS` is set). Dropping the body on
+/// timeout kills its worker processes and restores any outage it started; then the test's
+/// images and broker objects are removed.
 pub(crate) async fn fault_test<F, Fut>(name: &str, limit: Duration, body: F) -> Result<()>
 where
     F: FnOnce(Arc<Logs>) -> Fut,
@@ -40,11 +83,19 @@ where
         Ok(r) => r,
         Err(_) => Err(anyhow!("the test did not finish within {limit:?}")),
     };
+    // The body's workers are gone (killed on drop at the latest) and its outages are over.
+    tokio::time::timeout(Duration::from_secs(60), clean_up())
+        .await
+        .ok();
     let took = started.elapsed().as_secs_f64();
     match &result {
         Ok(()) => {
             println!("FAULT {name}: passed in {took:.1} s");
-            logs.remove();
+            if std::env::var_os("PUSHFLEET_FAULTS_KEEP_LOGS").is_some() {
+                println!("FAULT {name}: logs kept in {}", logs.path().display());
+            } else {
+                logs.remove();
+            }
         }
         Err(e) => {
             eprintln!("FAULT {name}: FAILED after {took:.1} s: {e:#}");
@@ -55,15 +106,13 @@ where
     result
 }
 
-/// Worker processes on one fresh topology prefix, the test's event log, and the images the
-/// test made (removed at the end).
+/// Worker processes on one fresh topology prefix and the test's event log.
 pub(crate) struct Fleet {
     pub(crate) env: StackEnv,
     pub(crate) logs: Arc<Logs>,
     pub(crate) prefix: String,
     pub(crate) events: EventLog,
     pub(crate) workers: Vec<WorkerProcess>,
-    pub(crate) images: Vec<String>,
     pub(crate) settings: WorkerSettings,
     pub(crate) registries: String,
 }
@@ -80,6 +129,7 @@ impl Fleet {
         let env = StackEnv::load()?;
         let prefix = unique(&format!("faults-{name}"));
         let registries = format!("{}\n{extra_registries}", base_registries(&env)?);
+        leftovers().prefixes.push(prefix.clone());
         let events = EventLog::start(&env, &Topology::new(&prefix)).await?;
         Ok(Self {
             env,
@@ -87,7 +137,6 @@ impl Fleet {
             prefix,
             events,
             workers: Vec::new(),
-            images: Vec::new(),
             settings,
             registries,
         })
@@ -132,13 +181,13 @@ impl Fleet {
     }
 
     /// Makes `count` small unique source images `<base>-s<i>:src`; returns their references.
-    pub(crate) async fn make_sources(&mut self, base: &str, count: usize) -> Result<Vec<String>> {
+    pub(crate) async fn make_sources(&self, base: &str, count: usize) -> Result<Vec<String>> {
         let docker = docker(&self.env)?;
         let mut refs = Vec::new();
         for i in 0..count {
             let reference = format!("{base}-s{i}:src");
             let id = make_image(&docker, &[&reference]).await?;
-            self.images.push(id);
+            remember_image(id);
             refs.push(reference);
         }
         Ok(refs)
@@ -170,9 +219,9 @@ impl Fleet {
         Ok(ids)
     }
 
-    /// Stops every worker still running with SIGTERM and waits for each (bounded), then removes
-    /// the test's images and, when `clean_broker`, its queues and exchanges.
-    pub(crate) async fn shutdown(mut self, clean_broker: bool) -> Result<()> {
+    /// Stops every worker still running with SIGTERM and waits for each (bounded): every
+    /// worker must exit 0. (Images and broker objects go when the test ends: [`fault_test`].)
+    pub(crate) async fn shutdown(mut self) -> Result<()> {
         let grace = Duration::from_secs(self.settings.shutdown_grace_s + 15);
         let mut problems = Vec::new();
         for w in &mut self.workers {
@@ -192,12 +241,7 @@ impl Fleet {
                 }
             }
         }
-        if let Ok(docker) = docker(&self.env) {
-            remove_images(&docker, &self.images).await;
-        }
-        if clean_broker {
-            self.events.cleanup().await;
-        }
+        self.events.close().await;
         if problems.is_empty() {
             Ok(())
         } else {

@@ -88,7 +88,7 @@ async fn docker_daemon_restart_jobs_retry_then_succeed() -> Result<()> {
             retries.problems
         );
         verify_in_basic_registry(&fleet.env, &events, &ids).await?;
-        fleet.shutdown(true).await
+        fleet.shutdown().await
     })
     .await
 }

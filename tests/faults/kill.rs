@@ -17,7 +17,7 @@ use crate::common::{Fleet, ended, fault_test, print_evidence};
 const JOBS: usize = 100;
 const SOURCES: usize = 10;
 /// Kill when this many jobs have ended (and the victim holds a job in flight).
-const KILL_AFTER: [usize; 3] = [12, 38, 64];
+const KILL_AFTER: [usize; 3] = [10, 30, 50];
 
 /// Jobs of `worker` accepted and not ended yet: the ones a kill interrupts.
 fn in_flight(events: &[Event], worker: &str) -> BTreeSet<String> {
@@ -130,7 +130,7 @@ async fn three_sigkills_mid_run_lose_no_job() -> Result<()> {
         );
         let tags = verify_in_basic_registry(&fleet.env, &events, &ids).await?;
         println!("FAULT kill: registry holds the reported digest under all {tags} tags");
-        fleet.shutdown(true).await
+        fleet.shutdown().await
     })
     .await
 }

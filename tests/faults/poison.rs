@@ -129,7 +129,7 @@ async fn a_job_that_always_fails_retryably_ends_dead_in_the_dead_letter_queue() 
             attempt.as_deref() == Some(MAX_ATTEMPTS.to_string().as_str()),
             "attempt header {attempt:?}"
         );
-        fleet.shutdown(true).await
+        fleet.shutdown().await
     })
     .await
 }

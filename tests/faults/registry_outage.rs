@@ -82,7 +82,7 @@ async fn registry_down_30s_jobs_retry_with_growing_delays_then_succeed() -> Resu
             retries.problems
         );
         verify_in_basic_registry(&fleet.env, &events, &ids).await?;
-        fleet.shutdown(true).await
+        fleet.shutdown().await
     })
     .await
 }

@@ -16,7 +16,7 @@ use pushfleet_tests::process::{
 };
 use pushfleet_tests::{docker, unique};
 
-use crate::common::{Fleet, fault_test, print_evidence};
+use crate::common::{Fleet, fault_test, print_evidence, remember_image};
 
 /// Large enough that pushing it takes seconds on the local stack.
 const LARGE: usize = 96 << 20;
@@ -24,7 +24,7 @@ const LARGE: usize = 96 << 20;
 async fn round(fleet: &mut Fleet, base: &str, label: &str, grace_s: u64) -> Result<()> {
     let source = format!("{base}-{label}:src");
     let image = make_large_image(&docker(&fleet.env)?, &source, LARGE).await?;
-    fleet.images.push(image);
+    remember_image(image);
     let settings = WorkerSettings {
         concurrency: 1,
         shutdown_grace_s: grace_s,
@@ -136,7 +136,7 @@ async fn sigterm_during_a_push_completes_or_requeues_within_the_grace_period() -
         let base = unique("fterm");
         round(&mut fleet, &base, "drain", 30).await?;
         round(&mut fleet, &base, "requeue", 1).await?;
-        fleet.shutdown(true).await
+        fleet.shutdown().await
     })
     .await
 }

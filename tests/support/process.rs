@@ -11,7 +11,7 @@
 //! `cargo build -p pushfleet-worker --bin pushfleet` (with `--release` for a release test
 //! binary) once for the whole test binary, so a fault test never exercises a stale worker.
 //! (`cargo test` releases the build lock before it runs the test binaries; if another cargo
-//! command holds it, the build waits for it.)
+//! command holds it, the build waits for it, at most [`BUILD_LIMIT`] in all.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,9 @@ use crate::{StackEnv, unique};
 // The binary
 
 static BINARY: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// How long building the binary may take (it may wait for another cargo's lock first).
+pub const BUILD_LIMIT: Duration = Duration::from_secs(900);
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -116,7 +119,19 @@ pub fn pushfleet_binary() -> Result<PathBuf> {
             "{} is missing or older than the worker sources: running {cmd:?}",
             binary.display()
         );
-        let status = cmd.status().context("cannot run cargo build")?;
+        let mut child = cmd.spawn().context("cannot run cargo build")?;
+        let deadline = Instant::now() + BUILD_LIMIT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("cargo build --bin pushfleet took longer than {BUILD_LIMIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         if !status.success() {
             bail!("cargo build --bin pushfleet failed: {status}");
         }
@@ -372,7 +387,9 @@ impl WorkerProcess {
                 cmd.env_remove(&key);
             }
         }
+        // Plain text: the logs are files, read by people and grepped for job ids.
         cmd.env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .env_remove("PUSHFLEET_LOG_FORMAT");
         let child = cmd
             .spawn()
@@ -509,7 +526,6 @@ struct Seen {
 /// publish before disrupting the broker.
 pub struct EventLog {
     topology: Topology,
-    url: String,
     queue: String,
     conn: Connection,
     publisher: ConfirmedPublisher,
@@ -534,7 +550,8 @@ impl Drop for EventLog {
 
 impl EventLog {
     /// Declares `topology` and the collector's queue (`<prefix>.faults-events`, durable,
-    /// deleted by the broker after ten unused minutes), then collects in the background.
+    /// deleted by the broker after ten unused minutes; [`delete_topology`] removes it at
+    /// once), then collects in the background.
     pub async fn start(env: &StackEnv, topology: &Topology) -> Result<Self> {
         let url = env.get("PUSHFLEET_AMQP_URL")?;
         let conn = connect(&url, "pushfleet-faults publisher").await?;
@@ -565,10 +582,9 @@ impl EventLog {
             )
             .await?;
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let task = tokio::spawn(collect(url.clone(), queue.clone(), Arc::clone(&seen)));
+        let task = tokio::spawn(collect(url, queue.clone(), Arc::clone(&seen)));
         Ok(Self {
             topology: topology.clone(),
-            url,
             queue,
             conn,
             publisher,
@@ -692,36 +708,44 @@ impl EventLog {
         Ok(n)
     }
 
-    /// Stops collecting and deletes the topology's queues and exchanges and the collector's
-    /// queue (best effort, on a fresh connection: the test passed, nothing there is needed).
-    pub async fn cleanup(self) {
+    /// Stops collecting and closes the publishing connection.
+    pub async fn close(self) {
         self.task.abort();
-        let Ok(conn) = connect(&self.url, "pushfleet-faults cleanup").await else {
-            return;
-        };
-        let Ok(channel) = conn.create_channel().await else {
-            return;
-        };
-        let mut queues: Vec<String> = self.topology.queues().into_iter().map(|q| q.name).collect();
-        queues.push(self.queue.clone());
-        // Delay queues are declared on first use, one per bucket.
-        queues.extend(
-            (0..=pushfleet_shared::topology::MAX_RETRY_BUCKET)
-                .map(|k| self.topology.retry_queue(k)),
-        );
-        for q in queues {
-            let _ = channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in self.topology.exchanges() {
-            let _ = channel
-                .exchange_delete(e.name.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-        let _ = conn.close(200, "done".into()).await;
         let _ = self.conn.close(200, "done".into()).await;
     }
+}
+
+/// Deletes every queue and exchange of topology `prefix`, with the delay queues and the
+/// collector's queue of [`EventLog`] (best effort, on a fresh connection; what does not exist
+/// is skipped).
+pub async fn delete_topology(env: &StackEnv, prefix: &str) {
+    let Ok(url) = env.get("PUSHFLEET_AMQP_URL") else {
+        return;
+    };
+    let Ok(conn) = connect(&url, "pushfleet-faults cleanup").await else {
+        return;
+    };
+    let Ok(channel) = conn.create_channel().await else {
+        return;
+    };
+    let topology = Topology::new(prefix);
+    let mut queues: Vec<String> = topology.queues().into_iter().map(|q| q.name).collect();
+    queues.push(format!("{prefix}.faults-events"));
+    // Delay queues are declared on first use, one per bucket.
+    queues.extend(
+        (0..=pushfleet_shared::topology::MAX_RETRY_BUCKET).map(|k| topology.retry_queue(k)),
+    );
+    for q in queues {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in topology.exchanges() {
+        let _ = channel
+            .exchange_delete(e.name.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
 }
 
 async fn collect(url: String, queue: String, seen: Arc<Mutex<Seen>>) {
@@ -811,19 +835,23 @@ pub struct Outcome {
     pub extra_accepts: usize,
     /// The number of attempts (`accepted` events) per job.
     pub attempts: BTreeMap<String, usize>,
+    /// Jobs whose first `succeeded` event says `already_present` (a redelivered job whose
+    /// push had already landed).
+    pub already_present: usize,
 }
 
 impl Outcome {
     /// One line of figures.
     pub fn figures(&self) -> String {
         format!(
-            "jobs={} lost={} duplicates={} (jobs with >1 terminal: {}) not_succeeded={} extra_accepted={}",
+            "jobs={} lost={} duplicates={} (jobs with >1 terminal: {}) not_succeeded={} extra_accepted={} already_present={}",
             self.jobs,
             self.lost.len(),
             self.duplicates,
             self.duplicate_jobs.len(),
             self.not_succeeded.len(),
-            self.extra_accepts
+            self.extra_accepts,
+            self.already_present
         )
     }
 }
@@ -864,7 +892,11 @@ pub fn outcome(events: &[Event], job_ids: &[String]) -> Outcome {
                 out.not_succeeded
                     .insert(id.to_owned(), format!("{}/{code}", first.state.as_str()));
             }
-            Some(_) => {}
+            Some(first) => {
+                if first.already_present == Some(true) {
+                    out.already_present += 1;
+                }
+            }
         }
         if terminal.len() > 1 {
             out.duplicates += terminal.len() - 1;
