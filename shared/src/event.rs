@@ -72,15 +72,32 @@ pub struct EventError {
 }
 
 impl EventError {
-    /// An error with the code's own `retryable` flag.
+    /// An error with the code's own `retryable` flag. `message` and `hint` are cut to
+    /// [`MAX_ERROR_TEXT_BYTES`] each (a hostile input quoted in an error must not make events
+    /// huge).
     pub fn new(code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: cut(message.into()),
             retryable: code.retryable(),
-            hint: hint.into(),
+            hint: cut(hint.into()),
         }
     }
+}
+
+/// The longest `message` or `hint` of an event error, in bytes.
+pub const MAX_ERROR_TEXT_BYTES: usize = 2048;
+
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT_BYTES {
+        let mut end = MAX_ERROR_TEXT_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// Bytes moved so far, in `progress` events.
@@ -291,6 +308,18 @@ mod tests {
         assert!(json.get("targets").is_none());
         let back = Event::from_slice(&e.to_json()).expect("parses");
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn error_texts_are_bounded_on_a_character_boundary() {
+        let long = "é".repeat(5000);
+        let e = EventError::new(ErrorCode::InvalidReference, long.clone(), long);
+        assert!(e.message.len() <= MAX_ERROR_TEXT_BYTES && e.message.ends_with('…'));
+        assert!(e.hint.len() <= MAX_ERROR_TEXT_BYTES);
+        assert_eq!(
+            EventError::new(ErrorCode::Timeout, "short", "h").message,
+            "short"
+        );
     }
 
     #[test]

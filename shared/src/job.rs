@@ -371,28 +371,62 @@ fn is_valid_job_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// Key names that mean "this is a secret" wherever they appear.
-const CREDENTIAL_KEYS: [&str; 10] = [
+/// Words that mark a key as a credential wherever they appear in it (`docker_password`,
+/// `accessToken`, `auth_config`, `X-Registry-Auth`), but not inside other words (`author`).
+const CREDENTIAL_WORDS: [&str; 13] = [
     "password",
     "passwd",
+    "pwd",
     "secret",
     "token",
     "auth",
-    "auth_config",
     "authorization",
+    "credential",
     "credentials",
     "identitytoken",
     "registrytoken",
+    "apikey",
+    "passphrase",
 ];
 
+/// Splits a key into lowercase words at non-alphanumeric characters and at camelCase humps.
+fn key_words(key: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut previous_lower = false;
+    for c in key.chars() {
+        if !c.is_alphanumeric() {
+            if !current.is_empty() {
+                words.push(std::mem::take(&mut current));
+            }
+            previous_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && previous_lower && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+        previous_lower = c.is_lowercase() || c.is_ascii_digit();
+        current.extend(c.to_lowercase());
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
+}
+
 /// Finds the first key (depth-first) whose name marks it as a credential, returning its path.
+/// Keys that are not plain ASCII are refused too: a look-alike (`pаssword` with a Cyrillic
+/// `а`) must not smuggle a secret past the check.
 pub(crate) fn find_credential_key(map: &Map<String, Value>, prefix: &str) -> Option<String> {
     for (key, value) in map {
         let path = format!("{prefix}.{key}");
-        let lower = key.to_ascii_lowercase().replace('-', "_");
-        if CREDENTIAL_KEYS
-            .iter()
-            .any(|k| lower == *k || lower.ends_with(&format!("_{k}")))
+        let words = key_words(key);
+        let whole: String = words.concat();
+        if !key.is_ascii()
+            || words.iter().any(|w| CREDENTIAL_WORDS.contains(&w.as_str()))
+            || CREDENTIAL_WORDS
+                .iter()
+                .any(|w| w.len() > 4 && whole.ends_with(w))
         {
             return Some(path);
         }
@@ -622,6 +656,46 @@ mod tests {
         for (i, (v, check)) in cases.iter().enumerate() {
             let err = parse(v).expect_err("must fail");
             assert!(check(&err), "case {i}: unexpected {err:?}");
+        }
+    }
+
+    #[test]
+    fn credential_like_keys_are_found_in_any_spelling() {
+        for key in [
+            "password",
+            "docker_password",
+            "dockerPassword",
+            "accessToken",
+            "X-Registry-Auth",
+            "auth_config",
+            "authConfig",
+            "API_KEY_SECRET",
+            "apikey",
+            "registrytoken",
+            "p\u{430}ssword",
+        ] {
+            let mut m = Map::new();
+            m.insert(key.to_owned(), json!("x"));
+            assert!(
+                find_credential_key(&m, "metadata").is_some(),
+                "{key} was not caught"
+            );
+        }
+        for key in [
+            "author",
+            "pipeline_run",
+            "step",
+            "tokenizer_version",
+            "authored_by",
+            "passage",
+        ] {
+            let mut m = Map::new();
+            m.insert(key.to_owned(), json!("x"));
+            assert_eq!(
+                find_credential_key(&m, "metadata"),
+                None,
+                "{key} was refused"
+            );
         }
     }
 

@@ -271,8 +271,10 @@ fn registry_part() -> BoxedStrategy<String> {
 fn path_component() -> BoxedStrategy<String> {
     prop_oneof![
         8 => "[a-z0-9]{1,6}((\\.|_|__|-{1,3})[a-z0-9]{1,6}){0,2}",
-        2 => select(vec!["..", ".", "%2e%2e", "library", "docker.io", "localhost", "a..b", "-a", "a-"])
-            .prop_map(str::to_owned),
+        2 => select(vec![
+            "..", ".", "%2e%2e", "library", "docker.io", "localhost", "a..b", "-a", "a-",
+        ])
+        .prop_map(str::to_owned),
         2 => "[a-zA-Z0-9._-]{0,8}",
         1 => "[0-9a-f]{64}",
         1 => "[a-z]{100,260}",
@@ -440,23 +442,30 @@ fn json_key() -> BoxedStrategy<String> {
 fn field_value(path: &[&str]) -> BoxedStrategy<Value> {
     match path {
         ["version"] => prop_oneof![
-            select(vec![json!(1), json!(0), json!(2), json!(-1), json!(1.0), json!("1"),
-                     json!(4_294_967_297_u64), json!(null)]),
+            select(vec![
+                json!(1),
+                json!(0),
+                json!(2),
+                json!(-1),
+                json!(1.0),
+                json!("1"),
+                json!(4_294_967_297_u64),
+                json!(null)
+            ]),
             any_json(),
         ]
         .boxed(),
-        ["job_id"] => prop_oneof![
-            "[A-Za-z0-9._:-]{0,130}".prop_map(Value::String),
-            any_json(),
-        ]
-        .boxed(),
+        ["job_id"] => {
+            prop_oneof!["[A-Za-z0-9._:-]{0,130}".prop_map(Value::String), any_json(),].boxed()
+        }
         ["source"] => prop_oneof![
             3 => any_reference_text().prop_map(Value::String),
             1 => any_json(),
         ]
         .boxed(),
         ["target", "repository"] => prop_oneof![
-            3 => prop::collection::vec(path_component(), 1..4).prop_map(|p| Value::String(p.join("/"))),
+            3 => prop::collection::vec(path_component(), 1..4)
+                .prop_map(|p| Value::String(p.join("/"))),
             1 => hostile_string().prop_map(Value::String),
             1 => any_json(),
         ]
@@ -469,8 +478,17 @@ fn field_value(path: &[&str]) -> BoxedStrategy<Value> {
         ]
         .boxed(),
         ["options", "timeout_s"] => prop_oneof![
-            select(vec![json!(0), json!(1), json!(1700), json!(1701), json!(4_294_967_295_u64),
-                     json!(4_294_967_296_u64), json!(-1), json!(null), json!(900.5)]),
+            select(vec![
+                json!(0),
+                json!(1),
+                json!(1700),
+                json!(1701),
+                json!(4_294_967_295_u64),
+                json!(4_294_967_296_u64),
+                json!(-1),
+                json!(null),
+                json!(900.5)
+            ]),
             any_json(),
         ]
         .boxed(),
@@ -508,9 +526,11 @@ enum Mutation {
 
 fn mutation() -> BoxedStrategy<Mutation> {
     prop_oneof![
-        4 => select(PATHS).prop_flat_map(|path| field_value(path).prop_map(move |v| Mutation::Set(path, v))),
+        4 => select(PATHS)
+            .prop_flat_map(|path| field_value(path).prop_map(move |v| Mutation::Set(path, v))),
         1 => select(PATHS).prop_map(Mutation::Remove),
-        2 => (select(OBJECTS), json_key(), any_json()).prop_map(|(p, k, v)| Mutation::Extra(p, k, v)),
+        2 => (select(OBJECTS), json_key(), any_json())
+            .prop_map(|(p, k, v)| Mutation::Extra(p, k, v)),
     ]
     .boxed()
 }
@@ -767,26 +787,51 @@ fn check_reference_error(input: &str, e: &ReferenceError) -> Result<(), TestCase
     Ok(())
 }
 
-/// The documented credential rule: a key whose lowercase, `-`-to-`_` form is one of these or
-/// ends with `_` and one of these, at any depth.
+/// The documented credential rule, written independently: a key is a credential when it is
+/// not plain ASCII, or when one of its words (split at non-alphanumerics and at camelCase
+/// humps, lowercased) is a credential word, or when its words run together end with a long
+/// one (`registrytoken`), at any depth.
 fn has_credential_key(value: &Value) -> bool {
-    const KEYS: [&str; 10] = [
+    const WORDS: [&str; 13] = [
         "password",
         "passwd",
+        "pwd",
         "secret",
         "token",
         "auth",
-        "auth_config",
         "authorization",
+        "credential",
         "credentials",
         "identitytoken",
         "registrytoken",
+        "apikey",
+        "passphrase",
     ];
+    fn words(key: &str) -> Vec<String> {
+        // Insert a separator before every upper-case letter that follows a lower-case letter or
+        // digit, then split on anything that is not alphanumeric.
+        let mut spaced = String::new();
+        let mut prev: Option<char> = None;
+        for c in key.chars() {
+            if c.is_uppercase() && prev.is_some_and(|p| p.is_lowercase() || p.is_ascii_digit()) {
+                spaced.push(' ');
+            }
+            spaced.push(c);
+            prev = Some(c);
+        }
+        spaced
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
     match value {
         Value::Object(map) => map.iter().any(|(k, v)| {
-            let k = k.to_ascii_lowercase().replace('-', "_");
-            KEYS.iter()
-                .any(|c| k == *c || k.ends_with(&format!("_{c}")))
+            let w = words(k);
+            let whole = w.concat();
+            !k.is_ascii()
+                || w.iter().any(|x| WORDS.contains(&x.as_str()))
+                || WORDS.iter().any(|c| c.len() > 4 && whole.ends_with(c))
                 || has_credential_key(v)
         }),
         Value::Array(items) => items.iter().any(has_credential_key),

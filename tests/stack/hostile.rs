@@ -8,6 +8,12 @@
 //! `invalid_reference` for what the parser refuses (checked against `PushJob::from_message` as
 //! the messages are built), `unknown_registry` or `namespace_not_allowed` for well-formed jobs
 //! that name a registry or namespace outside the worker's policy.
+//!
+//! Two categories aim at the broker's frame size (a content header, unlike a body, cannot be
+//! split over frames): "amplifying strings", messages within the 64 KiB limit whose error
+//! text is far longer (Rust's `{:?}` turns a 3-byte U+200B into the 8 bytes `\u{200b}`; a
+//! tag is quoted twice), and "oversized headers", messages whose own headers nearly fill a
+//! frame. The dead-letter copy of each must still be publishable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -16,7 +22,7 @@ use anyhow::{Result, bail, ensure};
 use futures_util::{StreamExt, stream};
 use lapin::BasicProperties;
 use lapin::options::BasicGetOptions;
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::job::{MAX_JOB_BYTES, PushJob, peek_job_id};
 use pushfleet_shared::topology::Topology;
@@ -24,12 +30,16 @@ use pushfleet_tests::fleet::{
     Broker, TestWorker, base_registries, make_image, terminal, worker_config,
 };
 use pushfleet_tests::{StackEnv, docker, unique};
+use pushfleet_worker::broker::connect;
 use serde_json::{Map, Value, json};
 
 /// The seed of every generated message: the same run every time.
 const SEED: u64 = 0x5eed_0722_badc_0ffe;
 /// How long the worker may take over all the hostile messages.
-const ALL_FAILED_WITHIN: Duration = Duration::from_secs(120);
+const ALL_FAILED_WITHIN: Duration = Duration::from_secs(60);
+/// How long any other single step may take (publishing everything, one read of the
+/// dead-letter queue, making an image, the good job, stopping the worker).
+const STEP_WITHIN: Duration = Duration::from_secs(60);
 /// How many publishes are in flight at once (each waits for its broker confirm).
 const PUBLISH_CONCURRENCY: usize = 32;
 
@@ -58,12 +68,17 @@ impl Code {
     }
 }
 
+/// A message as the dead-letter queue gives it back: body and content type.
+type SentKey = (Vec<u8>, Option<String>);
+
 /// One hostile message.
 #[derive(Debug)]
 struct Hostile {
     category: &'static str,
     body: Vec<u8>,
     content_type: Option<String>,
+    /// The size of an `x-hostile-padding` header sent with the message (0: none).
+    padding_header: usize,
     code: Code,
 }
 
@@ -219,6 +234,7 @@ impl Generator {
             category,
             body,
             content_type: content_type.map(str::to_owned),
+            padding_header: 0,
             code,
         });
     }
@@ -396,6 +412,36 @@ impl Generator {
         for (path, value, code) in cases {
             let job = self.job_with(path, json!(value));
             self.push_json("amplifying strings", &job, code);
+        }
+        // A message of exactly the size limit whose over-long tag the error quotes twice.
+        let job = self.job_with(&["source"], json!("myapp:"));
+        let short = serde_json::to_vec(&job).expect("json").len();
+        let job = self.job_with(
+            &["source"],
+            json!(format!("myapp:{}", "1".repeat(MAX_JOB_BYTES - short))),
+        );
+        self.push_json("amplifying strings", &job, Code::InvalidReference);
+    }
+
+    /// Messages whose own headers come close to the negotiated frame size (`frame_max`, 128 KiB
+    /// on a default RabbitMQ): a content header cannot be split over frames, so the worker's
+    /// dead-letter copy, which keeps them and adds its own, must still fit. The largest leaves
+    /// this test's publish 11 bytes of room.
+    fn oversized_headers(&mut self, frame_max: usize) {
+        // A content header frame carries 53 bytes besides the padding value here, plus the
+        // frame's own 8.
+        let largest = frame_max.min(128 * 1024) - 72;
+        for size in [largest / 2, largest - 1024, largest - 256, largest] {
+            let body = format!("not a job, {size} bytes of headers").into_bytes();
+            self.push(
+                "oversized headers",
+                body,
+                Some("text/plain"),
+                Code::InvalidMessage,
+            );
+            if let Some(last) = self.out.last_mut() {
+                last.padding_header = size;
+            }
         }
     }
 
@@ -743,6 +789,7 @@ impl Generator {
         }
         // Escapes that decode to something refused.
         self.push_text(cat, &job.replacen("myapp:0722", "\\u004dyapp:0722", 1), R);
+        let job = serde_json::to_string(&self.job()).expect("json");
         self.push_text(cat, &job.replacen("myapp:0722", "my\\u0000app", 1), R);
         // Shapes: positional arrays, unknown fields, credentials, tags.
         self.push_text(
@@ -816,8 +863,8 @@ impl Generator {
     }
 }
 
-/// Every hostile message, in publishing order (the error-amplifying ones last).
-fn hostile_messages() -> Vec<Hostile> {
+/// Every hostile message, in publishing order (those that test the frame size last).
+fn hostile_messages(frame_max: usize) -> Vec<Hostile> {
     let mut g = Generator::new(SEED);
     g.random_bytes(200);
     g.truncated_json(150);
@@ -831,12 +878,18 @@ fn hostile_messages() -> Vec<Hostile> {
     g.json_oddities();
     g.policy(40);
     g.amplifying();
+    g.oversized_headers(frame_max);
     g.out
 }
 
-/// Checks each message's predicted code against the parser, so the table above is right.
+/// Checks each message's predicted code against the parser, so the table above is right, and
+/// that no two messages carry the same readable job id.
 fn check_predictions(messages: &[Hostile]) -> Result<()> {
+    let mut ids = HashSet::new();
     for (i, m) in messages.iter().enumerate() {
+        if let Some(id) = peek_job_id(&m.body) {
+            ensure!(ids.insert(id.clone()), "message {i}: job id {id} twice");
+        }
         let parsed = PushJob::from_message(&m.body, m.content_type.as_deref());
         match (&parsed, m.code.refused_by_parser()) {
             (Err(e), true) => ensure!(
@@ -867,6 +920,13 @@ fn header_string(delivery: &lapin::message::Delivery, name: &str) -> Option<Stri
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
     }
+}
+
+/// `future`, or an error naming `what` if it takes longer than [`STEP_WITHIN`].
+async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(STEP_WITHIN, future)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} took more than {STEP_WITHIN:?}"))
 }
 
 /// Waits until `n` `failed` events have arrived (in all), within `within`; false if they did
@@ -939,7 +999,12 @@ fn missing(messages: &[Hostile], broker: &Broker) -> String {
 #[tokio::test]
 async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Result<()> {
     let started = Instant::now();
-    let messages = hostile_messages();
+    let env = StackEnv::load()?;
+    let prefix = unique("hostile");
+    let config = worker_config(&env, &prefix, &base_registries(&env)?)?;
+    let mut broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
+    let frame_max = broker.conn.configuration().frame_max() as usize;
+    let messages = hostile_messages(frame_max);
     check_predictions(&messages)?;
     let total = messages.len();
     ensure!(total >= 1000, "only {total} hostile messages");
@@ -950,26 +1015,29 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
         *per_code.entry(m.code.as_str()).or_default() += 1;
     }
 
-    let env = StackEnv::load()?;
-    let prefix = unique("hostile");
-    let config = worker_config(&env, &prefix, &base_registries(&env)?)?;
-    let mut broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
     let worker = TestWorker::start(config).await?;
 
     // Publish, many at a time, each confirmed by the broker.
     let publish_started = Instant::now();
-    let published: Vec<Result<()>> = stream::iter(&messages)
+    let publishing = stream::iter(&messages)
         .map(|m| {
             let mut properties = BasicProperties::default();
             if let Some(ct) = &m.content_type {
                 properties = properties.with_content_type(ct.as_str().into());
             }
+            if m.padding_header > 0 {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    "x-hostile-padding".into(),
+                    AMQPValue::LongString("p".repeat(m.padding_header).into()),
+                );
+                properties = properties.with_headers(headers);
+            }
             broker.publish_raw(&m.body, properties)
         })
         .buffer_unordered(PUBLISH_CONCURRENCY)
-        .collect()
-        .await;
-    for result in published {
+        .collect::<Vec<Result<()>>>();
+    for result in bounded("publishing", publishing).await? {
         result?;
     }
     let publish_time = publish_started.elapsed();
@@ -991,24 +1059,42 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
     let settle_time = publish_started.elapsed();
 
     // The dead-letter queue holds one copy of each, with its code in the headers.
-    let mut expected: HashMap<(Vec<u8>, Option<String>), Vec<(Code, &str)>> = HashMap::new();
+    let mut expected: HashMap<SentKey, Vec<(Code, &str)>> = HashMap::new();
     for m in &messages {
         expected
             .entry((m.body.clone(), m.content_type.clone()))
             .or_default()
             .push((m.code, m.category));
     }
-    let channel = broker.conn.create_channel().await?;
+    // Own connections from here on: a broken one must not hide the later checks.
+    let dead_conn = connect(
+        &env.get("PUSHFLEET_AMQP_URL")?,
+        "pushfleet-tests dead letters",
+    )
+    .await?;
+    let channel = dead_conn.create_channel().await?;
     let dead_letter_queue = Topology::new(&prefix).dead_letter_queue();
     let mut dead = 0;
     let mut longest_header = 0;
-    while let Some(message) = channel
-        .basic_get(
+    let get = || {
+        channel.basic_get(
             dead_letter_queue.as_str().into(),
             BasicGetOptions { no_ack: true },
         )
-        .await?
-    {
+    };
+    loop {
+        let message = match bounded("reading the dead-letter queue", get()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                problems.push(format!("reading the dead-letter queue: {e}"));
+                break;
+            }
+            Err(e) => {
+                problems.push(e.to_string());
+                break;
+            }
+        };
         let delivery = message.delivery;
         dead += 1;
         let preview = String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(120)]);
@@ -1128,27 +1214,35 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
     }
 
     // The worker survived: a good job goes through, and the worker stops cleanly.
-    let name = unique("hostile-app");
-    make_image(&docker(&env)?, &[&format!("{name}:1")]).await?;
-    let good_id = unique("hostile-good");
-    broker
-        .publish_job(&json!({
-            "version": 1,
-            "job_id": good_id,
-            "source": format!("{name}:1"),
-            "target": {"registry": "basic", "repository": format!("production/{name}"), "tags": ["1"]}
-        }))
-        .await?;
-    // Under `wait_for`'s own limit, whose error would print every event seen.
-    match tokio::time::timeout(Duration::from_secs(60), broker.wait_for(&good_id)).await {
-        Ok(Ok(events)) => {
-            let done = terminal(&events)?;
-            if done.state != JobState::Succeeded {
-                problems.push(format!("the good job afterwards: {done:#?}"));
-            }
-        }
-        Ok(Err(e)) => problems.push(format!("the good job afterwards: {e}")),
-        Err(_) => problems.push("the good job afterwards: no terminal event in 60 s".into()),
+    let mut good_broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
+    let good_job = async {
+        let name = unique("hostile-app");
+        bounded(
+            "making the good job's image",
+            make_image(&docker(&env)?, &[&format!("{name}:1")]),
+        )
+        .await??;
+        let good_id = unique("hostile-good");
+        good_broker
+            .publish_job(&json!({
+                "version": 1,
+                "job_id": good_id,
+                "source": format!("{name}:1"),
+                "target": {
+                    "registry": "basic",
+                    "repository": format!("production/{name}"),
+                    "tags": ["1"]
+                }
+            }))
+            .await?;
+        // Under `wait_for`'s own limit, whose error would print every event seen.
+        let events = bounded("the good job", good_broker.wait_for(&good_id)).await??;
+        let done = terminal(&events)?;
+        ensure!(done.state == JobState::Succeeded, "{done:#?}");
+        Ok(())
+    };
+    if let Err(e) = good_job.await {
+        problems.push(format!("the good job afterwards: {e}"));
     }
     let failed_total = broker
         .seen()
@@ -1160,12 +1254,14 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
             "in the end, {failed_total} failed events for {total} messages"
         ));
     }
-    if let Err(e) = worker.stop().await {
-        problems.push(format!("the worker did not stop cleanly: {e}"));
+    match tokio::time::timeout(STEP_WITHIN, worker.stop()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("the worker did not stop cleanly: {e}")),
+        Err(_) => problems.push(format!("the worker did not stop within {STEP_WITHIN:?}")),
     }
 
     println!(
-        "hostile: {total} messages published in {publish_time:.1?}, failed events for all \
+        "hostile: {total} messages published in {publish_time:.1?}, settled (or given up) \
          after {settle_time:.1?}, {:.1?} in all",
         started.elapsed()
     );

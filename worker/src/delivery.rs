@@ -341,14 +341,26 @@ async fn finish_failed(
     let Some(error) = event.error.clone() else {
         return reporter.publish(&event).await;
     };
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    // Only known, small headers are carried over: AMQP headers must fit in one frame, and a
+    // publisher's oversized headers (or our copy of them) would get the publishing
+    // connection closed by the broker.
+    let mut headers = FieldTable::default();
+    if let Some(original) = delivery.properties.headers() {
+        for key in KEPT_HEADERS {
+            if let Some(value) = original.inner().get(*key)
+                && header_len(value) <= MAX_KEPT_HEADER_BYTES
+            {
+                headers.insert((*key).into(), value.clone());
+            }
+        }
+    }
     headers.insert(
         DEAD_CODE_HEADER.into(),
         AMQPValue::LongString(LongString::from(error.code.as_str())),
     );
     headers.insert(
         DEAD_MESSAGE_HEADER.into(),
-        AMQPValue::LongString(LongString::from(error.message.as_str())),
+        AMQPValue::LongString(LongString::from(truncate(&error.message, MAX_REASON_BYTES))),
     );
     headers.insert(
         DEAD_WORKER_HEADER.into(),
@@ -370,6 +382,35 @@ async fn finish_failed(
     reporter.publish(&event).await?;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
+}
+
+/// Headers of a job kept on its dead-letter copy (for replay: the attempt and the signature).
+const KEPT_HEADERS: &[&str] = &[ATTEMPT_HEADER, SIGNATURE_HEADER];
+/// The largest original header value carried over.
+const MAX_KEPT_HEADER_BYTES: usize = 1024;
+/// The longest failure reason written into a dead-letter header.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// The encoded size of a header value, near enough to keep copies small.
+fn header_len(value: &AMQPValue) -> usize {
+    match value {
+        AMQPValue::LongString(s) => s.as_bytes().len(),
+        AMQPValue::ShortString(s) => s.as_str().len(),
+        AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) | AMQPValue::ByteArray(_) => usize::MAX,
+        _ => 8,
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Publishes the latest progress at most once a second until `stop`.

@@ -260,9 +260,17 @@ impl Session {
         tracker: &TaskTracker,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> SessionEnd {
+        // The publishing connection can die alone (e.g. the broker refuses a frame): without
+        // it no job can be settled, so its loss ends the session like the consumer's.
+        let mut health = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 () = shutdown.as_mut() => return SessionEnd::Shutdown,
+                _ = health.tick() => {
+                    if !self.publish_conn.status().connected() {
+                        return SessionEnd::Lost("the publishing connection closed".into());
+                    }
+                }
                 next = self.jobs.next() => match next {
                     Some(Ok(delivery)) => {
                         let shared = Arc::clone(&self.shared);
