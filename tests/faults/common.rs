@@ -6,13 +6,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, ensure};
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::fleet::{base_registries, make_image};
 use pushfleet_tests::process::{
-    EventLog, Logs, WorkerProcess, WorkerSettings, delete_topology, job_json, pushfleet_binary,
-    remove_images, worker_toml,
+    EventLog, Fault, Logs, Outage, WorkerProcess, WorkerSettings, delete_topology, job_json,
+    outcome, pushfleet_binary, remove_images, verify_in_basic_registry, worker_toml,
 };
 use pushfleet_tests::{StackEnv, docker, unique};
 use serde_json::Value;
@@ -402,3 +402,85 @@ pub(crate) fn analyse_retries(
     }
     fig
 }
+
+/// A component outage during a batch (see `registry_outage` and `daemon_restart`): two workers,
+/// [`OUTAGE_JOBS`] jobs, `component` stopped for `down` after the first jobs end, then
+/// started again. Every job must succeed within a bounded number of attempts, some must have
+/// been retried, and (when given) some attempt must have failed with `expected_code`.
+pub(crate) async fn outage_scenario(
+    name: &'static str,
+    component: &'static str,
+    down_for: Duration,
+    expected_code: Option<&'static str>,
+) -> Result<()> {
+    fault_test(name, Duration::from_secs(150), move |logs| async move {
+        let settings = WorkerSettings::default();
+        let mut fleet = Fleet::new(name, Arc::clone(&logs), settings, "").await?;
+        let base = unique(&format!("f{name}"));
+        let sources = fleet.make_sources(&base, OUTAGE_SOURCES).await?;
+        for id in ["w1", "w2"] {
+            fleet.start_worker(id).await?;
+        }
+        fleet.wait_all_ready(Duration::from_secs(30)).await?;
+        let ids = fleet.publish_jobs(&base, &sources, OUTAGE_JOBS).await?;
+        fleet
+            .events
+            .wait_until(Duration::from_secs(60), "first jobs ending", |ev| ended(ev) >= 2)
+            .await?;
+
+        let outage = Outage::begin(&fleet.env, &logs, Fault::Component(component)).await?;
+        let began = outage.began;
+        let ended_at_stop = ended(&fleet.events.events());
+        tokio::time::sleep(down_for.saturating_sub(began.elapsed())).await;
+        let start_took = outage.end().await?;
+        let down = began.elapsed();
+        let back = Instant::now();
+
+        let waited = fleet.events.wait_terminal(&ids, Duration::from_secs(90)).await;
+        let all_done_after_back = back.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let events = fleet.events.events();
+        let out = outcome(&events, &ids);
+        let min_delay = Duration::from_millis(settings.retry_min_delay_ms);
+        let bound = attempt_bound(down, min_delay);
+        let retries = analyse_retries(&events, &ids, settings, bound);
+        println!(
+            "FAULT {name}: {} stopped_after={ended_at_stop}_jobs_done down={:.1}s (start.sh {:.1}s) all_terminal_after_back={all_done_after_back:.1}s attempt_bound={bound} {}",
+            out.figures(),
+            down.as_secs_f64(),
+            start_took.as_secs_f64(),
+            retries.line()
+        );
+        for p in retries.problems.iter().take(20) {
+            eprintln!("retry rule broken: {p}");
+        }
+        print_evidence(&fleet, "lost jobs", &out.lost);
+        let failed: Vec<String> = out.not_succeeded.keys().cloned().collect();
+        print_evidence(&fleet, "jobs that did not succeed", &failed);
+
+        waited?;
+        ensure!(out.lost.is_empty(), "lost jobs: {:?}", out.lost);
+        ensure!(
+            out.not_succeeded.is_empty(),
+            "jobs that did not succeed: {:?}",
+            out.not_succeeded
+        );
+        ensure!(retries.jobs_retried > 0, "no job went through retrying while {component} was down");
+        if let Some(code) = expected_code {
+            ensure!(
+                retries.codes.contains_key(code),
+                "no attempt failed as {code}: {:?}",
+                retries.codes
+            );
+        }
+        ensure!(retries.problems.is_empty(), "retry rules broken: {:?}", retries.problems);
+        verify_in_basic_registry(&fleet.env, &events, &ids).await?;
+        fleet.shutdown().await
+    })
+    .await
+}
+
+/// Jobs of an outage scenario.
+const OUTAGE_JOBS: usize = 40;
+/// Distinct source images of an outage scenario.
+const OUTAGE_SOURCES: usize = 5;
