@@ -8,7 +8,7 @@ use pushfleet_shared::event::JobState;
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::fleet::{
     Broker, TestWorker, base_registries, basic_auth, bearer_auth, expect_failed, make_image,
-    registry_digest, terminal, worker_config_with,
+    registry_digest, registry_toml, terminal, worker_config_with,
 };
 use pushfleet_tests::{StackEnv, docker, unique};
 use serde_json::{Map, Value, json};
@@ -279,11 +279,12 @@ async fn seed_002_wrong_password_fails_auth_before_any_push() -> Result<()> {
     let wrong = dir.path().join("wrong-password");
     std::fs::write(&wrong, "not-the-password\n")?;
     let env = StackEnv::load()?;
-    let extra = format!(
-        "[registries.basic-wrong]\nurl = \"http://{}\"\nusername = \"{}\"\npassword_file = \"{}\"\nnamespaces = [\"production\"]\n",
-        env.get("PUSHFLEET_BASIC_REGISTRY")?,
-        env.get("PUSHFLEET_BASIC_USER")?,
-        wrong.display()
+    let extra = registry_toml(
+        "basic-wrong",
+        &format!("http://{}", env.get("PUSHFLEET_BASIC_REGISTRY")?),
+        &env.get("PUSHFLEET_BASIC_USER")?,
+        &wrong,
+        &["production"],
     );
     let mut h = Harness::start(&extra).await?;
     let name = unique("myapp");
@@ -322,11 +323,12 @@ async fn seed_002_a_password_file_gone_after_start_is_credentials_missing() -> R
     let pw = dir.path().join("password");
     let env = StackEnv::load()?;
     std::fs::write(&pw, env.read_file_at("PUSHFLEET_BASIC_PASSWORD_FILE")?)?;
-    let extra = format!(
-        "[registries.basic-gone]\nurl = \"http://{}\"\nusername = \"{}\"\npassword_file = \"{}\"\nnamespaces = [\"production\"]\n",
-        env.get("PUSHFLEET_BASIC_REGISTRY")?,
-        env.get("PUSHFLEET_BASIC_USER")?,
-        pw.display()
+    let extra = registry_toml(
+        "basic-gone",
+        &format!("http://{}", env.get("PUSHFLEET_BASIC_REGISTRY")?),
+        &env.get("PUSHFLEET_BASIC_USER")?,
+        &pw,
+        &["production"],
     );
     let mut h = Harness::start(&extra).await?;
     std::fs::write(&pw, "")?; // emptied after the worker validated its configuration
@@ -358,9 +360,12 @@ async fn seed_002_an_unreachable_registry_is_retried_through_the_delay_queue_the
     let dir = tempfile::tempdir()?;
     let pw = dir.path().join("password");
     std::fs::write(&pw, "x")?;
-    let extra = format!(
-        "[registries.down]\nurl = \"http://127.0.0.1:{port}\"\nusername = \"u\"\npassword_file = \"{}\"\nnamespaces = [\"production\"]\n",
-        pw.display()
+    let extra = registry_toml(
+        "down",
+        &format!("http://127.0.0.1:{port}"),
+        "u",
+        &pw,
+        &["production"],
     );
     let retries = "max_attempts = 3\nretry_min_delay_ms = 200\nretry_max_delay_s = 1";
     let mut h = Harness::start_with(&extra, retries).await?;
@@ -459,9 +464,12 @@ async fn seed_004_a_docker_hub_root_repository_is_refused_without_network() -> R
     let pw = dir.path().join("password");
     std::fs::write(&pw, "x")?;
     // Docker Hub cannot be reached from here: a network attempt would say registry_unreachable.
-    let extra = format!(
-        "[registries.hub]\nurl = \"https://registry-1.docker.io\"\nusername = \"someone\"\npassword_file = \"{}\"\nnamespaces = [\"*\"]\n",
-        pw.display()
+    let extra = registry_toml(
+        "hub",
+        "https://registry-1.docker.io",
+        "someone",
+        &pw,
+        &["*"],
     );
     let mut h = Harness::start(&extra).await?;
     let events = h
@@ -580,10 +588,12 @@ async fn a_password_that_base64_encodes_with_plus_and_slash_pushes_fine() -> Res
         standard.contains('+') || standard.contains('/'),
         "the test password must exercise the bug"
     );
-    let extra = format!(
-        "[registries.odd]\nurl = \"http://{}\"\nusername = \"{user}\"\npassword_file = \"{}\"\nnamespaces = [\"production\"]\n",
-        env.get("PUSHFLEET_BASIC_REGISTRY")?,
-        env.get("PUSHFLEET_ODD_PASSWORD_FILE")?,
+    let extra = registry_toml(
+        "odd",
+        &format!("http://{}", env.get("PUSHFLEET_BASIC_REGISTRY")?),
+        &user,
+        std::path::Path::new(&env.get("PUSHFLEET_ODD_PASSWORD_FILE")?),
+        &["production"],
     );
     let mut h = Harness::start(&extra).await?;
     let name = unique("odd");
@@ -615,9 +625,12 @@ async fn a_running_job_is_cancelled_and_not_reported_as_a_success() -> Result<()
     let dir = tempfile::tempdir()?;
     let pw = dir.path().join("password");
     std::fs::write(&pw, "x")?;
-    let extra = format!(
-        "[registries.silent]\nurl = \"http://127.0.0.1:{port}\"\nusername = \"u\"\npassword_file = \"{}\"\nnamespaces = [\"production\"]\n",
-        pw.display()
+    let extra = registry_toml(
+        "silent",
+        &format!("http://127.0.0.1:{port}"),
+        "u",
+        &pw,
+        &["production"],
     );
     let mut h = Harness::start(&extra).await?;
     let name = unique("myapp");

@@ -64,6 +64,22 @@ namespaces = ["team-a"]
     ))
 }
 
+/// One `[registries.<key>]` table with a password file, for a test's extra catalogue entries.
+pub fn registry_toml(
+    key: &str,
+    url: &str,
+    user: &str,
+    password_file: &std::path::Path,
+    namespaces: &[&str],
+) -> String {
+    let namespaces: Vec<String> = namespaces.iter().map(|n| format!("{n:?}")).collect();
+    format!(
+        "\n[registries.{key}]\nurl = {url:?}\nusername = {user:?}\npassword_file = {:?}\nnamespaces = [{}]\n",
+        password_file.display().to_string(),
+        namespaces.join(", ")
+    )
+}
+
 /// A worker configuration on a fresh topology prefix, with `registries` as its catalogue.
 pub fn worker_config(env: &StackEnv, prefix: &str, registries: &str) -> Result<Config> {
     worker_config_with(env, prefix, registries, "")
