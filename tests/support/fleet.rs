@@ -348,17 +348,40 @@ pub fn expect_failed<'a>(events: &'a [Event], code: &str) -> Result<&'a Event> {
 /// Creates an image in the stack's daemon from a one-file tarball whose content is unique, and
 /// tags it as each of `references` (Docker's familiar names, e.g. `myapp-1a2b:0722`).
 pub async fn make_image(docker: &bollard::Docker, references: &[&str]) -> Result<String> {
-    let mut builder = tar::Builder::new(Vec::new());
+    let first = references.first().context("no reference to create")?;
     let content = unique("content");
+    let id = import_file_image(docker, first, "pushfleet-test.txt", content.as_bytes()).await?;
+    for reference in &references[1..] {
+        let (repo, tag) = reference
+            .rsplit_once(':')
+            .context("references need a tag")?;
+        let options = bollard::query_parameters::TagImageOptions {
+            repo: Some(repo.to_owned()),
+            tag: Some(tag.to_owned()),
+        };
+        docker.tag_image(&id, Some(options)).await?;
+    }
+    Ok(id)
+}
+
+/// Imports a one-file image (`docker import` of a tarball holding `file_name` with `content`)
+/// as `reference` (familiar name with a tag) and returns its id.
+pub async fn import_file_image(
+    docker: &bollard::Docker,
+    reference: &str,
+    file_name: &str,
+    content: &[u8],
+) -> Result<String> {
+    let mut builder = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(content.len() as u64);
     header.set_mode(0o644);
     header.set_cksum();
-    builder.append_data(&mut header, "pushfleet-test.txt", content.as_bytes())?;
+    builder.append_data(&mut header, file_name, content)?;
     let tarball = builder.into_inner()?;
-
-    let first = references.first().context("no reference to create")?;
-    let (repo, tag) = first.rsplit_once(':').context("references need a tag")?;
+    let (repo, tag) = reference
+        .rsplit_once(':')
+        .context("references need a tag")?;
     let options = bollard::query_parameters::CreateImageOptions {
         from_src: Some("-".into()),
         repo: Some(repo.to_owned()),
@@ -373,19 +396,8 @@ pub async fn make_image(docker: &bollard::Docker, references: &[&str]) -> Result
     while let Some(item) = stream.next().await {
         item?;
     }
-    let inspect = docker.inspect_image(first).await?;
-    let id = inspect.id.context("image without id")?;
-    for reference in &references[1..] {
-        let (repo, tag) = reference
-            .rsplit_once(':')
-            .context("references need a tag")?;
-        let options = bollard::query_parameters::TagImageOptions {
-            repo: Some(repo.to_owned()),
-            tag: Some(tag.to_owned()),
-        };
-        docker.tag_image(&id, Some(options)).await?;
-    }
-    Ok(id)
+    let inspect = docker.inspect_image(reference).await?;
+    inspect.id.context("image without id")
 }
 
 /// The manifest digest of `repository:tag` in a registry, asked directly over HTTP (not

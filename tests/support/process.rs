@@ -1143,32 +1143,7 @@ pub async fn make_large_image(
         content.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
     }
     content.truncate(bytes);
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    builder.append_data(&mut header, "pushfleet-large.bin", content.as_slice())?;
-    let tarball = builder.into_inner()?;
-    let (repo, tag) = reference
-        .rsplit_once(':')
-        .context("the reference needs a tag")?;
-    let options = bollard::query_parameters::CreateImageOptions {
-        from_src: Some("-".into()),
-        repo: Some(repo.to_owned()),
-        tag: Some(tag.to_owned()),
-        ..Default::default()
-    };
-    let mut stream = docker.create_image(
-        Some(options),
-        Some(bollard::body_full(bytes::Bytes::from(tarball))),
-        None,
-    );
-    while let Some(item) = stream.next().await {
-        item?;
-    }
-    let inspect = docker.inspect_image(reference).await?;
-    inspect.id.context("image without id")
+    crate::fleet::import_file_image(docker, reference, "pushfleet-large.bin", &content).await
 }
 
 /// Removes images by id from the stack's daemon, with every tag (best effort).
