@@ -7,7 +7,7 @@ use pushfleet_shared::django::DjangoPushStep;
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::fleet::{
-    Broker, TestWorker, base_registries, basic_auth, bearer_auth, expect_failed, make_image,
+    Broker, TestWorker, base_registries, basic_auth, bearer_auth, expect_failed, job, make_image,
     registry_digest, registry_toml, terminal, worker_config_with,
 };
 use pushfleet_tests::{StackEnv, docker, unique};
@@ -62,16 +62,6 @@ impl Harness {
     async fn stop(self) -> Result<()> {
         self.worker.stop().await
     }
-}
-
-fn job(source: &str, registry: &str, repository: &str, tags: &[&str]) -> Value {
-    json!({
-        "version": 1,
-        "job_id": unique("job"),
-        "source": source,
-        "target": {"registry": registry, "repository": repository, "tags": tags},
-        "metadata": {"pipeline_run": 812, "step": 129}
-    })
 }
 
 #[tokio::test]

@@ -7,16 +7,16 @@
 //! not know ours), it fails at preflight as `registry_tls_failed`, pushes nothing and never
 //! tries plain HTTP instead.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use pushfleet_shared::Event;
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::fleet::{
-    Broker, TestWorker, base_registries, basic_auth, expect_failed, make_image, terminal,
-    worker_config,
+    Broker, TestWorker, base_registries, basic_auth, expect_failed, job, make_image,
+    registry_digest_with, terminal, worker_config,
 };
 use pushfleet_tests::{StackEnv, docker, unique};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The catalogue entries of the TLS registry, all as the basic registry's user (the TLS
 /// registry shares its htpasswd): `tls` with the stack's CA, `tls-wrong-ca` with an unrelated
@@ -88,42 +88,12 @@ impl Harness {
             &self.env.get("PUSHFLEET_BASIC_USER")?,
             &self.env.read_file_at("PUSHFLEET_BASIC_PASSWORD_FILE")?,
         );
-        let response = client
-            .head(format!("{base}/v2/{repository}/manifests/{tag}"))
-            .header(
-                "Accept",
-                "application/vnd.docker.distribution.manifest.v2+json, \
-                 application/vnd.oci.image.manifest.v1+json, \
-                 application/vnd.docker.distribution.manifest.list.v2+json, \
-                 application/vnd.oci.image.index.v1+json",
-            )
-            .header("Authorization", auth)
-            .send()
-            .await?;
-        match response.status().as_u16() {
-            404 => Ok(None),
-            200 => Ok(response
-                .headers()
-                .get("Docker-Content-Digest")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)),
-            other => bail!("HEAD manifest on the TLS registry answered {other}"),
-        }
+        registry_digest_with(&client, &base, repository, tag, &auth).await
     }
 
     async fn stop(self) -> Result<()> {
         self.worker.stop().await
     }
-}
-
-fn job(source: &str, registry: &str, repository: &str, tags: &[&str]) -> Value {
-    json!({
-        "version": 1,
-        "job_id": unique("job"),
-        "source": source,
-        "target": {"registry": registry, "repository": repository, "tags": tags},
-        "metadata": {"pipeline_run": 812, "step": 129}
-    })
 }
 
 #[tokio::test]

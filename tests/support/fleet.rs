@@ -64,6 +64,17 @@ namespaces = ["team-a"]
     ))
 }
 
+/// A v1 job with a fresh `job_id` and the seed's metadata (`pipeline_run` 812, `step` 129).
+pub fn job(source: &str, registry: &str, repository: &str, tags: &[&str]) -> Value {
+    serde_json::json!({
+        "version": 1,
+        "job_id": unique("job"),
+        "source": source,
+        "target": {"registry": registry, "repository": repository, "tags": tags},
+        "metadata": {"pipeline_run": 812, "step": 129}
+    })
+}
+
 /// One `[registries.<key>]` table with a password file, for a test's extra catalogue entries.
 pub fn registry_toml(
     key: &str,
@@ -409,11 +420,23 @@ pub async fn registry_digest(
     tag: &str,
     auth: &str,
 ) -> Result<Option<String>> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    registry_digest_with(&client, base, repository, tag, auth).await
+}
+
+/// Like [`registry_digest`], through `client` (e.g. one that trusts only a test CA).
+pub async fn registry_digest_with(
+    client: &reqwest::Client,
+    base: &str,
+    repository: &str,
+    tag: &str,
+    auth: &str,
+) -> Result<Option<String>> {
     let accept = "application/vnd.docker.distribution.manifest.v2+json, \
                   application/vnd.oci.image.manifest.v1+json, \
                   application/vnd.docker.distribution.manifest.list.v2+json, \
                   application/vnd.oci.image.index.v1+json";
-    let response = reqwest::Client::new()
+    let response = client
         .head(format!("{base}/v2/{repository}/manifests/{tag}"))
         .header("Accept", accept)
         .header("Authorization", auth)
