@@ -6,6 +6,7 @@ mod broker;
 mod daemon;
 mod hostile;
 mod pipeline;
+mod properties;
 mod registries;
 mod registry_client;
 mod secrets;

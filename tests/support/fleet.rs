@@ -141,6 +141,8 @@ host = "{docker}"
 pub struct TestWorker {
     /// The topology it consumes from.
     pub topology: Topology,
+    /// Its readiness and session count.
+    pub status: Arc<pushfleet_worker::runner::WorkerStatus>,
     amqp_url: SecretString,
     stop: CancellationToken,
     handle: Option<JoinHandle<Result<(), pushfleet_worker::runner::RunError>>>,
@@ -157,11 +159,17 @@ impl TestWorker {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let config = Arc::new(config);
+        let status = Arc::new(pushfleet_worker::runner::WorkerStatus::default());
+        let worker_status = Arc::clone(&status);
         let handle = tokio::spawn(async move {
-            pushfleet_worker::runner::run(config, async move { token.cancelled().await }).await
+            pushfleet_worker::runner::run_with_status(config, worker_status, async move {
+                token.cancelled().await
+            })
+            .await
         });
         Ok(Self {
             topology,
+            status,
             amqp_url,
             stop,
             handle: Some(handle),

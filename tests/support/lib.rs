@@ -92,3 +92,4 @@ pub fn docker(env: &StackEnv) -> Result<bollard::Docker> {
 
 pub mod fleet;
 pub mod process;
+pub mod raw_amqp;

@@ -154,6 +154,7 @@ pub async fn subscribe_exclusive(
 #[derive(Debug, Clone)]
 pub struct ConfirmedPublisher {
     channel: Channel,
+    frame_max: u32,
 }
 
 impl ConfirmedPublisher {
@@ -163,12 +164,21 @@ impl ConfirmedPublisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            frame_max: connection.configuration().frame_max(),
+        })
     }
 
     /// The underlying channel.
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// The largest frame the connection takes (negotiated with the broker): a message's
+    /// properties must fit in one.
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
     }
 
     /// Publishes a persistent JSON message and waits for the broker's confirm (at most

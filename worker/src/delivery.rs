@@ -14,10 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use pushfleet_shared::event::{JobState, RetryInfo};
 use pushfleet_shared::job::{self, PushJob, ValidJob};
 use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
@@ -30,8 +29,10 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::broker::{BrokerError, ConfirmedPublisher};
 use crate::cancel::Cancels;
-use crate::failure::JobFailure;
+use crate::failure::{Coded, JobFailure};
 use crate::pipeline::Pipeline;
+use crate::plan::plan;
+use crate::properties;
 use crate::report::Reporter;
 use crate::retry::{RetryDecision, RetryPolicy};
 
@@ -104,7 +105,7 @@ pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
         "job",
         job_id = job_id.as_deref().unwrap_or("-"),
         attempt,
-        target = tracing::field::Empty
+        registry = tracing::field::Empty
     );
     async move {
         let settled = match read_job(shared, &delivery) {
@@ -129,8 +130,10 @@ pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
     .await;
 }
 
-/// Checks the signature (when job signing is configured), the content type and the body.
+/// Checks the properties, the signature (when job signing is configured), the content type
+/// and the body.
 fn read_job(shared: &Shared, delivery: &Delivery) -> Result<ValidJob, EventError> {
+    properties::check(&delivery.properties).map_err(|e| e.to_event_error())?;
     if let Some(key) = &shared.signing_key {
         let header = delivery
             .properties
@@ -177,7 +180,7 @@ impl Shared {
 async fn run_job(
     shared: &Shared,
     delivery: &Delivery,
-    valid: pushfleet_shared::job::ValidJob,
+    valid: ValidJob,
     attempt: u32,
 ) -> Result<(), BrokerError> {
     let mut reporter = shared.reporter(
@@ -185,18 +188,41 @@ async fn run_job(
         attempt,
         valid.job.metadata.clone(),
     );
-    // The catalogue key, even when the job named an alias; nothing for an unknown registry.
-    let registry_key = shared
-        .pipeline
-        .config()
-        .registries
-        .get(&valid.job.target.registry)
-        .map(|r| r.key.clone());
-    reporter.set_context(registry_key, Some(valid.source.to_string()), Vec::new());
+    // Plan first (no I/O): the `accepted` event and every log line then name the catalogue
+    // key and the exact targets, even when the job named an alias or policy refuses it.
+    let planned = plan(&valid, &shared.pipeline.config().registries);
+    let span = tracing::Span::current();
+    match &planned {
+        Ok((plan, _)) => {
+            span.record("registry", plan.registry.as_str());
+            reporter.set_context(
+                Some(plan.registry.clone()),
+                Some(plan.source.clone()),
+                plan.targets.clone(),
+            );
+        }
+        Err(e) => {
+            if let Some(key) = e.registry_key() {
+                span.record("registry", key);
+            }
+            reporter.set_context(
+                e.registry_key().map(str::to_owned),
+                Some(valid.source.to_string()),
+                e.refused_targets(),
+            );
+        }
+    }
     reporter
         .publish(&reporter.event(JobState::Accepted))
         .await?;
-    info!(source = %valid.source, registry = %valid.job.target.registry, "job accepted");
+    let (plan, registry) = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            let failure = JobFailure::from(&e);
+            return settle_failure(shared, &reporter, delivery, attempt, failure, None).await;
+        }
+    };
+    info!(source = %plan.source, targets = ?plan.targets, "job accepted");
 
     let (progress_tx, progress_rx) = watch::channel(None);
     let stop_progress = CancellationToken::new();
@@ -215,7 +241,7 @@ async fn run_job(
     let result = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
-        r = tokio::time::timeout(limit, shared.pipeline.run(&valid, &progress_tx)) => r.ok(),
+        r = tokio::time::timeout(limit, shared.pipeline.run(&valid, &plan, registry, &progress_tx)) => r.ok(),
     };
     shared.cancels.finish(&valid.job.job_id);
     stop_progress.cancel();
@@ -223,11 +249,6 @@ async fn run_job(
 
     match result {
         Some(Ok(success)) => {
-            reporter.set_context(
-                Some(success.plan.registry.clone()),
-                None,
-                success.plan.targets.clone(),
-            );
             let mut event = reporter.event(JobState::Succeeded);
             event.digest = Some(success.digest.clone());
             event.size = success.size;
@@ -240,14 +261,10 @@ async fn run_job(
             Ok(())
         }
         Some(Err(failure)) => {
-            if let Some(plan) = &failure.plan {
-                reporter.set_context(Some(plan.registry.clone()), None, plan.targets.clone());
-            }
             settle_failure(
                 shared,
                 &reporter,
                 delivery,
-                &valid,
                 attempt,
                 failure.failure,
                 Some(failure.phases),
@@ -263,27 +280,27 @@ async fn run_job(
                     format!("the job did not finish within {timeout_s} s"),
                 )
             };
-            settle_failure(shared, &reporter, delivery, &valid, attempt, failure, None).await
+            settle_failure(shared, &reporter, delivery, attempt, failure, None).await
         }
     }
 }
 
+/// Settles a failed attempt: a delayed retry, or a final failure (dead-lettered).
 async fn settle_failure(
     shared: &Shared,
     reporter: &Reporter,
     delivery: &Delivery,
-    valid: &pushfleet_shared::job::ValidJob,
     attempt: u32,
     failure: JobFailure,
     phases: Option<pushfleet_shared::event::PhaseTimings>,
 ) -> Result<(), BrokerError> {
-    warn!(code = %failure.code(), error = %failure.error.message, "attempt failed");
     let decision = shared.retry.decide(attempt, &failure);
     match decision {
         RetryDecision::Retry {
             delay,
             next_attempt,
         } => {
+            warn!(code = %failure.code(), error = %failure.error.message, ?delay, next_attempt, "attempt failed; retrying");
             let mut event = reporter.error_event(JobState::Retrying, failure.error);
             event.phases = phases;
             let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -293,22 +310,23 @@ async fn settle_failure(
                 next_attempt_at: OffsetDateTime::now_utc() + delay,
             });
             // Republish first: if the event fails after this, the job still exists twice at
-            // worst (at-least-once), never zero times.
+            // worst (at-least-once), never zero times. The body and properties go back
+            // unchanged (a signature still matches), with the next attempt's number.
             let mut headers = FieldTable::default();
             headers.insert(
                 ATTEMPT_HEADER.into(),
                 AMQPValue::LongLongInt(i64::from(next_attempt)),
             );
-            let properties = BasicProperties::default()
-                .with_headers(headers)
-                .with_expiration(delay_ms.to_string().into());
+            let properties =
+                properties::copy_of(&delivery.properties, headers, shared.publisher.frame_max())
+                    .with_expiration(delay_ms.to_string().into());
             let route = shared.retry_route(delay).await?;
             shared
                 .publisher
-                .publish_json(
+                .publish_raw(
                     &shared.topology.retry_exchange(),
                     &route,
-                    &valid.job.to_json(),
+                    &delivery.data,
                     properties,
                 )
                 .await?;
@@ -323,6 +341,7 @@ async fn settle_failure(
             } else {
                 JobState::Dead
             };
+            error!(code = %failure.code(), error = %failure.error.message, state = ?state, attempt, "job failed for good; dead-lettered");
             let mut event = reporter.error_event(state, failure.error);
             event.phases = phases;
             finish_failed(shared, reporter, delivery, event).await
@@ -341,19 +360,7 @@ async fn finish_failed(
     let Some(error) = event.error.clone() else {
         return reporter.publish(&event).await;
     };
-    // Only known, small headers are carried over: AMQP headers must fit in one frame, and a
-    // publisher's oversized headers (or our copy of them) would get the publishing
-    // connection closed by the broker.
     let mut headers = FieldTable::default();
-    if let Some(original) = delivery.properties.headers() {
-        for key in KEPT_HEADERS {
-            if let Some(value) = original.inner().get(*key)
-                && header_len(value) <= MAX_KEPT_HEADER_BYTES
-            {
-                headers.insert((*key).into(), value.clone());
-            }
-        }
-    }
     headers.insert(
         DEAD_CODE_HEADER.into(),
         AMQPValue::LongString(LongString::from(error.code.as_str())),
@@ -366,10 +373,8 @@ async fn finish_failed(
         DEAD_WORKER_HEADER.into(),
         AMQPValue::LongString(LongString::from(shared.worker_id.as_str())),
     );
-    let mut properties = BasicProperties::default().with_headers(headers);
-    if let Some(ct) = delivery.properties.content_type() {
-        properties = properties.with_content_type(ShortString::from(ct.as_str()));
-    }
+    let properties =
+        properties::copy_of(&delivery.properties, headers, shared.publisher.frame_max());
     shared
         .publisher
         .publish_raw(
@@ -384,22 +389,8 @@ async fn finish_failed(
     Ok(())
 }
 
-/// Headers of a job kept on its dead-letter copy (for replay: the attempt and the signature).
-const KEPT_HEADERS: &[&str] = &[ATTEMPT_HEADER, SIGNATURE_HEADER];
-/// The largest original header value carried over.
-const MAX_KEPT_HEADER_BYTES: usize = 1024;
 /// The longest failure reason written into a dead-letter header.
 const MAX_REASON_BYTES: usize = 1024;
-
-/// The encoded size of a header value, near enough to keep copies small.
-fn header_len(value: &AMQPValue) -> usize {
-    match value {
-        AMQPValue::LongString(s) => s.as_bytes().len(),
-        AMQPValue::ShortString(s) => s.as_str().len(),
-        AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) | AMQPValue::ByteArray(_) => usize::MAX,
-        _ => 8,
-    }
-}
 
 /// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
 pub(crate) fn truncate(text: &str, max: usize) -> String {

@@ -5,7 +5,8 @@
 //!   catalogue and password sources.
 //! - [`broker`]: the RabbitMQ connections, the topology declared on them, confirmed publishes.
 //! - [`runner`]: broker sessions, reconnection, shutdown; [`delivery`]: what happens to
-//!   each delivery; [`cancel`]: cancel requests.
+//!   each delivery; [`properties`]: the AMQP properties a job may carry and how copies keep
+//!   them; [`cancel`]: cancel requests.
 //! - [`pipeline`]: one job, stage by stage; [`plan`] is its I/O-free first stage.
 //! - [`daemon`]: the Docker daemon stages (source, tag, push, untag).
 //! - [`registry`]: the registry stages (preflight, manifest digest).
@@ -25,6 +26,7 @@ pub mod failure;
 pub mod health;
 pub mod pipeline;
 pub mod plan;
+pub mod properties;
 pub mod registry;
 pub mod report;
 pub mod retry;

@@ -1,5 +1,5 @@
-//! One job, stage by stage: plan -> source -> credentials -> preflight -> tag -> push ->
-//! verify -> untag. Each stage returns its own typed error; every error becomes a
+//! One planned job, stage by stage: source -> credentials -> preflight -> tag -> push ->
+//! verify -> untag (the plan, the I/O-free first stage, is made before: see [`crate::plan`]). Each stage returns its own typed error; every error becomes a
 //! [`JobFailure`] carrying a stable code, so the runner never inspects error text.
 //!
 //! The order puts the cheap, local, certain checks first: a job naming an unknown registry, a
@@ -25,14 +25,12 @@ use crate::config::{Config, Registry};
 use crate::credentials::Credentials;
 use crate::daemon::{Daemon, DaemonError, PushProgress};
 use crate::failure::{Coded, JobFailure};
-use crate::plan::{Plan, plan};
+use crate::plan::Plan;
 use crate::registry::{RegistryClient, RegistryEndpoint, RegistryError};
 
 /// A finished job.
 #[derive(Debug, Clone)]
 pub struct Success {
-    /// What was done.
-    pub plan: Plan,
     /// The manifest digest now in the registry under every target tag.
     pub digest: String,
     /// The manifest size, when a push reported it.
@@ -45,13 +43,11 @@ pub struct Success {
     pub already_present: bool,
 }
 
-/// A failed job attempt, with what was known when it failed.
+/// A failed job attempt, with the time its stages took until it failed.
 #[derive(Debug, Clone)]
 pub struct Failure {
     /// The coded failure.
     pub failure: JobFailure,
-    /// The plan, when planning succeeded.
-    pub plan: Option<Plan>,
     /// Time per stage up to the failure.
     pub phases: PhaseTimings,
 }
@@ -154,35 +150,24 @@ impl Pipeline {
         &self.config
     }
 
-    /// Runs one attempt of `job`, publishing upload progress into `progress`.
+    /// Runs one attempt of `job` as `plan` (made by [`crate::plan::plan`] against this
+    /// pipeline's catalogue) says, publishing upload progress into `progress`.
     pub async fn run(
         &self,
         job: &ValidJob,
+        plan: &Plan,
+        registry: &Registry,
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<Success, Failure> {
         let mut phases = PhaseTimings::default();
         let started = Instant::now();
-        let fail = |failure: JobFailure, plan: Option<Plan>, mut phases: PhaseTimings| {
-            phases.total_ms = ms(started);
-            Failure {
-                failure,
-                plan,
-                phases,
-            }
-        };
-
-        let (plan, registry) = match plan(job, &self.config.registries) {
-            Ok(p) => p,
-            Err(e) => return Err(fail(e.into(), None, phases)),
-        };
         match self
-            .run_planned(job, &plan, registry, progress, &mut phases)
+            .run_planned(job, plan, registry, progress, &mut phases)
             .await
         {
             Ok((digest, size, bytes, already_present)) => {
                 phases.total_ms = ms(started);
                 Ok(Success {
-                    plan,
                     digest,
                     size,
                     bytes,
@@ -190,7 +175,10 @@ impl Pipeline {
                     already_present,
                 })
             }
-            Err(failure) => Err(fail(failure, Some(plan), phases)),
+            Err(failure) => {
+                phases.total_ms = ms(started);
+                Err(Failure { failure, phases })
+            }
         }
     }
 

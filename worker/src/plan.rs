@@ -58,16 +58,43 @@ pub enum PlanError {
         repository: String,
         /// The allowed namespaces.
         allowed: String,
+        /// The references the job would have pushed.
+        targets: Vec<String>,
     },
     /// The target is a Docker Hub root repository.
     #[error("{target} is a Docker Hub root repository, which cannot be pushed to")]
     RootRepositoryOnDockerHub {
+        /// The catalogue key.
+        registry: String,
         /// The target reference.
         target: String,
+        /// The references the job would have pushed.
+        targets: Vec<String>,
     },
     /// A target reference is invalid.
     #[error(transparent)]
     Job(#[from] JobError),
+}
+
+impl PlanError {
+    /// The catalogue key of the job's registry, when the job named one of the catalogue.
+    pub fn registry_key(&self) -> Option<&str> {
+        match self {
+            PlanError::NamespaceNotAllowed { registry, .. }
+            | PlanError::RootRepositoryOnDockerHub { registry, .. } => Some(registry),
+            PlanError::UnknownRegistry { .. } | PlanError::Job(_) => None,
+        }
+    }
+
+    /// The exact references policy refused, when they were worked out (an unknown registry
+    /// has no host to build them on).
+    pub fn refused_targets(&self) -> Vec<String> {
+        match self {
+            PlanError::NamespaceNotAllowed { targets, .. }
+            | PlanError::RootRepositoryOnDockerHub { targets, .. } => targets.clone(),
+            PlanError::UnknownRegistry { .. } | PlanError::Job(_) => Vec::new(),
+        }
+    }
 }
 
 impl Coded for PlanError {
@@ -83,7 +110,7 @@ impl Coded for PlanError {
     fn hint(&self) -> String {
         match self {
             PlanError::Job(e) => e.hint(),
-            PlanError::RootRepositoryOnDockerHub { target } => {
+            PlanError::RootRepositoryOnDockerHub { target, .. } => {
                 let name = target.rsplit('/').next().unwrap_or(target);
                 format!("Docker Hub needs a namespace: push to docker.io/<user-or-org>/{name}")
             }
@@ -113,17 +140,21 @@ pub fn plan<'c>(
             known: known_names(catalogue),
         })?;
     let targets = job.targets_at(&registry.host)?;
+    let target_names: Vec<String> = targets.iter().map(ToString::to_string).collect();
     let repository = &job.job.target.repository;
     if !registry.allows_repository(repository) {
         return Err(PlanError::NamespaceNotAllowed {
             registry: registry.key.clone(),
             repository: repository.clone(),
             allowed: registry.namespaces.join(", "),
+            targets: target_names,
         });
     }
     if let Some(root) = targets.iter().find(|t| t.is_docker_hub_root()) {
         return Err(PlanError::RootRepositoryOnDockerHub {
+            registry: registry.key.clone(),
             target: root.to_string(),
+            targets: target_names,
         });
     }
     let plan = Plan {
@@ -131,7 +162,7 @@ pub fn plan<'c>(
         registry: registry.key.clone(),
         registry_url: registry.url.to_string(),
         source: job.source.to_string(),
-        targets: targets.iter().map(ToString::to_string).collect(),
+        targets: target_names,
         remove_local_tag: job.job.options.remove_local_tag,
         target_refs: targets,
     };

@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -58,9 +58,16 @@ pub enum RunError {
 #[derive(Debug, Default)]
 pub struct WorkerStatus {
     ready: AtomicBool,
+    sessions: AtomicU64,
 }
 
 impl WorkerStatus {
+    /// How many broker sessions this worker has opened (1 for a worker that never lost its
+    /// broker connection).
+    pub fn sessions_opened(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
     /// Whether the worker is consuming jobs (connected, not shutting down).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
@@ -100,6 +107,7 @@ pub async fn run_with_status(
         match Session::open(&config, &url, &pipeline, &cancels).await {
             Ok(mut session) => {
                 failures = 0;
+                status.sessions.fetch_add(1, Ordering::Relaxed);
                 status.set_ready(true);
                 info!(
                     worker = %config.worker.id,
