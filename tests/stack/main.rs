@@ -5,6 +5,7 @@
 mod broker;
 mod daemon;
 mod hostile;
+mod logs;
 mod pipeline;
 mod properties;
 mod registries;

@@ -471,7 +471,19 @@ async fn seed_004_a_docker_hub_root_repository_is_refused_without_network() -> R
         ))
         .await?;
     let failed = expect_failed(&events, "root_repository_on_docker_hub")?;
-    assert_eq!(failed.targets, Vec::<String>::new(), "refused at planning");
+    assert_eq!(
+        failed.targets,
+        vec!["docker.io/library/scaler-operator:v1".to_owned()],
+        "the event names the refused reference"
+    );
+    assert_eq!(failed.registry.as_deref(), Some("hub"));
+    assert!(
+        failed
+            .phases
+            .as_ref()
+            .is_none_or(|p| p.resolve_ms.is_none() && p.preflight_ms.is_none()),
+        "refused at planning, before any I/O: {failed:#?}"
+    );
     assert!(
         failed
             .error
@@ -495,10 +507,20 @@ async fn unknown_registry_and_forbidden_namespace_are_refused() -> Result<()> {
             .is_some_and(|e| e.message.contains("basic")),
         "lists known registries"
     );
+    // Named by its alias: the events name the catalogue key and the refused reference.
     let events = h
-        .run(&job("myapp:1", "basic", "elsewhere/myapp", &["1"]))
+        .run(&job("myapp:1", "5", "elsewhere/myapp", &["1"]))
         .await?;
-    expect_failed(&events, "namespace_not_allowed")?;
+    let failed = expect_failed(&events, "namespace_not_allowed")?;
+    let host = StackEnv::load()?.get("PUSHFLEET_BASIC_REGISTRY")?;
+    assert_eq!(failed.registry.as_deref(), Some("basic"));
+    assert_eq!(failed.targets, vec![format!("{host}/elsewhere/myapp:1")]);
+    let accepted = events
+        .iter()
+        .find(|e| e.state == JobState::Accepted)
+        .context("no accepted event")?;
+    assert_eq!(accepted.registry.as_deref(), Some("basic"));
+    assert_eq!(accepted.targets, failed.targets);
     h.stop().await
 }
 

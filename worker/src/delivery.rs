@@ -194,7 +194,7 @@ async fn run_job(
     let span = tracing::Span::current();
     match &planned {
         Ok((plan, _)) => {
-            span.record("registry", plan.registry.as_str());
+            span.record("registry", tracing::field::display(&plan.registry));
             reporter.set_context(
                 Some(plan.registry.clone()),
                 Some(plan.source.clone()),
@@ -203,7 +203,7 @@ async fn run_job(
         }
         Err(e) => {
             if let Some(key) = e.registry_key() {
-                span.record("registry", key);
+                span.record("registry", tracing::field::display(key));
             }
             reporter.set_context(
                 e.registry_key().map(str::to_owned),
@@ -341,7 +341,7 @@ async fn settle_failure(
             } else {
                 JobState::Dead
             };
-            error!(code = %failure.code(), error = %failure.error.message, state = ?state, attempt, "job failed for good; dead-lettered");
+            error!(code = %failure.code(), error = %failure.error.message, state = ?state, "job failed for good; dead-lettered");
             let mut event = reporter.error_event(state, failure.error);
             event.phases = phases;
             finish_failed(shared, reporter, delivery, event).await
