@@ -87,6 +87,8 @@ pub struct QueueSpec {
 pub struct Topology {
     prefix: String,
     delivery_limit: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<u8>,
 }
 
 impl Default for Topology {
@@ -101,7 +103,32 @@ impl Topology {
         Self {
             prefix: prefix.to_owned(),
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            replicas: None,
         }
+    }
+
+    /// The same topology with its replicated queues (quorum queues, the control stream)
+    /// declared on `replicas` nodes of a cluster (`x-quorum-initial-group-size`,
+    /// `x-initial-cluster-size`); without it the broker decides. A replica count above the
+    /// cluster's size gets one replica per node.
+    pub fn with_replicas(mut self, replicas: u8) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// The arguments that make a queue a quorum queue with this topology's replica count.
+    fn quorum_arguments(&self) -> Vec<(String, QueueArg)> {
+        let mut args = vec![(
+            "x-queue-type".to_owned(),
+            QueueArg::Str("quorum".to_owned()),
+        )];
+        if let Some(n) = self.replicas {
+            args.push((
+                "x-quorum-initial-group-size".to_owned(),
+                QueueArg::Int(i64::from(n)),
+            ));
+        }
+        args
     }
 
     /// The same topology with another broker delivery limit for jobs.
@@ -153,16 +180,19 @@ impl Topology {
         let s = |v: &str| QueueArg::Str(v.to_owned());
         QueueSpec {
             name: self.retry_queue(bucket),
-            arguments: vec![
-                ("x-queue-type".to_owned(), s("quorum")),
-                (
-                    "x-dead-letter-exchange".to_owned(),
-                    s(&self.jobs_exchange()),
-                ),
-                ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
-                ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
-                ("x-overflow".to_owned(), s("reject-publish")),
-            ],
+            arguments: [
+                self.quorum_arguments(),
+                vec![
+                    (
+                        "x-dead-letter-exchange".to_owned(),
+                        s(&self.jobs_exchange()),
+                    ),
+                    ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
+                    ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
+                    ("x-overflow".to_owned(), s("reject-publish")),
+                ],
+            ]
+            .concat(),
             bound_to: self.retry_exchange(),
             binding_key: Self::retry_routing_key(bucket),
         }
@@ -212,45 +242,54 @@ impl Topology {
     /// Every durable queue with its arguments and binding, in declaration order.
     pub fn queues(&self) -> Vec<QueueSpec> {
         let s = |v: &str| QueueArg::Str(v.to_owned());
-        let quorum = ("x-queue-type".to_owned(), s("quorum"));
+        let mut stream = vec![
+            ("x-queue-type".to_owned(), s("stream")),
+            ("x-max-age".to_owned(), s(CONTROL_MAX_AGE)),
+            // Small segments, so old requests really go after a day (streams drop
+            // whole segments).
+            (
+                "x-stream-max-segment-size-bytes".to_owned(),
+                QueueArg::Int(1_000_000),
+            ),
+        ];
+        if let Some(n) = self.replicas {
+            stream.push((
+                "x-initial-cluster-size".to_owned(),
+                QueueArg::Int(i64::from(n)),
+            ));
+        }
         vec![
             QueueSpec {
                 name: self.jobs_queue(),
-                arguments: vec![
-                    quorum.clone(),
-                    (
-                        "x-delivery-limit".to_owned(),
-                        QueueArg::Int(self.delivery_limit),
-                    ),
-                    (
-                        "x-dead-letter-exchange".to_owned(),
-                        s(&self.dead_letter_exchange()),
-                    ),
-                    ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
-                    ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
-                    ("x-overflow".to_owned(), s("reject-publish")),
-                ],
+                arguments: [
+                    self.quorum_arguments(),
+                    vec![
+                        (
+                            "x-delivery-limit".to_owned(),
+                            QueueArg::Int(self.delivery_limit),
+                        ),
+                        (
+                            "x-dead-letter-exchange".to_owned(),
+                            s(&self.dead_letter_exchange()),
+                        ),
+                        ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
+                        ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
+                        ("x-overflow".to_owned(), s("reject-publish")),
+                    ],
+                ]
+                .concat(),
                 bound_to: self.jobs_exchange(),
                 binding_key: JOB_ROUTING_KEY.to_owned(),
             },
             QueueSpec {
                 name: self.control_queue(),
-                arguments: vec![
-                    ("x-queue-type".to_owned(), s("stream")),
-                    ("x-max-age".to_owned(), s(CONTROL_MAX_AGE)),
-                    // Small segments, so old requests really go after a day (streams drop
-                    // whole segments).
-                    (
-                        "x-stream-max-segment-size-bytes".to_owned(),
-                        QueueArg::Int(1_000_000),
-                    ),
-                ],
+                arguments: stream,
                 bound_to: self.control_exchange(),
                 binding_key: String::new(),
             },
             QueueSpec {
                 name: self.dead_letter_queue(),
-                arguments: vec![quorum],
+                arguments: self.quorum_arguments(),
                 bound_to: self.dead_letter_exchange(),
                 binding_key: JOB_ROUTING_KEY.to_owned(),
             },

@@ -151,7 +151,7 @@ pub struct TestWorker {
 impl TestWorker {
     /// Starts a worker with `config` and returns once its topology is declared.
     pub async fn start(config: Config) -> Result<Self> {
-        let topology = Topology::new(&config.amqp.topology_prefix);
+        let topology = config.amqp.topology();
         let amqp_url = config
             .amqp
             .url_with_password()

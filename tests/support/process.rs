@@ -30,6 +30,7 @@ use lapin::{BasicProperties, Connection};
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
 use pushfleet_worker::broker::{ConfirmedPublisher, connect, declare_topology};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -553,13 +554,31 @@ impl EventLog {
     /// deleted by the broker after ten unused minutes; [`delete_topology`] removes it at
     /// once), then collects in the background.
     pub async fn start(env: &StackEnv, topology: &Topology) -> Result<Self> {
-        let url = env.get("PUSHFLEET_AMQP_URL")?;
-        let conn = connect(&url, "pushfleet-faults publisher").await?;
+        Self::start_on(vec![env.get("PUSHFLEET_AMQP_URL")?], topology).await
+    }
+
+    /// Like [`start`](Self::start), on the nodes of a cluster: the publisher connects to the
+    /// first node that answers, the collector reconnects to the next node when its node is
+    /// lost, and its queue is a quorum queue (replicated, so no event is lost with a node).
+    pub async fn start_on(urls: Vec<String>, topology: &Topology) -> Result<Self> {
+        let secrets: Vec<SecretString> = urls
+            .iter()
+            .map(|u| SecretString::from(u.as_str()))
+            .collect();
+        let (conn, _) =
+            pushfleet_worker::broker::connect_any(&secrets, 0, "pushfleet-faults publisher")
+                .await?;
         let publisher = ConfirmedPublisher::open(&conn).await?;
         declare_topology(publisher.channel(), topology).await?;
         let queue = format!("{}.faults-events", topology.prefix());
         let mut args = FieldTable::default();
         args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+        if urls.len() > 1 {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
         publisher
             .channel()
             .queue_declare(
@@ -582,7 +601,7 @@ impl EventLog {
             )
             .await?;
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let task = tokio::spawn(collect(url, queue.clone(), Arc::clone(&seen)));
+        let task = tokio::spawn(collect(urls, queue.clone(), Arc::clone(&seen)));
         Ok(Self {
             topology: topology.clone(),
             queue,
@@ -722,7 +741,12 @@ pub async fn delete_topology(env: &StackEnv, prefix: &str) {
     let Ok(url) = env.get("PUSHFLEET_AMQP_URL") else {
         return;
     };
-    let Ok(conn) = connect(&url, "pushfleet-faults cleanup").await else {
+    delete_topology_on(&url, prefix).await;
+}
+
+/// [`delete_topology`] through the broker at `url` (e.g. a node of a cluster).
+pub async fn delete_topology_on(url: &str, prefix: &str) {
+    let Ok(conn) = connect(url, "pushfleet-faults cleanup").await else {
         return;
     };
     let Ok(channel) = conn.create_channel().await else {
@@ -748,9 +772,9 @@ pub async fn delete_topology(env: &StackEnv, prefix: &str) {
     let _ = conn.close(200, "done".into()).await;
 }
 
-async fn collect(url: String, queue: String, seen: Arc<Mutex<Seen>>) {
-    loop {
-        let error = collect_once(&url, &queue, &seen).await;
+async fn collect(urls: Vec<String>, queue: String, seen: Arc<Mutex<Seen>>) {
+    for node in (0..urls.len()).cycle() {
+        let error = collect_once(&urls[node], &queue, &seen).await;
         {
             let mut s = seen
                 .lock()

@@ -15,9 +15,16 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use pushfleet_shared::topology::{self, ExchangeKind, QueueArg, QueueSpec, Topology};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
 
 /// How long a publish may wait for the broker's confirm before it counts as failed.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a publish left unconfirmed by a lost connection waits for the next broker
+/// session to be published again (see [`SessionPublisher`]).
+pub const REPUBLISH_WITHIN: Duration = Duration::from_secs(60);
+/// The smallest frame AMQP allows, assumed while no connection says otherwise.
+const FRAME_MIN_SIZE: u32 = 4096;
 
 /// What can go wrong talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +35,13 @@ pub enum BrokerError {
     /// The broker did not confirm a publish in time.
     #[error("the broker did not confirm the publish within {0:?}")]
     ConfirmTimeout(Duration),
+    /// No broker URL was configured.
+    #[error("no broker node is configured")]
+    NoNodes,
+    /// No broker session came back in time to publish again what a lost one left
+    /// unconfirmed.
+    #[error("no broker connection within {0:?} to publish again")]
+    NotConnected(Duration),
     /// The broker refused a publish (basic.nack, e.g. a full queue with `reject-publish`).
     #[error("the broker refused the publish to {exchange} ({routing_key})")]
     Nacked {
@@ -42,6 +56,30 @@ pub enum BrokerError {
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     Ok(Connection::connect(url, props).await?)
+}
+
+/// Connects to the first node of `urls` that answers, trying them in order from `start`
+/// (wrapping around); returns the connection and the index of the node. With one URL this is
+/// [`connect`]. The error is the last node's.
+pub async fn connect_any(
+    urls: &[SecretString],
+    start: usize,
+    name: &str,
+) -> Result<(Connection, usize), BrokerError> {
+    let mut last = BrokerError::NoNodes;
+    for offset in 0..urls.len() {
+        let index = (start + offset) % urls.len();
+        match connect(urls[index].expose_secret(), name).await {
+            Ok(conn) => return Ok((conn, index)),
+            Err(e) => {
+                if urls.len() > 1 {
+                    tracing::warn!(node = index + 1, error = %e, "broker node unreachable; trying the next");
+                }
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 fn field_table(args: &[(String, QueueArg)]) -> FieldTable {
@@ -229,5 +267,119 @@ impl ConfirmedPublisher {
             });
         }
         Ok(())
+    }
+}
+
+/// Where the run loop puts each broker session's publisher; [`SessionPublisher`]s read it.
+#[derive(Debug)]
+pub struct PublisherSlot {
+    current: watch::Sender<Option<ConfirmedPublisher>>,
+}
+
+impl Default for PublisherSlot {
+    fn default() -> Self {
+        Self {
+            current: watch::channel(None).0,
+        }
+    }
+}
+
+impl PublisherSlot {
+    /// Makes `publisher` the current one (a new session), or none (the session is lost).
+    pub fn set(&self, publisher: Option<ConfirmedPublisher>) {
+        self.current.send_replace(publisher);
+    }
+
+    /// A handle publishing through whichever session is current.
+    pub fn publisher(&self) -> SessionPublisher {
+        SessionPublisher {
+            current: self.current.subscribe(),
+        }
+    }
+}
+
+/// Publishes with confirms through the current broker session, and survives the loss of a
+/// node: a publish whose channel dies before the broker confirmed it (the node went away, the
+/// connection broke) waits for the next session, at most [`REPUBLISH_WITHIN`], and is
+/// published again there. The message may then exist twice (the first copy may have reached
+/// the broker before the confirm was lost): events carry an `event_id` to dedupe by, and a
+/// job's copies are harmless (see the pipeline's redelivery check). A publish the broker
+/// refused (nack) is not repeated.
+#[derive(Debug, Clone)]
+pub struct SessionPublisher {
+    current: watch::Receiver<Option<ConfirmedPublisher>>,
+}
+
+impl SessionPublisher {
+    /// The current session's publisher, waiting at most [`REPUBLISH_WITHIN`] for one.
+    pub async fn current(&self) -> Result<ConfirmedPublisher, BrokerError> {
+        self.current_until(tokio::time::Instant::now() + REPUBLISH_WITHIN)
+            .await
+    }
+
+    async fn current_until(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<ConfirmedPublisher, BrokerError> {
+        let mut rx = self.current.clone();
+        let wait = rx.wait_for(|p| p.as_ref().is_some_and(|p| p.channel.status().connected()));
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(p)) => p
+                .as_ref()
+                .cloned()
+                .ok_or(BrokerError::NotConnected(REPUBLISH_WITHIN)),
+            _ => Err(BrokerError::NotConnected(REPUBLISH_WITHIN)),
+        }
+    }
+
+    /// The current connection's largest frame (the smallest AMQP allows while there is none).
+    pub fn frame_max(&self) -> u32 {
+        self.current
+            .borrow()
+            .as_ref()
+            .map_or(FRAME_MIN_SIZE, ConfirmedPublisher::frame_max)
+    }
+
+    /// As [`ConfirmedPublisher::publish_json`], published again on the next session when the
+    /// current one is lost first.
+    pub async fn publish_json(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let properties = properties.with_content_type(topology::CONTENT_TYPE_JSON.into());
+        self.publish_raw(exchange, routing_key, body, properties)
+            .await
+    }
+
+    /// As [`ConfirmedPublisher::publish_raw`], published again on the next session when the
+    /// current one is lost first.
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + REPUBLISH_WITHIN;
+        loop {
+            let publisher = self.current_until(deadline).await?;
+            let result = publisher
+                .publish_raw(exchange, routing_key, body, properties.clone())
+                .await;
+            match result {
+                Err(e @ BrokerError::Nacked { .. }) => return Err(e),
+                Err(e)
+                    if !publisher.channel.status().connected()
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    // `current` waits for a connected channel: the next session's.
+                    tracing::warn!(error = %e, exchange, "publish unconfirmed when the broker session was lost; publishing again on the next session");
+                }
+                other => return other,
+            }
+        }
     }
 }

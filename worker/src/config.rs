@@ -72,10 +72,14 @@ const ENV_ORIGIN: &str = "the environment";
 const ROOT_KEYS: &[&str] = &["amqp", "worker", "docker", "registries"];
 const AMQP_KEYS: &[&str] = &[
     "url",
+    "urls",
     "password_file",
     "topology_prefix",
+    "quorum_replicas",
     "signing_key_file",
 ];
+/// The largest `amqp.quorum_replicas`.
+pub const MAX_QUORUM_REPLICAS: u64 = 9;
 const WORKER_KEYS: &[&str] = &[
     "id",
     "concurrency",
@@ -115,12 +119,19 @@ pub struct Config {
 /// `[amqp]`: the broker connection.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
-    /// The broker URL; prints with its password replaced by `***`.
+    /// The broker URL (`url`, or the first of `urls`); prints with its password replaced by
+    /// `***`.
     pub url: AmqpUrl,
-    /// A file whose content replaces the URL's password when connecting.
+    /// The other nodes of a cluster (`urls` after the first), tried in order when a node is
+    /// lost or cannot be reached.
+    pub other_urls: Vec<AmqpUrl>,
+    /// A file whose content replaces the URLs' password when connecting.
     pub password_file: Option<PathBuf>,
     /// The prefix every exchange and queue name is derived from.
     pub topology_prefix: String,
+    /// How many replicas the quorum queues (and the control stream) are declared with; `None`
+    /// leaves it to the broker.
+    pub quorum_replicas: Option<u8>,
     /// The key jobs must be signed with (`signing_key_file`, read at load), if any.
     pub signing_key: Option<SigningKey>,
 }
@@ -147,16 +158,46 @@ impl AmqpConfig {
     /// `password_file`, read now (so a rotated secret is picked up at the next connection).
     /// Expose it only where the connection is made.
     pub fn url_with_password(&self) -> Result<SecretString, CredentialError> {
+        self.with_password(&self.url)
+    }
+
+    /// Every node's URL, in order, each with its password (see [`Self::url_with_password`]).
+    pub fn urls_with_password(&self) -> Result<Vec<SecretString>, CredentialError> {
+        std::iter::once(&self.url)
+            .chain(&self.other_urls)
+            .map(|url| self.with_password(url))
+            .collect()
+    }
+
+    fn with_password(&self, url: &AmqpUrl) -> Result<SecretString, CredentialError> {
         let Some(path) = &self.password_file else {
-            return Ok(self.url.expose());
+            return Ok(url.expose());
         };
         let password = PasswordSource::File(path.clone()).resolve()?;
-        let mut url = self.url.url.clone();
+        let mut url = url.url.clone();
         url.set_password(Some(password.expose_secret()))
             .map_err(|()| CredentialError::NotConfigured {
                 what: "the AMQP URL (it cannot carry a password)".to_owned(),
             })?;
         Ok(SecretString::from(String::from(url)))
+    }
+
+    /// The broker topology these settings name (prefix, replica count).
+    pub fn topology(&self) -> pushfleet_shared::topology::Topology {
+        let topology = pushfleet_shared::topology::Topology::new(&self.topology_prefix);
+        match self.quorum_replicas {
+            Some(n) => topology.with_replicas(n),
+            None => topology,
+        }
+    }
+
+    /// Every node's URL with its password hidden, comma-separated (for logs).
+    pub fn nodes(&self) -> String {
+        std::iter::once(&self.url)
+            .chain(&self.other_urls)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -1130,8 +1171,34 @@ fn read_root(ctx: &Ctx, root: Value, problems: &mut Problems) -> Option<Config> 
 }
 
 fn read_amqp(mut s: Section<'_>, problems: &mut Problems) -> Option<AmqpConfig> {
-    let url = s.get_or(problems, "url", DEFAULT_AMQP_URL, |v| {
-        AmqpUrl::parse(&to_string(v)?).map_err(|e| e.0)
+    let parse_url = |v: Value| AmqpUrl::parse(&to_string(v)?).map_err(|e| e.0);
+    let urls = if s.contains("urls") {
+        let url_too = s.get(problems, "url", parse_url);
+        let urls = s.get(problems, "urls", |v| {
+            let urls = to_list(v)?;
+            if urls.is_empty() {
+                return Err("the list is empty: name at least one node".to_owned());
+            }
+            urls.iter()
+                .enumerate()
+                .map(|(i, u)| AmqpUrl::parse(u).map_err(|e| format!("entry {}: {}", i + 1, e.0)))
+                .collect::<Result<Vec<_>, String>>()
+        });
+        if let (Some(_), Some((_, loc))) = (&url_too, &urls) {
+            problems.push(loc.problem(
+                "set either amqp.url (one node) or amqp.urls (the nodes of a cluster), not both",
+            ));
+            None
+        } else {
+            urls.map(|(urls, _)| urls)
+        }
+    } else {
+        s.get_or(problems, "url", DEFAULT_AMQP_URL, parse_url)
+            .map(|url| vec![url])
+    };
+    let quorum_replicas = s.get(problems, "quorum_replicas", |v| {
+        let n = in_range(to_u64(v)?, 1, MAX_QUORUM_REPLICAS, "")?;
+        u8::try_from(n).map_err(|e| e.to_string())
     });
     let password_file = s.get(problems, "password_file", to_path);
     let signing_key_file = s.get(problems, "signing_key_file", to_path);
@@ -1143,7 +1210,10 @@ fn read_amqp(mut s: Section<'_>, problems: &mut Problems) -> Option<AmqpConfig> 
     );
     s.finish(problems);
     if let Some((path, loc)) = &password_file {
-        if url.as_ref().is_some_and(|url| url.username().is_empty()) {
+        if urls
+            .as_ref()
+            .is_some_and(|urls| urls.iter().any(|url| url.username().is_empty()))
+        {
             problems.push(loc.problem(
                 "amqp.url has no user name, so there is no user for this password: \
                  write the user in the URL, e.g. amqp://pushfleet@rabbitmq:5672/%2f",
@@ -1163,10 +1233,13 @@ fn read_amqp(mut s: Section<'_>, problems: &mut Problems) -> Option<AmqpConfig> 
         },
         None => None,
     };
+    let mut urls = urls?.into_iter();
     Some(AmqpConfig {
-        url: url?,
+        url: urls.next()?,
+        other_urls: urls.collect(),
         password_file: password_file.map(|(path, _)| path),
         topology_prefix: topology_prefix?,
+        quorum_replicas: quorum_replicas.map(|(n, _)| n),
         signing_key,
     })
 }
@@ -1728,7 +1801,11 @@ impl fmt::Display for Description<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = self.0;
         writeln!(f, "amqp")?;
-        writeln!(f, "  url:              {}", c.amqp.url)?;
+        if c.amqp.other_urls.is_empty() {
+            writeln!(f, "  url:              {}", c.amqp.url)?;
+        } else {
+            writeln!(f, "  urls:             {}", c.amqp.nodes())?;
+        }
         let amqp_password = match &c.amqp.password_file {
             Some(path) => source_status(&PasswordSource::File(path.clone()), &|_| None),
             None if c.amqp.url.has_password() => "in the URL (hidden)".to_owned(),
@@ -1736,6 +1813,11 @@ impl fmt::Display for Description<'_> {
         };
         writeln!(f, "  password:         {amqp_password}")?;
         writeln!(f, "  topology prefix:  {}", c.amqp.topology_prefix)?;
+        let replicas = c
+            .amqp
+            .quorum_replicas
+            .map_or_else(|| "the broker's default".to_owned(), |n| n.to_string());
+        writeln!(f, "  queue replicas:   {replicas}")?;
         let signing = if c.amqp.signing_key.is_some() {
             "required (signing_key_file)"
         } else {
@@ -2721,6 +2803,90 @@ namespaces = ["*"]
         fx.file("harbor-pw", b"rotated\n");
         let creds = harbor.credentials().expect("readable").expect("creds");
         assert_eq!(creds.password.expose_secret(), "rotated");
+    }
+
+    #[test]
+    fn amqp_urls_name_the_nodes_of_a_cluster_in_order() {
+        let fx = Fixture::new();
+        let pw = fx.file("amqp-pw", b"s3cret\n");
+        let toml = format!(
+            "[amqp]\nurls = [\"amqp://pf@n1:5672/%2f\", \"amqp://pf@n2:5672/%2f\", \"amqp://pf@n3/%2f\"]\npassword_file = \"{pw}\"\nquorum_replicas = 3\n{}",
+            minimal(&fx)
+        );
+        let config = load_from_str(&toml, env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.amqp.url.to_string(), "amqp://pf@n1:5672/%2f");
+        let urls = config.amqp.urls_with_password().expect("urls");
+        let exposed: Vec<&str> = urls.iter().map(|u| u.expose_secret()).collect();
+        assert_eq!(
+            exposed,
+            [
+                "amqp://pf:s3cret@n1:5672/%2f",
+                "amqp://pf:s3cret@n2:5672/%2f",
+                "amqp://pf:s3cret@n3/%2f"
+            ]
+        );
+        assert_eq!(config.amqp.quorum_replicas, Some(3));
+        let described = config.describe();
+        assert!(described.contains("n2:5672"), "{described}");
+        assert!(!described.contains("s3cret"), "{described}");
+        let queues = config.amqp.topology().queues();
+        assert!(queues.iter().all(|q| {
+            q.arguments
+                .iter()
+                .any(|(k, _)| k == "x-quorum-initial-group-size" || k == "x-initial-cluster-size")
+        }));
+
+        // From the environment, comma-separated, over the file's single url.
+        let toml = format!("[amqp]\nurl = \"amqp://a\"\n{}", minimal(&fx));
+        let errors = load_from_str(
+            &toml,
+            env(&[("PUSHFLEET__AMQP__URLS", "amqp://n1, amqp://n2")]),
+        )
+        .expect_err("url and urls");
+        assert!(
+            problem_for(&errors, "amqp.urls")
+                .message
+                .contains("not both")
+        );
+        let config = load_from_str(
+            &minimal(&fx),
+            env(&[("PUSHFLEET__AMQP__URLS", "amqp://n1, amqp://n2")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.amqp.nodes(), "amqp://n1, amqp://n2");
+    }
+
+    #[test]
+    fn bad_amqp_urls_and_replica_counts_are_problems() {
+        let fx = Fixture::new();
+        for (amqp, key, needle) in [
+            ("urls = []", "amqp.urls", "empty"),
+            (
+                "urls = [\"amqp://n1\", \"http://n2\"]",
+                "amqp.urls",
+                "entry 2",
+            ),
+            ("urls = [\"amqp://n1\", \"\"]", "amqp.urls", "entry 2"),
+            (
+                "quorum_replicas = 0",
+                "amqp.quorum_replicas",
+                "between 1 and 9",
+            ),
+            (
+                "quorum_replicas = 10",
+                "amqp.quorum_replicas",
+                "between 1 and 9",
+            ),
+        ] {
+            let toml = format!("[amqp]\n{amqp}\n{}", minimal(&fx));
+            let errors = load_from_str(&toml, env(&[])).expect_err(amqp);
+            let problem = problem_for(&errors, key);
+            assert!(
+                problem.message.contains(needle),
+                "{amqp}: {}",
+                problem.message
+            );
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{BrokerError, ConfirmedPublisher};
+use crate::broker::{BrokerError, SessionPublisher};
 use crate::cancel::Cancels;
 use crate::failure::{Coded, JobFailure};
 use crate::pipeline::Pipeline;
@@ -49,7 +49,7 @@ pub const DEAD_WORKER_HEADER: &str = "x-pushfleet-worker";
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) pipeline: Arc<Pipeline>,
-    pub(crate) publisher: ConfirmedPublisher,
+    pub(crate) publisher: SessionPublisher,
     pub(crate) topology: Topology,
     pub(crate) worker_id: String,
     pub(crate) job_timeout: Duration,
@@ -71,7 +71,8 @@ impl Shared {
             .unwrap_or(false);
         if !known {
             let spec = self.topology.retry_queue_spec(bucket);
-            crate::broker::declare_queue(self.publisher.channel(), &spec).await?;
+            let publisher = self.publisher.current().await?;
+            crate::broker::declare_queue(publisher.channel(), &spec).await?;
             if let Ok(mut set) = self.retry_buckets.lock() {
                 set.insert(bucket);
             }

@@ -5,12 +5,12 @@
 use pushfleet_shared::event::{Event, EventError, JobState};
 use serde_json::{Map, Value};
 
-use crate::broker::{BrokerError, ConfirmedPublisher};
+use crate::broker::{BrokerError, SessionPublisher};
 
 /// Publishes the events of one job attempt, with publisher confirms.
 #[derive(Debug, Clone)]
 pub struct Reporter {
-    publisher: ConfirmedPublisher,
+    publisher: SessionPublisher,
     exchange: String,
     template: Event,
 }
@@ -18,7 +18,7 @@ pub struct Reporter {
 impl Reporter {
     /// A reporter for one attempt of job `job_id` (None when the message was unreadable).
     pub fn new(
-        publisher: ConfirmedPublisher,
+        publisher: SessionPublisher,
         exchange: String,
         worker: &str,
         job_id: Option<String>,

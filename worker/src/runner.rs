@@ -26,12 +26,11 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use pushfleet_shared::control::{ControlAction, ControlMessage};
-use pushfleet_shared::topology::Topology;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{self, BrokerError, ConfirmedPublisher};
+use crate::broker::{self, BrokerError, ConfirmedPublisher, PublisherSlot};
 use crate::cancel::Cancels;
 use crate::config::Config;
 use crate::delivery::{self, Shared};
@@ -91,10 +90,14 @@ pub async fn run_with_status(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let pipeline = Arc::new(Pipeline::new(Arc::clone(&config))?);
-    let url = config
+    let urls = config
         .amqp
-        .url_with_password()
+        .urls_with_password()
         .map_err(RunError::AmqpPassword)?;
+    let publishers = PublisherSlot::default();
+    // The node to try first: after a lost session, the next one (a cluster node that went
+    // away refuses connections until it is back).
+    let mut node = 0;
     if let Err(e) = pipeline.daemon().ping().await {
         warn!(error = %e, "the Docker daemon does not answer yet; jobs fail as daemon_unavailable (and are retried) until it does");
     }
@@ -104,19 +107,25 @@ pub async fn run_with_status(
 
     let mut failures: u32 = 0;
     loop {
-        match Session::open(&config, &url, &pipeline, &cancels).await {
+        match Session::open(&config, &urls, node, &publishers, &pipeline, &cancels).await {
             Ok(mut session) => {
                 failures = 0;
+                node = session.node;
                 status.sessions.fetch_add(1, Ordering::Relaxed);
                 status.set_ready(true);
                 info!(
                     worker = %config.worker.id,
+                    node = %session.node_url,
                     queue = %session.shared.topology.jobs_queue(),
                     concurrency = config.worker.prefetch(),
                     "worker ready"
                 );
                 let end = session.consume(&tracker, &mut shutdown).await;
                 status.set_ready(false);
+                if matches!(end, SessionEnd::Lost(_)) {
+                    publishers.set(None);
+                    node += 1;
+                }
                 match end {
                     SessionEnd::Shutdown => {
                         session.stop_consuming().await;
@@ -132,7 +141,8 @@ pub async fn run_with_status(
                 }
             }
             Err(e) => {
-                warn!(error = %e, amqp = %config.amqp.url, "cannot open a broker session");
+                warn!(error = %e, nodes = %config.amqp.nodes(), "cannot open a broker session");
+                node += 1;
             }
         }
         failures = failures.saturating_add(1);
@@ -180,8 +190,13 @@ enum SessionEnd {
 
 /// One pair of broker connections and the consumers on them.
 struct Session {
+    /// The index of the node (in `amqp.urls`) both connections go to.
+    node: usize,
+    /// That node's URL, password hidden.
+    node_url: String,
     consume_conn: Connection,
     publish_conn: Connection,
+    publisher_channel: Channel,
     channel: Channel,
     consumer_tag: String,
     jobs: Consumer,
@@ -190,18 +205,22 @@ struct Session {
 }
 
 impl Session {
+    /// Connects to the first node that answers, from `first_node` on, and starts consuming;
+    /// the session's publisher goes into `publishers`.
     async fn open(
         config: &Config,
-        url: &SecretString,
+        urls: &[SecretString],
+        first_node: usize,
+        publishers: &PublisherSlot,
         pipeline: &Arc<Pipeline>,
         cancels: &Arc<Cancels>,
     ) -> Result<Self, BrokerError> {
         let worker_id = &config.worker.id;
-        let topology = Topology::new(&config.amqp.topology_prefix);
-        let consume_conn =
-            broker::connect(url.expose_secret(), &format!("{worker_id} consume")).await?;
-        let publish_conn =
-            broker::connect(url.expose_secret(), &format!("{worker_id} publish")).await?;
+        let topology = config.amqp.topology();
+        let (consume_conn, node) =
+            broker::connect_any(urls, first_node, &format!("{worker_id} consume")).await?;
+        let (publish_conn, _) =
+            broker::connect_any(urls, node, &format!("{worker_id} publish")).await?;
         let publisher = ConfirmedPublisher::open(&publish_conn).await?;
         broker::declare_topology(publisher.channel(), &topology).await?;
 
@@ -240,9 +259,11 @@ impl Session {
             )
             .await?;
 
+        let publisher_channel = publisher.channel().clone();
+        publishers.set(Some(publisher));
         let shared = Arc::new(Shared {
             pipeline: Arc::clone(pipeline),
-            publisher,
+            publisher: publishers.publisher(),
             topology,
             worker_id: worker_id.clone(),
             job_timeout: config.worker.job_timeout(),
@@ -251,9 +272,17 @@ impl Session {
             signing_key: config.amqp.signing_key.clone(),
             retry_buckets: Default::default(),
         });
+        let node_url = std::iter::once(&config.amqp.url)
+            .chain(&config.amqp.other_urls)
+            .nth(node)
+            .map(ToString::to_string)
+            .unwrap_or_default();
         Ok(Self {
+            node,
+            node_url,
             consume_conn,
             publish_conn,
+            publisher_channel,
             channel,
             consumer_tag,
             jobs,
@@ -277,6 +306,9 @@ impl Session {
                 _ = health.tick() => {
                     if !self.publish_conn.status().connected() {
                         return SessionEnd::Lost("the publishing connection closed".into());
+                    }
+                    if !self.publisher_channel.status().connected() {
+                        return SessionEnd::Lost("the broker closed the publishing channel".into());
                     }
                 }
                 next = self.jobs.next() => match next {

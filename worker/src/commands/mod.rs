@@ -37,17 +37,14 @@ pub async fn cancel(file: Option<&Path>, job_id: &str) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(2));
         }
     };
-    let topology = Topology::new(&config.amqp.topology_prefix);
-    let url = config
+    let topology = config.amqp.topology();
+    let urls = config
         .amqp
-        .url_with_password()
+        .urls_with_password()
         .context("amqp.password_file")?;
-    let conn = crate::broker::connect(
-        secrecy::ExposeSecret::expose_secret(&url),
-        "pushfleet cancel",
-    )
-    .await
-    .with_context(|| format!("cannot reach the broker at {}", config.amqp.url))?;
+    let (conn, _) = crate::broker::connect_any(&urls, 0, "pushfleet cancel")
+        .await
+        .with_context(|| format!("cannot reach the broker at {}", config.amqp.nodes()))?;
     let publisher = crate::broker::ConfirmedPublisher::open(&conn).await?;
     crate::broker::declare_topology(publisher.channel(), &topology).await?;
     let message = pushfleet_shared::control::ControlMessage::cancel(job_id);

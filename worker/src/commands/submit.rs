@@ -16,8 +16,7 @@ use pushfleet_shared::django::DjangoPushStep;
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::job::{JOB_VERSION, JobOptions, JobTarget, PushJob, ValidJob};
 use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
-use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
-use secrecy::ExposeSecret;
+use pushfleet_shared::topology::JOB_ROUTING_KEY;
 use serde_json::{Map, Value};
 
 use crate::broker::{self, ConfirmedPublisher};
@@ -237,14 +236,14 @@ async fn publish(
     wait: bool,
     wait_timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let topology = Topology::new(&config.amqp.topology_prefix);
-    let url = config
+    let topology = config.amqp.topology();
+    let urls = config
         .amqp
-        .url_with_password()
+        .urls_with_password()
         .context("amqp.password_file")?;
-    let conn = broker::connect(url.expose_secret(), "pushfleet submit")
+    let (conn, _) = broker::connect_any(&urls, 0, "pushfleet submit")
         .await
-        .with_context(|| format!("cannot reach the broker at {}", config.amqp.url))?;
+        .with_context(|| format!("cannot reach the broker at {}", config.amqp.nodes()))?;
     let publisher = ConfirmedPublisher::open(&conn).await?;
     broker::declare_topology(publisher.channel(), &topology).await?;
 
