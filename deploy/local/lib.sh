@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # the PF_* variables are used by the scripts sourcing this file
 # Shared functions of the local pushfleet stack (sourced by start.sh, stop.sh, status.sh,
-# restart-component.sh, rabbitmqctl.sh). Not meant to be run on its own.
+# restart-component.sh, rabbitmqctl.sh, cluster.sh). Not meant to be run on its own.
 #
 # Everything lives under ONE state directory, ${PUSHFLEET_STACK_DIR:-<repo>/.stack}:
 #   settings.env   ports chosen on the first start (env vars override them later)
@@ -11,6 +11,8 @@
 #                  server certificate (0600 keys, 0700 dir)
 #   logs/  pids/   one log and one pid file per component
 #   rabbitmq/ docker/ docker-exec/ registry-basic/ registry-token/ registry-tls/   component data
+#   rabbitmq-cluster/  the opt-in three-node cluster (start.sh rabbitmq-cluster): home/ (its
+#                  own Erlang cookie) and c1/ c2/ c3/ (one data dir per node)
 #
 # Outside the state directory, only for the TLS registry (removed by stop.sh): one line in
 # /etc/hosts (`::1 registry.test # pushfleet-stack <state dir>`) and the daemon's trust folder
@@ -29,6 +31,11 @@ PF_STATE=${PF_STATE%/}
 
 # All components, in start order; stop goes the other way.
 PF_COMPONENTS=(rabbitmq dockerd token-server basic-registry token-registry tls-registry)
+# Opt-in, not in PF_COMPONENTS (so not started by default): three RabbitMQ nodes clustered on
+# loopback, started by `start.sh rabbitmq-cluster`, driven by cluster.sh. Node i (1..3) is
+# pushfleet-c<i>@localhost; its pid file is pids/rabbitmq-c<i>.pid.
+PF_CLUSTER=rabbitmq-cluster
+PF_CLUSTER_INDEXES=(1 2 3)
 
 PF_RABBITMQ_BIN=/usr/lib/rabbitmq/bin # the real scripts, without Debian's `su rabbitmq` wrapper
 PF_TOKEN_SERVICE=pushfleet-token-registry
@@ -64,6 +71,8 @@ pf_paths() {
     PF_DOCKER_SOCK=$PF_STATE/docker.sock
     PF_RMQ_DIR=$PF_STATE/rabbitmq
     PF_RMQ_PIDFILE=$PF_PIDS/rabbitmq.pid
+    PF_CLUSTER_DIR=$PF_STATE/rabbitmq-cluster
+    PF_CLUSTER_LOG=$PF_LOGS/rabbitmq-cluster.log # cluster.sh and the join steps of start.sh
     PF_TOKEN_KEY=$PF_SECRETS/token-signing.key
     PF_TOKEN_CERT=$PF_SECRETS/token-signing.crt
     PF_TLS_CA_KEY=$PF_SECRETS/tls-ca.key
@@ -93,6 +102,10 @@ pf_settings() {
     PF_RMQ_NODE=${PUSHFLEET_RABBITMQ_NODENAME:-${old[PUSHFLEET_RABBITMQ_NODENAME]:-pushfleet@localhost}}
     # Erlang distribution port of the node: RabbitMQ's own rule (AMQP port + 20000).
     PF_AMQP_DIST_PORT=$((PF_AMQP_PORT + 20000))
+    # The cluster's AMQP ports, nodes 1,2,3 (distribution ports: the same + 20000).
+    PF_CLUSTER_AMQP_PORTS=${PUSHFLEET_CLUSTER_AMQP_PORTS:-${old[PUSHFLEET_CLUSTER_AMQP_PORTS]:-5681,5682,5683}}
+    [[ $PF_CLUSTER_AMQP_PORTS =~ ^[0-9]{1,5},[0-9]{1,5},[0-9]{1,5}$ ]] ||
+        die "PUSHFLEET_CLUSTER_AMQP_PORTS must be three ports separated by commas (e.g. 5681,5682,5683), not '$PF_CLUSTER_AMQP_PORTS'"
     PF_TLS_REGISTRY=$PF_TLS_NAME:$PF_TLS_REGISTRY_PORT
     PF_TLS_CERTS_DIR=$PF_DOCKER_CERTS_D/$PF_TLS_REGISTRY
 }
@@ -108,6 +121,7 @@ PUSHFLEET_TOKEN_REGISTRY_PORT=$PF_TOKEN_REGISTRY_PORT
 PUSHFLEET_TOKEN_SERVER_PORT=$PF_TOKEN_SERVER_PORT
 PUSHFLEET_TLS_REGISTRY_PORT=$PF_TLS_REGISTRY_PORT
 PUSHFLEET_RABBITMQ_NODENAME=$PF_RMQ_NODE
+PUSHFLEET_CLUSTER_AMQP_PORTS=$PF_CLUSTER_AMQP_PORTS
 EOF
     mv -f "$PF_STATE/settings.env.tmp" "$PF_STATE/settings.env"
 }
@@ -287,6 +301,251 @@ rmqctl() {
     )
 }
 
+# The stack's epmd (shared by the single node and the cluster), unless it runs already.
+start_epmd() {
+    [[ -n $(pid_of epmd) ]] && return 0
+    if port_open "$PF_EPMD_PORT"; then
+        log "epmd port $PF_EPMD_PORT is already served by an epmd not started by this stack; sharing it"
+        return 0
+    fi
+    local pid
+    pid=$(ERL_EPMD_ADDRESS=127.0.0.1 launch "$PF_LOGS/epmd.log" epmd -port "$PF_EPMD_PORT")
+    echo "$pid" >"$PF_PIDS/epmd.pid"
+    wait_until 10 port_open "$PF_EPMD_PORT" || die "epmd did not listen on $PF_EPMD_PORT (see $PF_LOGS/epmd.log)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The opt-in RabbitMQ cluster (start.sh rabbitmq-cluster, cluster.sh): nodes 1..3 on loopback,
+# sharing the stack's epmd and one Erlang cookie of their own ($PF_CLUSTER_DIR/home, not the
+# single node's), each with its own data dir, logs, pid file, AMQP and distribution port.
+# Node 1 is the seed: on the first start nodes 2 and 3 join it; afterwards each node finds
+# the others again from its data dir.
+
+cl_node() { printf 'pushfleet-c%s@localhost\n' "$1"; }
+cl_port() {
+    local ports
+    IFS=, read -ra ports <<<"$PF_CLUSTER_AMQP_PORTS"
+    printf '%s\n' "${ports[$1 - 1]}"
+}
+cl_url() { printf 'amqp://guest:guest@127.0.0.1:%s/%%2f\n' "$(cl_port "$1")"; }
+cl_pidfile() { printf '%s\n' "$PF_PIDS/rabbitmq-c$1.pid"; }
+cl_cookie() { printf '%s\n' "$PF_CLUSTER_DIR/home/.erlang.cookie"; }
+# The pid of node $1 if it runs and is ours; empty otherwise.
+cl_pid() { pid_of "rabbitmq-c$1"; }
+# The index (1..3) of node name $1; fails for any other name.
+cl_index() {
+    case $1 in
+    pushfleet-c[123]@localhost)
+        local i=${1#pushfleet-c}
+        echo "${i%@localhost}"
+        ;;
+    *) return 1 ;;
+    esac
+}
+# The indexes of the nodes whose process runs ("1 3"), and whether any / all do.
+cl_running() {
+    local n out=()
+    for n in "${PF_CLUSTER_INDEXES[@]}"; do [[ -n $(cl_pid "$n") ]] && out+=("$n"); done
+    echo "${out[*]}"
+}
+cl_any_running() { [[ -n $(cl_running) ]]; }
+cl_all_running() { [[ $(cl_running) == "${PF_CLUSTER_INDEXES[*]}" ]]; }
+
+# Exports the environment rabbitmq-server and the CLI tools need for node $1 (same for both).
+cl_env() {
+    local n=$1 port
+    port=$(cl_port "$n")
+    export HOME=$PF_CLUSTER_DIR/home # the cluster's .erlang.cookie
+    RABBITMQ_NODENAME=$(cl_node "$n")
+    RABBITMQ_PID_FILE=$(cl_pidfile "$n")
+    export RABBITMQ_NODENAME RABBITMQ_PID_FILE
+    export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+    export RABBITMQ_NODE_PORT=$port
+    export RABBITMQ_DIST_PORT=$((port + 20000))
+    export RABBITMQ_MNESIA_BASE=$PF_CLUSTER_DIR/c$n
+    export RABBITMQ_LOG_BASE=$PF_LOGS/rabbitmq-c$n
+    export RABBITMQ_CONF_ENV_FILE=$PF_CONFIG/rabbitmq-env.conf # shared with the single node
+    export RABBITMQ_CONFIG_FILE=$PF_CONFIG/rabbitmq-cluster.conf
+    export RABBITMQ_ADVANCED_CONFIG_FILE=$PF_CONFIG/rabbitmq-cluster-advanced.config
+    export RABBITMQ_ENABLED_PLUGINS_FILE=$PF_CONFIG/rabbitmq-enabled-plugins
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export ERL_EPMD_PORT=$PF_EPMD_PORT
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    export ERL_CRASH_DUMP=$PF_LOGS/rabbitmq-c$n-erl_crash.dump
+}
+
+# cl_cli TOOL N ARG...: a RabbitMQ CLI tool (rabbitmqctl, rabbitmq-queues, ...) against node N
+# with the cluster's environment, in a subshell, ended after PF_CL_CMD_TIMEOUT seconds
+# (default 60): a node that is booting or half gone can keep a CLI call waiting.
+cl_cli() {
+    local tool=$1 n=$2
+    shift 2
+    (
+        cl_env "$n"
+        cd "$PF_CLUSTER_DIR" 2>/dev/null || cd /
+        timeout "${PF_CL_CMD_TIMEOUT:-60}" "$PF_RABBITMQ_BIN/$tool" -n "$RABBITMQ_NODENAME" "$@"
+    )
+}
+clctl() { cl_cli rabbitmqctl "$@"; }
+
+# The cluster as node $1 sees it: "MEMBERS|RUNNING", each the sorted indexes ("1 2 3|1 3").
+# Fails if the node does not answer.
+cl_view() {
+    local out members running re='^[{][[]([^]]*)[]],[[]([^]]*)[]][}]$'
+    out=$(PF_CL_CMD_TIMEOUT=${PF_CL_CMD_TIMEOUT:-20} clctl "$1" -q eval \
+        '{rabbit_mnesia:cluster_nodes(all), rabbit_mnesia:cluster_nodes(running)}.' 2>/dev/null) || return 1
+    # {['pushfleet-c1@localhost','pushfleet-c2@localhost'],['pushfleet-c1@localhost']}, with
+    # line breaks where the term is long.
+    out=$(tr -d '[:space:]' <<<"$out")
+    [[ $out =~ $re ]] || return 1
+    members=$(grep -o 'pushfleet-c[123]@localhost' <<<"${BASH_REMATCH[1]}" | sed 's/pushfleet-c\(.\)@.*/\1/' | sort -u | paste -sd ' ') || true
+    running=$(grep -o 'pushfleet-c[123]@localhost' <<<"${BASH_REMATCH[2]}" | sed 's/pushfleet-c\(.\)@.*/\1/' | sort -u | paste -sd ' ') || true
+    printf '%s|%s\n' "$members" "$running"
+}
+
+# True if node $1 runs its app, counts all three nodes as members and sees exactly the
+# nodes whose process runs as running.
+cl_in_cluster() {
+    local view
+    view=$(cl_view "$1") || return 1
+    [[ $view == "${PF_CLUSTER_INDEXES[*]}|$(cl_running)" ]]
+}
+
+# Launches node $1 unless it runs, in the background (cl_wait_launched waits for the launch,
+# cl_wait_booted for the boot); appends it to PF_CL_STARTED. Needs the cookie and the stack's
+# epmd (start_epmd).
+PF_CL_STARTED=()
+PF_CL_LAUNCHERS=()
+cl_start_node() {
+    local n=$1 port
+    [[ -n $(cl_pid "$n") ]] && return 0
+    [[ -s $(cl_cookie) ]] || die "no cluster cookie $(cl_cookie): start the cluster with start.sh $PF_CLUSTER"
+    port=$(cl_port "$n")
+    require_free_port "$port" "RabbitMQ cluster node $n (AMQP)" PUSHFLEET_CLUSTER_AMQP_PORTS
+    require_free_port "$((port + 20000))" "RabbitMQ cluster node $n (Erlang distribution, AMQP port + 20000)" PUSHFLEET_CLUSTER_AMQP_PORTS
+    mkdir -p "$PF_CLUSTER_DIR/c$n" "$PF_LOGS/rabbitmq-c$n"
+    rm -f "$(cl_pidfile "$n")"
+    log "starting RabbitMQ cluster node $(cl_node "$n") on 127.0.0.1:$port"
+    (
+        cl_env "$n"
+        cd "$PF_CLUSTER_DIR" || exit 1
+        env "$PF_MARK" "$PF_RABBITMQ_BIN/rabbitmq-server" -detached \
+            </dev/null >>"$PF_LOGS/rabbitmq-c$n-startup.log" 2>&1 ||
+            die "rabbitmq-server -detached failed for cluster node $n (see $PF_LOGS/rabbitmq-c$n-startup.log)"
+    ) &
+    PF_CL_LAUNCHERS+=($!)
+    PF_CL_STARTED+=("$n")
+}
+
+# Waits for the launches of cl_start_node (rabbitmq-server -detached returns once the VM is
+# detached, long before the boot).
+cl_wait_launched() {
+    local pid rc=0
+    for pid in "${PF_CL_LAUNCHERS[@]}"; do wait "$pid" || rc=1; done
+    PF_CL_LAUNCHERS=()
+    ((rc == 0)) || die "could not launch every cluster node"
+}
+
+# Runs "$@" N (a function that may die) for every node N in parallel; fails if one fails
+# (each prints its own error).
+cl_parallel() {
+    local n pids=() pid rc=0
+    for n in "${PF_CLUSTER_INDEXES[@]}"; do
+        "$@" "$n" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    return "$rc"
+}
+
+# Waits up to $1 seconds until node $2 has booted (app running). A node launched just now is
+# awaited through its pid file (`wait` also waits for the boot; await_startup would fail at
+# once while the node is not registered yet), one that ran already with await_startup. A
+# restarted node that was not the last of its cluster to stop waits in its boot for a peer
+# that was running when it stopped.
+cl_wait_booted() {
+    local timeout=$1 n=$2 log=$PF_LOGS/rabbitmq-c$2-startup.log how=(await_startup)
+    [[ " ${PF_CL_STARTED[*]} " == *" $n "* ]] && how=(wait "$(cl_pidfile "$n")")
+    if ! PF_CL_CMD_TIMEOUT=$((timeout + 15)) clctl "$n" "${how[@]}" --timeout "$timeout" >>"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        tail -n 20 "$PF_LOGS/rabbitmq-c$n/$(cl_node "$n").log" >&2 2>/dev/null || true
+        die "RabbitMQ cluster node $n did not boot within ${timeout}s (logs: $log, $PF_LOGS/rabbitmq-c$n/)"
+    fi
+    [[ -n $(cl_pid "$n") ]] || die "cluster node $n answers but its pid file $(cl_pidfile "$n") does not point to our process"
+}
+
+# Node $1 (2 or 3) joins node 1's cluster (resets node $1 first: only for a node that is no
+# member yet).
+cl_join() {
+    local n=$1 seed
+    seed=$(cl_node 1)
+    log "joining $(cl_node "$n") to the cluster of $seed"
+    {
+        clctl "$n" stop_app && clctl "$n" join_cluster "$seed" && clctl "$n" start_app
+    } >>"$PF_CLUSTER_LOG" 2>&1 || {
+        tail -n 20 "$PF_CLUSTER_LOG" >&2
+        die "cluster node $n could not join $seed (log: $PF_CLUSTER_LOG)"
+    }
+}
+
+# Waits up to $1 seconds until node $3 is in the cluster (cl_in_cluster). With $2 = member,
+# fails at once if the node answers with other members than all three (membership comes from
+# the data dir: a node that is no member would never get there); $2 = any does not.
+cl_wait_clustered() {
+    local timeout=$1 mode=$2 n=$3 deadline=$((SECONDS + $1)) view=""
+    while :; do
+        if view=$(cl_view "$n"); then
+            [[ $view == "${PF_CLUSTER_INDEXES[*]}|$(cl_running)" ]] && return 0
+            [[ $mode != member || ${view%|*} == "${PF_CLUSTER_INDEXES[*]}" ]] ||
+                die "cluster node $n runs, but its cluster members are '${view%|*}', not '${PF_CLUSTER_INDEXES[*]}' (start afresh: stop.sh --purge $PF_CLUSTER; start.sh $PF_CLUSTER)"
+        else
+            view="no answer"
+        fi
+        ((SECONDS < deadline)) ||
+            die "cluster node $n runs but is not clustered after ${timeout}s: its view (members|running) is '$view', running processes: '$(cl_running)' (log: $PF_LOGS/rabbitmq-c$n/)"
+        sleep 0.2
+    done
+}
+
+# Stops node $1 (rabbitmqctl stop, which returns when the VM has exited; TERM then KILL by pid
+# if that fails) and returns once the process is gone.
+cl_stop_node() {
+    local n=$1 pid
+    pid=$(cl_pid "$n")
+    if [[ -n $pid ]]; then
+        log "stopping RabbitMQ cluster node $(cl_node "$n") (pid $pid)"
+        if ! PF_CL_CMD_TIMEOUT=60 clctl "$n" stop "$(cl_pidfile "$n")" >>"$PF_CLUSTER_LOG" 2>&1; then
+            log "rabbitmqctl stop failed for cluster node $n (see $PF_CLUSTER_LOG); ending pid $pid"
+        fi
+        end_pid "$pid" 30 || die "could not stop cluster node $n (pid $pid)"
+    fi
+    rm -f "$(cl_pidfile "$n")"
+}
+
+# The stack.env lines of the cluster: only while one of its nodes runs (a node stopped on
+# purpose, e.g. by cluster.sh stop, keeps them; a cluster with no node running drops them).
+cl_stack_env_lines() {
+    cl_any_running || return 0
+    local n urls=() nodes=()
+    for n in "${PF_CLUSTER_INDEXES[@]}"; do
+        urls+=("$(cl_url "$n")")
+        nodes+=("$(cl_node "$n")")
+    done
+    local IFS=,
+    printf 'PUSHFLEET_CLUSTER_AMQP_URLS=%s\nPUSHFLEET_CLUSTER_NODES=%s\n' "${urls[*]}" "${nodes[*]}"
+}
+
+# Brings the cluster lines of an existing stack.env up to date (see cl_stack_env_lines);
+# replaces the file atomically, and only if it changes.
+cl_update_stack_env() {
+    local file=$PF_STATE/stack.env tmp
+    [[ -f $file ]] || return 0
+    tmp=$(mktemp "$file.XXXXXX")
+    { grep -v '^PUSHFLEET_CLUSTER_' "$file" || true; cl_stack_env_lines; } >"$tmp"
+    chmod 644 "$tmp"
+    if cmp -s "$tmp" "$file"; then rm -f "$tmp"; else mv -f "$tmp" "$file"; fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # TLS registry: its name in /etc/hosts and the daemon's trust in certs.d. start.sh installs
 # both, stop.sh removes exactly what carries this stack's marker.
@@ -338,4 +597,17 @@ print_status() {
     [[ $(hosts_ours) == "$(tls_hosts_line)" ]] && hosts="ok"
     certs_dir_ours "$PF_TLS_CERTS_DIR" && [[ -f $PF_TLS_CERTS_DIR/ca.crt ]] && trust="ok"
     printf '  %-15s %-8s %-12s %s\n' "" "" "" "$PF_HOSTS_FILE '$PF_TLS_LISTEN $PF_TLS_NAME': $hosts; daemon CA $PF_TLS_CERTS_DIR/ca.crt: $trust"
+    # The opt-in cluster, once it has been started (its directory exists).
+    [[ -d $PF_CLUSTER_DIR ]] || return 0
+    local n
+    for n in "${PF_CLUSTER_INDEXES[@]}"; do
+        c=rabbitmq-c$n
+        addr="amqp://127.0.0.1:$(cl_port "$n") node $(cl_node "$n") ($PF_CLUSTER)"
+        pid=$(cl_pid "$n")
+        if [[ -n $pid ]]; then
+            printf '  %-15s running  pid %-8s %s\n' "$c" "$pid" "$addr"
+        else
+            printf '  %-15s stopped  %-12s %s\n' "$c" "" "$addr"
+        fi
+    done
 }

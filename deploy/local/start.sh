@@ -8,7 +8,8 @@
 #
 # Usage: deploy/local/start.sh [COMPONENT...]
 #   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry tls-registry
-#   (default: all)
+#   (default: all of these), or rabbitmq-cluster (opt-in, never started by default: three
+#   RabbitMQ nodes pushfleet-c1..c3@localhost clustered on 127.0.0.1:5681..5683; see cluster.sh)
 # Idempotent: components that already run (live pid of ours) are left alone, missing ones are
 # started, so after killing one by pid, running start.sh again restarts just that one.
 # tls-registry also adds `::1 registry.test # pushfleet-stack <state dir>` to /etc/hosts and
@@ -17,7 +18,7 @@
 # Ports (env vars; the first choice is kept in $STATE/settings.env):
 #   PUSHFLEET_AMQP_PORT=5672 PUSHFLEET_EPMD_PORT=4370 PUSHFLEET_BASIC_PORT=5001
 #   PUSHFLEET_TOKEN_REGISTRY_PORT=5002 PUSHFLEET_TOKEN_SERVER_PORT=5003
-#   PUSHFLEET_TLS_REGISTRY_PORT=5443 (on ::1)
+#   PUSHFLEET_TLS_REGISTRY_PORT=5443 (on ::1) PUSHFLEET_CLUSTER_AMQP_PORTS=5681,5682,5683
 # Other knobs: PUSHFLEET_TOKEN_SERVER_BIN (use this binary instead of building it),
 #   PUSHFLEET_STARTUP_TIMEOUT (seconds per component, default 90).
 set -euo pipefail
@@ -34,11 +35,11 @@ wanted=()
 for arg in "$@"; do
     case $arg in
     -h | --help)
-        sed -n '2,22p' "$0"
+        sed -n '2,23p' "$0"
         exit 0
         ;;
-    rabbitmq | dockerd | token-server | basic-registry | token-registry | tls-registry) wanted+=("$arg") ;;
-    *) die "unknown component '$arg' (known: ${PF_COMPONENTS[*]})" ;;
+    rabbitmq | dockerd | token-server | basic-registry | token-registry | tls-registry | "$PF_CLUSTER") wanted+=("$arg") ;;
+    *) die "unknown component '$arg' (known: ${PF_COMPONENTS[*]} $PF_CLUSTER)" ;;
     esac
 done
 ((${#wanted[@]})) || wanted=("${PF_COMPONENTS[@]}")
@@ -299,6 +300,16 @@ EOF
 log.file.level = info
 log.console = false
 EOF
+    # The opt-in cluster's nodes: the same, plus a name for the cluster. Forming it is start.sh's
+    # job (nodes 2 and 3 join node 1), not peer discovery's. guest stays limited to loopback
+    # connections (RabbitMQ's default), which is all there is here.
+    write_file "$PF_CONFIG/rabbitmq-cluster.conf" 600 <<EOF
+# pushfleet local stack, nodes of the opt-in cluster (start.sh $PF_CLUSTER); each node's
+# listener comes from RABBITMQ_NODE_IP_ADDRESS/PORT.
+log.file.level = info
+log.console = false
+cluster_name = pushfleet-cluster
+EOF
 }
 
 # write_registry_config NAME HOST:PORT < rest (optional further `http:` keys, indented, then
@@ -335,18 +346,6 @@ EOF
 
 STARTED=()
 
-start_epmd() {
-    [[ -n $(pid_of epmd) ]] && return 0
-    if port_open "$PF_EPMD_PORT"; then
-        log "epmd port $PF_EPMD_PORT is already served by an epmd not started by this stack; sharing it"
-        return 0
-    fi
-    local pid
-    pid=$(ERL_EPMD_ADDRESS=127.0.0.1 launch "$PF_LOGS/epmd.log" epmd -port "$PF_EPMD_PORT")
-    echo "$pid" >"$PF_PIDS/epmd.pid"
-    wait_until 10 port_open "$PF_EPMD_PORT" || die "epmd did not listen on $PF_EPMD_PORT (see $PF_LOGS/epmd.log)"
-}
-
 start_rabbitmq() {
     [[ -n $(pid_of rabbitmq) ]] && return 0
     require_free_port "$PF_AMQP_PORT" "RabbitMQ (AMQP)" PUSHFLEET_AMQP_PORT
@@ -375,6 +374,46 @@ wait_rabbitmq() {
         die "RabbitMQ did not start within ${TIMEOUT}s (logs: $PF_LOGS/rabbitmq-startup.log, $PF_LOGS/rabbitmq/)"
     fi
     [[ -n $(pid_of rabbitmq) ]] || die "RabbitMQ answers but its pid file $PF_RMQ_PIDFILE does not point to our process"
+}
+
+# The cluster: its cookie (made once), the stack's epmd, then every node that does not run
+# (launched together: a restarted node may wait in its boot for the others).
+start_cluster() {
+    mkdir -p "$PF_CLUSTER_DIR/home"
+    chmod 700 "$PF_CLUSTER_DIR"
+    ensure_secret "$(cl_cookie)" erlang_cookie
+    chmod 400 "$(cl_cookie)" # what Erlang itself would make
+    start_epmd
+    local n
+    for n in "${PF_CLUSTER_INDEXES[@]}"; do cl_start_node "$n"; done
+    cl_wait_launched
+    ((${#PF_CL_STARTED[@]} == 0)) || STARTED+=("$PF_CLUSTER(${PF_CL_STARTED[*]})")
+}
+
+# Erlang cookies are atoms: upper-case letters, as Erlang generates them.
+erlang_cookie() { openssl rand -hex 16 | tr 'a-f0-9' 'A-P'; }
+
+# Every node booted, then nodes 2 and 3 joined to node 1 unless they are members already (a
+# restarted node rejoins by itself from its data dir), then all three running in one cluster.
+wait_cluster() {
+    local n view joined=""
+    # Nothing launched now and node 1 sees all three running: nothing to wait for.
+    ((${#PF_CL_STARTED[@]} == 0)) && cl_in_cluster 1 && return 0
+    cl_parallel cl_wait_booted "$TIMEOUT" || die "the cluster did not boot"
+    for n in "${PF_CLUSTER_INDEXES[@]:1}"; do
+        view=$(cl_view "$n") || die "cluster node $n does not answer (log: $PF_LOGS/rabbitmq-c$n/)"
+        if [[ " ${view%|*} " != *" 1 "* ]]; then
+            cl_join "$n"
+            joined=1
+        fi
+    done
+    cl_parallel cl_wait_clustered "$TIMEOUT" any || die "the cluster did not form"
+    # A fresh 3.10 node enables every feature flag (quorum_queue among them); make sure the
+    # joined cluster has them too.
+    if [[ -n $joined ]]; then
+        clctl 1 enable_feature_flag all >>"$PF_CLUSTER_LOG" 2>&1 ||
+            die "could not enable the feature flags of the cluster (log: $PF_CLUSTER_LOG)"
+    fi
 }
 
 start_dockerd() {
@@ -541,9 +580,12 @@ start_tls_registry() {
 # ---------------------------------------------------------------------------------------------
 # stack.env
 
+# The cluster's keys (PUSHFLEET_CLUSTER_*) are there only while one of its nodes runs, whatever
+# components this run started.
 write_stack_env() {
     local s=$PF_SECRETS
-    write_file "$PF_STATE/stack.env" 644 <<EOF
+    {
+        cat <<EOF
 # Written by deploy/local/start.sh. Passwords are never here, only the paths of 0600 files.
 PUSHFLEET_STACK_DIR=$PF_STATE
 PUSHFLEET_STACK_ENV=$PF_STATE/stack.env
@@ -579,6 +621,8 @@ PUSHFLEET_TLS_CA_FILE=$PF_TLS_CA_CERT
 PUSHFLEET_TLS_WRONG_CA_FILE=$PF_TLS_WRONG_CA_CERT
 PUSHFLEET_TLS_CERTS_D=$PF_TLS_CERTS_DIR
 EOF
+        cl_stack_env_lines
+    } | write_file "$PF_STATE/stack.env" 644
 }
 
 # A running component keeps its port: refuse to write a stack.env with another one.
@@ -593,6 +637,7 @@ check_port_changes() {
         PUSHFLEET_TOKEN_REGISTRY_PORT) comp=token-registry ;;
         PUSHFLEET_TOKEN_SERVER_PORT) comp=token-server ;;
         PUSHFLEET_TLS_REGISTRY_PORT) comp=tls-registry ;;
+        PUSHFLEET_CLUSTER_AMQP_PORTS) comp=$PF_CLUSTER ;;
         *) continue ;;
         esac
         case $k in
@@ -603,8 +648,11 @@ check_port_changes() {
         PUSHFLEET_TOKEN_REGISTRY_PORT) now=$PF_TOKEN_REGISTRY_PORT ;;
         PUSHFLEET_TOKEN_SERVER_PORT) now=$PF_TOKEN_SERVER_PORT ;;
         PUSHFLEET_TLS_REGISTRY_PORT) now=$PF_TLS_REGISTRY_PORT ;;
+        PUSHFLEET_CLUSTER_AMQP_PORTS) now=$PF_CLUSTER_AMQP_PORTS ;;
         esac
-        if [[ $v != "$now" && -n $(pid_of "$comp") ]]; then
+        [[ $v != "$now" ]] || continue
+        if [[ $comp == "$PF_CLUSTER" ]] && cl_any_running ||
+            [[ $comp != "$PF_CLUSTER" && -n $(pid_of "$comp") ]]; then
             [[ $comp == epmd ]] && comp=rabbitmq
             die "$comp runs with $k=$v; stop it first (deploy/local/stop.sh $comp) to change it to $now"
         fi
@@ -622,6 +670,7 @@ write_configs
 pf_save_settings
 
 want rabbitmq && start_rabbitmq
+want "$PF_CLUSTER" && start_cluster
 want dockerd && start_dockerd
 want token-server && start_token_server
 want basic-registry && start_registry basic "$PF_BASIC_PORT" PUSHFLEET_BASIC_PORT
@@ -635,6 +684,7 @@ want token-registry && wait_registry token "http://127.0.0.1:$PF_TOKEN_REGISTRY_
 # Through the real name, /etc/hosts and the CA: ready means a client with the CA can use it.
 want tls-registry && wait_registry tls "https://$PF_TLS_REGISTRY" --cacert "$PF_TLS_CA_CERT"
 want rabbitmq && wait_rabbitmq
+want "$PF_CLUSTER" && wait_cluster
 
 write_stack_env
 

@@ -3,11 +3,13 @@
 #
 # Usage: deploy/local/stop.sh [--purge] [COMPONENT...]
 #   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry tls-registry
-#   (default: all, plus RabbitMQ's epmd and any other process carrying this stack's marker:
-#   first processes started with lib.sh's `launch` that are no component (a demo worker), last
-#   stragglers such as the containerd of a killed dockerd)
+#   rabbitmq-cluster (default: all, the cluster's nodes too, plus RabbitMQ's epmd and any other
+#   process carrying this stack's marker: first processes started with lib.sh's `launch` that
+#   are no component (a demo worker), last stragglers such as the containerd of a killed
+#   dockerd)
 #   --purge: afterwards remove the whole state directory (data, secrets, logs); only with all
-#   components.
+#   components, or with rabbitmq-cluster alone: then only the cluster's data, cookie and logs.
+# Stopping the cluster (or everything) drops its keys (PUSHFLEET_CLUSTER_*) from stack.env.
 # Idempotent: stopping what is not running does nothing. Only processes whose pid file names a
 # live process carrying PUSHFLEET_STACK_OWNER=<this state dir> in its environment are touched.
 # Stopping tls-registry (or everything) also removes this stack's line from /etc/hosts (the one
@@ -23,19 +25,21 @@ for arg in "$@"; do
     case $arg in
     --purge) purge=1 ;;
     -h | --help)
-        sed -n '2,15p' "$0"
+        sed -n '2,17p' "$0"
         exit 0
         ;;
-    rabbitmq | dockerd | token-server | basic-registry | token-registry | tls-registry) wanted+=("$arg") ;;
-    *) die "unknown argument '$arg' (--purge, ${PF_COMPONENTS[*]})" ;;
+    rabbitmq | dockerd | token-server | basic-registry | token-registry | tls-registry | "$PF_CLUSTER") wanted+=("$arg") ;;
+    *) die "unknown argument '$arg' (--purge, ${PF_COMPONENTS[*]} $PF_CLUSTER)" ;;
     esac
 done
 all=""
 if ((${#wanted[@]} == 0)); then
     all=1
-    wanted=(tls-registry token-registry basic-registry token-server dockerd rabbitmq)
+    wanted=(tls-registry token-registry basic-registry token-server dockerd "$PF_CLUSTER" rabbitmq)
 fi
-[[ -n $purge && -z $all ]] && die "--purge only together with stopping everything"
+if [[ -n $purge && -z $all && ${wanted[*]} != "$PF_CLUSTER" ]]; then
+    die "--purge only together with stopping everything, or with $PF_CLUSTER alone"
+fi
 
 # Removes what start.sh put outside the state directory for the TLS registry: this stack's
 # /etc/hosts line and its certs.d folders (any port: the port may have changed since).
@@ -90,6 +94,26 @@ stop_rabbitmq() {
     rm -f "$PF_RMQ_PIDFILE"
 }
 
+# The cluster's nodes, 3 then 2 then 1 (node 1, the seed, goes last), one at a time: a node
+# remembers which peers ran when it stopped, and the last one to stop needs none to boot.
+stop_cluster() {
+    local n
+    for n in 3 2 1; do cl_stop_node "$n"; done
+    cl_update_stack_env
+}
+
+# Removes the cluster's data dirs, cookie and logs (its nodes are stopped).
+purge_cluster() {
+    [[ -z $(cl_running) ]] || die "cluster nodes still run ($(cl_running)); not purging"
+    log "removing $PF_CLUSTER_DIR and the cluster's logs"
+    rm -rf "$PF_CLUSTER_DIR" "$PF_CLUSTER_LOG"
+    local n
+    for n in "${PF_CLUSTER_INDEXES[@]}"; do
+        rm -rf "$PF_LOGS/rabbitmq-c$n" "$PF_LOGS/rabbitmq-c$n-startup.log" "$PF_LOGS/rabbitmq-c$n-erl_crash.dump"
+        rm -f "$(cl_pidfile "$n")"
+    done
+}
+
 stop_dockerd() {
     local pid
     pid=$(pid_of dockerd)
@@ -138,6 +162,7 @@ if [[ -n $all ]]; then
     # the daemon to shut down cleanly, so it goes before them.
     known=""
     for c in epmd "${PF_COMPONENTS[@]}"; do known+=" $(pid_of "$c")"; done
+    for n in "${PF_CLUSTER_INDEXES[@]}"; do known+=" $(cl_pid "$n")"; done
     for p in $(pids_with_mark); do
         within "$p" "$known" && continue
         log "stopping pid $p (not a component): $({ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | cut -c1-100)"
@@ -148,6 +173,7 @@ fi
 for c in "${wanted[@]}"; do
     case $c in
     rabbitmq) stop_rabbitmq ;;
+    "$PF_CLUSTER") stop_cluster ;;
     dockerd) stop_dockerd ;;
     tls-registry)
         stop_simple "$c" 15
@@ -166,7 +192,9 @@ if [[ -n $all ]]; then
     done
 fi
 
-if [[ -n $purge ]]; then
+if [[ -n $purge && -z $all ]]; then
+    purge_cluster
+elif [[ -n $purge ]]; then
     [[ -f $PF_STATE/.pushfleet-stack ]] || die "$PF_STATE has no .pushfleet-stack marker; not removing it"
     leftover=$(pids_with_mark)
     [[ -z $leftover ]] || die "processes of this stack still run ($leftover); not purging"

@@ -65,13 +65,7 @@ async fn final_failures_are_errors_retried_ones_warnings_and_lines_name_the_cata
     // Retried once (registry_unreachable), then dead; named by the alias `9` of `closed`.
     let retried = unique("job-retried");
     events
-        .publish_job(&job_json(
-            &retried,
-            &image,
-            "9",
-            "production/myapp",
-            &["1"],
-        ))
+        .publish_job(&job_json(&retried, &image, "9", "production/myapp", &["1"]))
         .await?;
     let terminal = events
         .wait_terminal(&[refused.clone(), retried.clone()], WITHIN)

@@ -13,3 +13,4 @@ mod registry_client;
 mod secrets;
 mod signing;
 mod tls;
+mod transient;

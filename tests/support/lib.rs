@@ -92,4 +92,5 @@ pub fn docker(env: &StackEnv) -> Result<bollard::Docker> {
 
 pub mod fleet;
 pub mod process;
+pub mod proxy;
 pub mod raw_amqp;

@@ -233,6 +233,17 @@ impl RegistryError {
     }
 }
 
+impl RegistryError {
+    /// Whether asking again at once may well succeed: a 5xx or a dropped connection. Not a
+    /// timeout (asking again would wait as long again), not a refusal or a rate limit.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { source, .. } => !source.as_ref().is_some_and(|e| e.is_timeout()),
+            _ => false,
+        }
+    }
+}
+
 impl Coded for RegistryError {
     fn code(&self) -> ErrorCode {
         match self {

@@ -67,6 +67,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Response, StatusCode};
 use url::Url;
@@ -87,6 +88,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body read (token responses, error bodies).
 const MAX_BODY: usize = 256 * 1024;
+/// How many times a manifest read is sent when the registry answers it transiently (see
+/// [`RegistryClient::manifest_digest`]).
+pub const READ_ATTEMPTS: usize = 4;
+/// The pause before the second such read; each next one is four times longer (with jitter).
+const READ_RETRY_MIN_DELAY: Duration = Duration::from_millis(50);
 
 /// The manifest media types asked for when checking a tag: Docker v2 manifest and manifest
 /// list, OCI manifest and index.
@@ -361,7 +367,42 @@ impl RegistryClient {
     /// The digest (`Docker-Content-Digest`) of manifest `reference` (a tag or digest) in
     /// `repository`, or `None` when the registry has no such manifest (404). A 401 drops the
     /// cached authorisation and is retried once with fresh authentication.
+    ///
+    /// A transient answer (a 5xx, a dropped connection; not a timeout) is asked again here,
+    /// [`READ_ATTEMPTS`] times in all with short growing pauses, before it fails the job: a
+    /// registry under concurrent pushes of one manifest answers the odd read with a 500, and
+    /// sending the whole job through the broker's delay queue for that idles the worker for
+    /// seconds.
     pub async fn manifest_digest(
+        &self,
+        repository: &str,
+        reference: &str,
+        login: Option<&Credentials>,
+    ) -> Result<Option<String>, RegistryError> {
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(READ_RETRY_MIN_DELAY)
+            .with_factor(4.0)
+            .with_jitter()
+            .with_max_times(READ_ATTEMPTS - 1)
+            .build();
+        loop {
+            match self
+                .manifest_digest_once(repository, reference, login)
+                .await
+            {
+                Err(e) if e.is_transient() => match pauses.next() {
+                    Some(pause) => {
+                        tracing::debug!(registry = %self.key, repository, error = %e, ?pause, "transient answer to a manifest read; asking again");
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => return Err(e),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    async fn manifest_digest_once(
         &self,
         repository: &str,
         reference: &str,

@@ -290,3 +290,64 @@ async fn https_endpoint_refuses_http_realm() {
     assert!(matches!(e, RegistryError::InsecureRealm { .. }), "{e:?}");
     assert_eq!(client.request_count(), 0);
 }
+
+#[tokio::test]
+async fn a_transient_manifest_read_is_asked_again_in_process() {
+    let digest = "sha256:".to_owned() + &"a".repeat(64);
+    let header = format!("Docker-Content-Digest: {digest}");
+    let (url, server) = canned_server(vec![
+        reply("200 OK", &[], ""), // GET /v2/: no authentication
+        reply(
+            "500 Internal Server Error",
+            &[],
+            "invalid checksum digest format",
+        ),
+        reply("502 Bad Gateway", &[], ""),
+        reply("200 OK", &[&header], ""),
+    ])
+    .await;
+    let client = RegistryClient::new(endpoint(url.as_str())).expect("client");
+    let found = client
+        .manifest_digest("team/app", "1.0", None)
+        .await
+        .expect("the third read succeeds");
+    assert_eq!(found.as_deref(), Some(digest.as_str()));
+    let heads = server.await.expect("server");
+    let reads = heads
+        .iter()
+        .filter(|h| h.starts_with("HEAD /v2/team/app/manifests/1.0"))
+        .count();
+    assert_eq!(reads, 3, "{heads:#?}");
+}
+
+#[tokio::test]
+async fn a_registry_that_keeps_failing_reads_fails_after_the_bounded_attempts() {
+    let mut answers = vec![reply("200 OK", &[], "")];
+    answers.extend((0..READ_ATTEMPTS).map(|_| reply("500 Internal Server Error", &[], "")));
+    let (url, server) = canned_server(answers).await;
+    let client = RegistryClient::new(endpoint(url.as_str())).expect("client");
+    let e = client
+        .manifest_digest("team/app", "1.0", None)
+        .await
+        .expect_err("every read fails");
+    assert_eq!(e.code(), ErrorCode::RegistryUnreachable);
+    assert!(e.is_retryable(), "the broker's retry takes it from here");
+    let heads = server.await.expect("server");
+    assert_eq!(heads.len(), 1 + READ_ATTEMPTS, "{heads:#?}");
+}
+
+#[tokio::test]
+async fn refusals_are_not_asked_again() {
+    let (url, server) = canned_server(vec![
+        reply("200 OK", &[], ""),
+        reply("403 Forbidden", &[], ""),
+    ])
+    .await;
+    let client = RegistryClient::new(endpoint(url.as_str())).expect("client");
+    let e = client
+        .manifest_digest("team/app", "1.0", None)
+        .await
+        .expect_err("403");
+    assert_eq!(e.code(), ErrorCode::RegistryDenied);
+    assert_eq!(server.await.expect("server").len(), 2);
+}
