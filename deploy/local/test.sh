@@ -11,5 +11,7 @@ command -v cargo >/dev/null || {
     exit 1
 }
 bash deploy/local/start.sh
+# The three-node RabbitMQ cluster for tests/cluster (a node is stopped and started there).
+bash deploy/local/start.sh rabbitmq-cluster
 export PUSHFLEET_STACK_ENV=${PUSHFLEET_STACK_ENV:-$repo/.stack/stack.env}
 exec cargo test --workspace --all-targets --no-fail-fast "$@"
