@@ -142,10 +142,39 @@ async fn happy_path_to_the_token_registry_then_redelivery_pushes_nothing() -> Re
         "the registry holds the digest the event reports"
     );
 
-    // The same job again (as after a crash before the ack): one HEAD, no push.
-    let again = h
+    // The same job as a first delivery: pushed again (no "already present?" request first).
+    let fresh = h
         .run(&job(&format!("{name}:1.0"), "token", &repo, &["1.0"]))
         .await?;
+    let done_fresh = terminal(&fresh)?;
+    assert_eq!(done_fresh.state, JobState::Succeeded, "{done_fresh:#?}");
+    assert_eq!(done_fresh.already_present, Some(false));
+    assert!(
+        done_fresh
+            .phases
+            .as_ref()
+            .is_some_and(|p| p.push_ms.is_some()),
+        "pushed: {done_fresh:#?}"
+    );
+
+    // The same job as a retry (attempt 2; after a crash before the ack the broker marks it
+    // redelivered, which counts the same): one HEAD, no push.
+    let retried = job(&format!("{name}:1.0"), "token", &repo, &["1.0"]);
+    let retried_id = retried["job_id"].as_str().context("job_id")?.to_owned();
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-pushfleet-attempt".into(),
+        lapin::types::AMQPValue::LongLongInt(2),
+    );
+    h.broker
+        .publish_raw(
+            &serde_json::to_vec(&retried)?,
+            lapin::BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_headers(headers),
+        )
+        .await?;
+    let again = h.broker.wait_for(&retried_id).await?;
     let done_again = terminal(&again)?;
     assert_eq!(done_again.state, JobState::Succeeded, "{done_again:#?}");
     assert_eq!(done_again.already_present, Some(true));

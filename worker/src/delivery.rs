@@ -237,12 +237,13 @@ async fn run_job(
         valid.timeout_s_or(u32::try_from(shared.job_timeout.as_secs()).unwrap_or(u32::MAX));
     let limit = Duration::from_secs(u64::from(timeout_s));
     let cancel = shared.cancels.register(&valid.job.job_id);
+    let may_have_run = attempt > 1 || delivery.redelivered;
     // Dropping the pipeline future (time limit, cancel) drops the daemon's push stream, which
     // ends the push; the outcome is a failure either way, never a success.
     let result = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
-        r = tokio::time::timeout(limit, shared.pipeline.run(&valid, &plan, registry, &progress_tx)) => r.ok(),
+        r = tokio::time::timeout(limit, shared.pipeline.run(&valid, &plan, registry, may_have_run, &progress_tx)) => r.ok(),
     };
     shared.cancels.finish(&valid.job.job_id);
     stop_progress.cancel();

@@ -7,9 +7,10 @@
 //! is touched; a missing source image fails before the registry is bothered; missing push
 //! rights fail before a byte is uploaded.
 //!
-//! Redelivery is harmless: when the daemon already knows the manifest digest this image has in
-//! the target repository and the registry's tags already point at it, nothing is pushed and
-//! the job succeeds with `already_present`.
+//! Redelivery is harmless: when a job that may have run before (redelivered, or retried) finds
+//! that the daemon already knows the manifest digest this image has in the target repository
+//! and the registry's tags already point at it, nothing is pushed and the job succeeds with
+//! `already_present`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -152,17 +153,20 @@ impl Pipeline {
 
     /// Runs one attempt of `job` as `plan` (made by [`crate::plan::plan`] against this
     /// pipeline's catalogue) says, publishing upload progress into `progress`.
+    /// `may_have_run` (a redelivery, or a retry) asks the registry first whether the job's
+    /// tags already hold the image: a first delivery skips that request.
     pub async fn run(
         &self,
         job: &ValidJob,
         plan: &Plan,
         registry: &Registry,
+        may_have_run: bool,
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<Success, Failure> {
         let mut phases = PhaseTimings::default();
         let started = Instant::now();
         match self
-            .run_planned(job, plan, registry, progress, &mut phases)
+            .run_planned(job, plan, registry, may_have_run, progress, &mut phases)
             .await
         {
             Ok((digest, size, bytes, already_present)) => {
@@ -187,6 +191,7 @@ impl Pipeline {
         job: &ValidJob,
         plan: &Plan,
         registry: &Registry,
+        may_have_run: bool,
         progress: &watch::Sender<Option<Progress>>,
         phases: &mut PhaseTimings,
     ) -> Result<(String, Option<u64>, u64, bool), JobFailure> {
@@ -216,15 +221,18 @@ impl Pipeline {
             .map_err(|e| coded(&e))?;
         phases.preflight_ms = ms(t);
 
-        // Redelivery: if the daemon knows this image's digest in the target repository and
-        // every target tag already points at it, there is nothing to push.
+        // Redelivery: if the job may have run before, the daemon knows this image's digest in
+        // the target repository and every target tag already points at it, there is nothing
+        // to push. A first delivery goes straight to the push (cheap when the registry has the
+        // layers), saving a registry request.
         let targets = plan.target_refs();
         let target_name = targets.first().map(|t| t.name()).unwrap_or_default();
-        let known_digest = source.repo_digests.iter().find_map(|d| {
+        let earlier_pushes = source.repo_digests.iter().filter(|_| may_have_run);
+        let mut known_digests = earlier_pushes.filter_map(|d| {
             let (name, digest) = d.rsplit_once('@')?;
             (ImageRef::parse(name).ok()?.name() == target_name).then(|| digest.to_owned())
         });
-        if let Some(expected) = known_digest {
+        if let Some(expected) = known_digests.next() {
             let t = Instant::now();
             let mismatch =
                 first_mismatch(client, repository, targets, login.as_ref(), &expected).await?;
