@@ -79,3 +79,49 @@ async fn topology_declares_twice_and_a_job_round_trips() -> anyhow::Result<()> {
     conn.close(200, "done".into()).await?;
     Ok(())
 }
+
+/// Broker-only mode (for benchmarks of the broker side) runs every job through consume,
+/// parse, plan, events and ack, and touches neither daemon nor registry: a job for an image
+/// the daemon does not have still "succeeds", with the all-zero digest.
+#[tokio::test]
+async fn broker_only_mode_settles_jobs_without_daemon_or_registry() -> anyhow::Result<()> {
+    use pushfleet_tests::fleet::{Broker, base_registries, job, terminal, worker_config};
+    use std::sync::Arc;
+
+    let env = StackEnv::load()?;
+    let prefix = unique("t-brokeronly");
+    let config = Arc::new(worker_config(&env, &prefix, &base_registries(&env)?)?);
+    let topology = config.amqp.topology();
+    let status = Arc::new(pushfleet_worker::runner::WorkerStatus::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    let worker = tokio::spawn(pushfleet_worker::runner::run_broker_only(
+        Arc::clone(&config),
+        Arc::clone(&status),
+        async move { token.cancelled().await },
+    ));
+    let mut broker = Broker::connect(&env, &topology).await?;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let j = job(
+            &unique("nowhere"),
+            "basic",
+            "production/none",
+            &[&format!("t{i}")],
+        );
+        ids.push(j["job_id"].as_str().unwrap_or_default().to_owned());
+        broker.publish_job(&j).await?;
+    }
+    for id in &ids {
+        let events = broker.wait_for(id).await?;
+        let done = terminal(&events)?;
+        anyhow::ensure!(
+            done.state == pushfleet_shared::event::JobState::Succeeded
+                && done.digest.as_deref() == Some(pushfleet_worker::delivery::BROKER_ONLY_DIGEST),
+            "{events:#?}"
+        );
+    }
+    stop.cancel();
+    worker.await??;
+    pushfleet_tests::fleet::delete_topology(&env.get("PUSHFLEET_AMQP_URL")?, &topology).await
+}

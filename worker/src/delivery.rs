@@ -29,8 +29,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::broker::{BrokerError, SessionPublisher};
 use crate::cancel::Cancels;
+use crate::config::Config;
 use crate::failure::{Coded, JobFailure};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Success};
 use crate::plan::plan;
 use crate::properties;
 use crate::report::Reporter;
@@ -48,7 +49,10 @@ pub const DEAD_WORKER_HEADER: &str = "x-pushfleet-worker";
 /// What every job task of one broker session shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) config: Arc<Config>,
+    /// The stages a planned job runs through; `None` in broker-only mode (see
+    /// [`crate::runner::run_broker_only`]).
+    pub(crate) pipeline: Option<Arc<Pipeline>>,
     pub(crate) publisher: SessionPublisher,
     pub(crate) topology: Topology,
     pub(crate) worker_id: String,
@@ -191,7 +195,7 @@ async fn run_job(
     );
     // Plan first (no I/O): the `accepted` event and every log line then name the catalogue
     // key and the exact targets, even when the job named an alias or policy refuses it.
-    let planned = plan(&valid, &shared.pipeline.config().registries);
+    let planned = plan(&valid, &shared.config.registries);
     let span = tracing::Span::current();
     match &planned {
         Ok((plan, _)) => {
@@ -243,7 +247,7 @@ async fn run_job(
     let result = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
-        r = tokio::time::timeout(limit, shared.pipeline.run(&valid, &plan, registry, may_have_run, &progress_tx)) => r.ok(),
+        r = tokio::time::timeout(limit, run_stages(shared, &valid, &plan, registry, may_have_run, &progress_tx)) => r.ok(),
     };
     shared.cancels.finish(&valid.job.job_id);
     stop_progress.cancel();
@@ -286,6 +290,36 @@ async fn run_job(
         }
     }
 }
+
+/// Runs the pipeline's stages, or, in broker-only mode, succeeds at once with
+/// [`BROKER_ONLY_DIGEST`].
+async fn run_stages(
+    shared: &Shared,
+    valid: &ValidJob,
+    plan: &crate::plan::Plan,
+    registry: &crate::config::Registry,
+    may_have_run: bool,
+    progress: &watch::Sender<Option<pushfleet_shared::event::Progress>>,
+) -> Result<Success, crate::pipeline::Failure> {
+    match &shared.pipeline {
+        Some(pipeline) => {
+            pipeline
+                .run(valid, plan, registry, may_have_run, progress)
+                .await
+        }
+        None => Ok(Success {
+            digest: BROKER_ONLY_DIGEST.to_owned(),
+            size: None,
+            bytes: 0,
+            phases: Default::default(),
+            already_present: false,
+        }),
+    }
+}
+
+/// The digest broker-only mode reports: all zeros, which no image has.
+pub const BROKER_ONLY_DIGEST: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Settles a failed attempt: a delayed retry, or a final failure (dead-lettered).
 async fn settle_failure(

@@ -90,6 +90,31 @@ pub async fn run_with_status(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let pipeline = Arc::new(Pipeline::new(Arc::clone(&config))?);
+    if let Err(e) = pipeline.daemon().ping().await {
+        warn!(error = %e, "the Docker daemon does not answer yet; jobs fail as daemon_unavailable (and are retried) until it does");
+    }
+    run_sessions(config, status, shutdown, Some(pipeline)).await
+}
+
+/// The broker side alone, for benchmarks of it: jobs are consumed, parsed and planned, and get
+/// their `accepted` and `succeeded` events (digest
+/// [`BROKER_ONLY_DIGEST`](crate::delivery::BROKER_ONLY_DIGEST)) and their ack, but no daemon
+/// or registry stage runs. Never for real jobs: it reports pushes that did not happen.
+pub async fn run_broker_only(
+    config: Arc<Config>,
+    status: Arc<WorkerStatus>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    warn!("broker-only mode: no image is pushed, every job is reported as succeeded");
+    run_sessions(config, status, shutdown, None).await
+}
+
+async fn run_sessions(
+    config: Arc<Config>,
+    status: Arc<WorkerStatus>,
+    shutdown: impl Future<Output = ()>,
+    pipeline: Option<Arc<Pipeline>>,
+) -> Result<(), RunError> {
     let urls = config
         .amqp
         .urls_with_password()
@@ -98,9 +123,6 @@ pub async fn run_with_status(
     // The node to try first: after a lost session, the next one (a cluster node that went
     // away refuses connections until it is back).
     let mut node = 0;
-    if let Err(e) = pipeline.daemon().ping().await {
-        warn!(error = %e, "the Docker daemon does not answer yet; jobs fail as daemon_unavailable (and are retried) until it does");
-    }
     let cancels = Arc::new(Cancels::default());
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -208,11 +230,11 @@ impl Session {
     /// Connects to the first node that answers, from `first_node` on, and starts consuming;
     /// the session's publisher goes into `publishers`.
     async fn open(
-        config: &Config,
+        config: &Arc<Config>,
         urls: &[SecretString],
         first_node: usize,
         publishers: &PublisherSlot,
-        pipeline: &Arc<Pipeline>,
+        pipeline: &Option<Arc<Pipeline>>,
         cancels: &Arc<Cancels>,
     ) -> Result<Self, BrokerError> {
         let worker_id = &config.worker.id;
@@ -262,7 +284,8 @@ impl Session {
         let publisher_channel = publisher.channel().clone();
         publishers.set(Some(publisher));
         let shared = Arc::new(Shared {
-            pipeline: Arc::clone(pipeline),
+            config: Arc::clone(config),
+            pipeline: pipeline.clone(),
             publisher: publishers.publisher(),
             topology,
             worker_id: worker_id.clone(),
