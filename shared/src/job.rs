@@ -10,17 +10,31 @@
 //! - **Missing fields**: `version`, `job_id`, `source`, `target.registry`,
 //!   `target.repository` and `target.tags` (non-empty) are required; `options` and each of its
 //!   fields default (see [`JobOptions`]); `metadata` defaults to `{}`.
+//! - **No duplicate keys**: a key repeated within one object, at any depth, is refused
+//!   ([`JobError::DuplicateKey`]); parsers disagree on which of the two values counts.
 //! - **No credentials**: a job names a registry of the worker's catalogue; credentials live
-//!   only in the worker's configuration. `metadata` keys that look like credentials
-//!   (`password`, `token`, `auth`, ...) are refused at any depth.
+//!   only in the worker's configuration. In `metadata`, keys named like credentials
+//!   (`password`, `token`, `private_key`, `kubeconfig`, ...) and string values shaped like them
+//!   (PEM blocks, Docker configs, `Bearer …`, base64 `user:password`, ...) are refused at any
+//!   depth: see [`crate::credential`] and `docs/jobs.md`.
 //! - **Size**: a message over [`MAX_JOB_BYTES`] is refused before it is parsed.
+//! - **Order of checks**: size, JSON syntax, duplicate keys, version, shape (fields and
+//!   types), then the values (job id, tags, timeout, credentials, references). A message gets
+//!   the error of the first check it fails.
+//! - **Host-independent**: [`PushJob::validate`] checks the repository and tags on their own;
+//!   the 255-character limit of `registry/repository` is applied by
+//!   [`ValidJob::targets_at`] once the catalogue has given the real registry host.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::credential::{CredentialKind, Finding, find_credential};
+use crate::duplicate_keys::{Scope, first_duplicate_key};
 use crate::error_code::ErrorCode;
 use crate::reference::{ImageRef, ReferenceError};
+
+pub(crate) use crate::credential::find_credential_key;
 
 /// The only job version this crate reads and writes.
 pub const JOB_VERSION: u32 = 1;
@@ -110,6 +124,12 @@ pub enum JobError {
         /// The parser's complaint, with any string values taken out.
         detail: String,
     },
+    /// A key appears twice in one JSON object of the body, at any depth.
+    #[error("{path} appears twice in the same JSON object")]
+    DuplicateKey {
+        /// JSON path of the repeated key, e.g. `target.registry` or `metadata.a.b`.
+        path: String,
+    },
     /// The body is JSON but not a job: a missing, unknown or mistyped field.
     #[error("message is not a valid job: {detail}")]
     Shape {
@@ -148,11 +168,20 @@ pub enum JobError {
         /// The value given.
         found: u32,
     },
-    /// The job carries a field that looks like a credential.
+    /// The job carries a field whose name marks it as a credential.
     #[error("{path} looks like a credential; jobs must not carry credentials")]
     CredentialField {
         /// JSON path of the field, e.g. `metadata.docker.password`.
         path: String,
+    },
+    /// A string in `metadata` (or a key of it) is shaped like a credential. The value is never
+    /// shown.
+    #[error("{path} holds what looks like {kind}; jobs must not carry credentials")]
+    CredentialValue {
+        /// JSON path of the value, e.g. `metadata.deploy.key`.
+        path: String,
+        /// What it was recognised as.
+        kind: CredentialKind,
     },
     /// `source`, `target.repository` or a tag is not a valid reference part.
     #[error("{field}: {source}")]
@@ -177,9 +206,14 @@ impl JobError {
     pub fn hint(&self) -> String {
         match self {
             JobError::Reference { source, .. } => source.hint(),
-            JobError::CredentialField { .. } => {
-                "remove it: the worker takes credentials from its registry catalogue".to_owned()
+            JobError::CredentialField { .. } | JobError::CredentialValue { .. } => {
+                "remove it: the worker takes credentials from its registry catalogue (what counts \
+                 as a credential: docs/jobs.md, \"No credentials in jobs\")"
+                    .to_owned()
             }
+            JobError::DuplicateKey { .. } => "send each key once per object: parsers disagree on \
+                                              which of two equal keys counts"
+                .to_owned(),
             other => other.code().default_hint().to_owned(),
         }
     }
@@ -197,6 +231,9 @@ pub struct ValidJob {
 impl ValidJob {
     /// The exact references this job pushes when `target.registry` resolves to a registry whose
     /// image host is `registry_host` (`127.0.0.1:5001`, `reg.example.com:10443`).
+    ///
+    /// This is where the 255-character limit of `registry/repository` is applied, with the
+    /// real host: a repository that fits behind a short host may not fit behind a long one.
     pub fn targets_at(&self, registry_host: &str) -> Result<Vec<ImageRef>, JobError> {
         self.job
             .target
@@ -233,10 +270,6 @@ fn target_field(tag_index: usize, error: &ReferenceError) -> String {
     }
 }
 
-/// A host name that is always valid, used to check a target's repository and tags before the
-/// catalogue has been consulted.
-const PLACEHOLDER_HOST: &str = "registry.invalid";
-
 impl PushJob {
     /// Parses and validates a message body.
     pub fn from_slice(body: &[u8]) -> Result<ValidJob, JobError> {
@@ -246,6 +279,10 @@ impl PushJob {
         let value: Value = serde_json::from_slice(body).map_err(|e| JobError::NotJson {
             detail: scrub_serde_message(&e.to_string()),
         })?;
+        // Before anything reads a field: with a repeated key, `value` holds only the last one.
+        if let Some(path) = first_duplicate_key(body, Scope::Everywhere) {
+            return Err(JobError::DuplicateKey { path });
+        }
         // Check the version first, so a v2 message says "unsupported version" rather than
         // complaining about the fields v2 added.
         match value.get("version").and_then(Value::as_u64) {
@@ -277,6 +314,10 @@ impl PushJob {
     }
 
     /// Validates a job built in code (e.g. by the Django mapping).
+    ///
+    /// Nothing here depends on the registry host, which only the catalogue knows: the
+    /// repository and each tag are checked on their own ([`ImageRef::check_target`]), and
+    /// [`ValidJob::targets_at`] applies the length limit of the whole name with the real host.
     pub fn validate(self) -> Result<ValidJob, JobError> {
         if self.version != JOB_VERSION {
             return Err(JobError::UnsupportedVersion {
@@ -303,16 +344,22 @@ impl PushJob {
         {
             return Err(JobError::TimeoutOutOfRange { found: t });
         }
-        if let Some(path) = find_credential_key(&self.metadata, "metadata") {
-            return Err(JobError::CredentialField { path });
+        if let Some(finding) = find_credential(&self.metadata, "metadata") {
+            return Err(finding.into());
         }
         let source = ImageRef::parse(&self.source).map_err(|source| JobError::Reference {
             field: "source".to_owned(),
             source,
         })?;
-        let valid = ValidJob { job: self, source };
-        valid.targets_at(PLACEHOLDER_HOST)?;
-        Ok(valid)
+        for (i, tag) in tags.iter().enumerate() {
+            ImageRef::check_target(&self.target.repository, tag).map_err(|source| {
+                JobError::Reference {
+                    field: target_field(i, &source),
+                    source,
+                }
+            })?;
+        }
+        Ok(ValidJob { job: self, source })
     }
 
     /// Serialises the job as its wire form.
@@ -349,7 +396,9 @@ pub fn peek_job_id(body: &[u8]) -> Option<String> {
 }
 
 /// Reads `metadata` out of a message that failed validation, so its failed event can still
-/// echo it. Returns an empty map unless `metadata` is an object free of credential-like keys.
+/// echo it. Returns an empty map unless `metadata` is an object free of credentials (keys
+/// named like one and values shaped like one, as [`PushJob::validate`] judges them) and of
+/// repeated keys (which would make the echo one reading among several).
 pub fn peek_metadata(body: &[u8]) -> Map<String, Value> {
     if body.len() > MAX_JOB_BYTES {
         return Map::new();
@@ -358,8 +407,22 @@ pub fn peek_metadata(body: &[u8]) -> Map<String, Value> {
         return Map::new();
     };
     match root.remove("metadata") {
-        Some(Value::Object(m)) if find_credential_key(&m, "metadata").is_none() => m,
+        Some(Value::Object(m))
+            if find_credential(&m, "metadata").is_none()
+                && first_duplicate_key(body, Scope::Under("metadata")).is_none() =>
+        {
+            m
+        }
         _ => Map::new(),
+    }
+}
+
+impl From<Finding> for JobError {
+    fn from(finding: Finding) -> Self {
+        match finding {
+            Finding::Key(path) => JobError::CredentialField { path },
+            Finding::Value { path, kind } => JobError::CredentialValue { path, kind },
+        }
     }
 }
 
@@ -369,83 +432,6 @@ fn is_valid_job_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// Words that mark a key as a credential wherever they appear in it (`docker_password`,
-/// `accessToken`, `auth_config`, `X-Registry-Auth`), but not inside other words (`author`).
-const CREDENTIAL_WORDS: [&str; 13] = [
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "token",
-    "auth",
-    "authorization",
-    "credential",
-    "credentials",
-    "identitytoken",
-    "registrytoken",
-    "apikey",
-    "passphrase",
-];
-
-/// Splits a key into lowercase words at non-alphanumeric characters and at camelCase humps.
-fn key_words(key: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut previous_lower = false;
-    for c in key.chars() {
-        if !c.is_alphanumeric() {
-            if !current.is_empty() {
-                words.push(std::mem::take(&mut current));
-            }
-            previous_lower = false;
-            continue;
-        }
-        if c.is_uppercase() && previous_lower && !current.is_empty() {
-            words.push(std::mem::take(&mut current));
-        }
-        previous_lower = c.is_lowercase() || c.is_ascii_digit();
-        current.extend(c.to_lowercase());
-    }
-    if !current.is_empty() {
-        words.push(current);
-    }
-    words
-}
-
-/// Finds the first key (depth-first) whose name marks it as a credential, returning its path.
-/// Keys that are not plain ASCII are refused too: a look-alike (`pаssword` with a Cyrillic
-/// `а`) must not smuggle a secret past the check.
-pub(crate) fn find_credential_key(map: &Map<String, Value>, prefix: &str) -> Option<String> {
-    for (key, value) in map {
-        let path = format!("{prefix}.{key}");
-        let words = key_words(key);
-        let whole: String = words.concat();
-        if !key.is_ascii()
-            || words.iter().any(|w| CREDENTIAL_WORDS.contains(&w.as_str()))
-            || CREDENTIAL_WORDS
-                .iter()
-                .any(|w| w.len() > 4 && whole.ends_with(w))
-        {
-            return Some(path);
-        }
-        if let Some(found) = find_credential_in_value(value, &path) {
-            return Some(found);
-        }
-    }
-    None
-}
-
-fn find_credential_in_value(value: &Value, path: &str) -> Option<String> {
-    match value {
-        Value::Object(m) => find_credential_key(m, path),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| find_credential_in_value(v, &format!("{path}[{i}]"))),
-        _ => None,
-    }
 }
 
 /// Takes string values out of a serde error message. serde_json quotes the offending value
@@ -489,6 +475,7 @@ pub(crate) fn scrub_serde_message(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::REPOSITORY_MAX_LEN;
     use serde_json::json;
 
     fn good() -> Value {
@@ -659,44 +646,530 @@ mod tests {
         }
     }
 
+    /// Key names and whether a job carrying them in `metadata` is refused. The reasons for the
+    /// borderline rows are in docs/jobs.md, "No credentials in jobs".
+    const KEYS: &[(&str, bool)] = &[
+        ("password", true),
+        ("docker_password", true),
+        ("dockerPassword", true),
+        ("passwords", true),
+        ("passwd", true),
+        ("passphrase", true),
+        ("accessToken", true),
+        ("X-Registry-Auth", true),
+        ("auth", true),
+        ("auth_config", true),
+        ("authConfig", true),
+        ("API_KEY_SECRET", true),
+        ("client_secret", true),
+        ("secrets", true),
+        ("apikey", true),
+        ("api_key", true),
+        ("registrytoken", true),
+        ("identitytoken", true),
+        ("tokens", true),
+        ("token_count", true), // the word `token`: rename it (`tokenizer_calls`)
+        ("p\u{430}ssword", true), // not ASCII: a look-alike
+        ("private_key", true),
+        ("privateKey", true),
+        ("PRIVATE-KEY", true),
+        ("ssh_private_key", true),
+        ("privkey", true),
+        ("ssh_key", true),
+        ("sshKey", true),
+        ("SSH_KEYS", true),
+        ("ssh_key_path", true), // judged by name: `deploy_key_file` passes
+        ("id_rsa", true),
+        ("id_ed25519", true),
+        ("idEd25519", true),
+        ("id_ecdsa", true),
+        ("id_dsa", true),
+        ("dockerconfigjson", true),
+        (".dockerconfigjson", true),
+        ("docker_config_json", true),
+        ("dockercfg", true),
+        (".dockercfg", true),
+        ("kubeconfig", true),
+        ("KUBECONFIG", true),
+        ("kube_config", true),
+        ("kubeConfig", true),
+        ("authorization", true),
+        ("Proxy-Authorization", true),
+        ("bearer", true),
+        ("bearer_token", true),
+        ("author", false),
+        ("authors", false),
+        ("authored_by", false),
+        ("oauth", false),
+        ("auths", false), // a Docker config's map: the `auth`/`password` inside it are refused
+        ("pipeline_run", false),
+        ("step", false),
+        ("tokenizer_version", false),
+        ("passage", false),
+        ("keyboard", false),
+        ("monkey", false),
+        ("key", false),
+        ("keys", false),
+        ("deploy_key_file", false),
+        ("public_key", false), // by name; a PEM value under it is refused by its shape
+        ("ssh_host", false),
+        ("kube_context", false),
+        ("docker_config", false), // names a config's location (worker config, Django step)
+        ("dockerConfig", false),
+        ("docker_config_path", false),
+        ("identity", false),
+        ("cwd", false),
+    ];
+
     #[test]
-    fn credential_like_keys_are_found_in_any_spelling() {
-        for key in [
-            "password",
-            "docker_password",
-            "dockerPassword",
-            "accessToken",
-            "X-Registry-Auth",
-            "auth_config",
-            "authConfig",
-            "API_KEY_SECRET",
-            "apikey",
-            "registrytoken",
-            "p\u{430}ssword",
-        ] {
-            let mut m = Map::new();
-            m.insert(key.to_owned(), json!("x"));
-            assert!(
-                find_credential_key(&m, "metadata").is_some(),
-                "{key} was not caught"
-            );
-        }
-        for key in [
-            "author",
-            "pipeline_run",
-            "step",
-            "tokenizer_version",
-            "authored_by",
-            "passage",
-        ] {
-            let mut m = Map::new();
-            m.insert(key.to_owned(), json!("x"));
+    fn credential_keys_table() {
+        for &(key, refused) in KEYS {
             assert_eq!(
-                find_credential_key(&m, "metadata"),
-                None,
-                "{key} was refused"
+                crate::credential::is_credential_key(key),
+                refused,
+                "{key:?}"
             );
+            let result = parse(&with(good(), &["metadata", "deploy"], json!({ key: 1 })));
+            if refused {
+                let err = result.expect_err(key);
+                assert!(
+                    matches!(&err, JobError::CredentialField { path } if path.starts_with("metadata.deploy")),
+                    "{key:?}: {err:?}"
+                );
+                assert_eq!(err.code(), ErrorCode::InvalidMessage);
+                assert!(err.hint().contains("docs/jobs.md"), "{}", err.hint());
+            } else {
+                assert!(result.is_ok(), "{key:?}: {result:?}");
+            }
         }
+        let err = parse(&with(good(), &["metadata", "p\u{430}ssword"], json!(1))).expect_err("x");
+        assert_eq!(
+            err,
+            JobError::CredentialField {
+                path: r#"metadata["p\u{430}ssword"]"#.to_owned()
+            }
+        );
+    }
+
+    const PAIR: &str = "cm9ib3QkY2k6UzNjcjN0LVBhNTU="; // robot$ci:S3cr3t-Pa55
+    const JWT: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.\
+                       eyJzdWIiOiJyb2JvdCRjaSIsImV4cCI6MTcwMDAwMDAwMH0.c2lnbmF0dXJlLWJ5dGVz";
+
+    /// String values and what they are recognised as (`None`: accepted).
+    fn values() -> Vec<(String, Option<CredentialKind>)> {
+        use CredentialKind::*;
+        let docker_config =
+            r#"{"auths":{"harbor.example.com":{"auth":"cm9ib3QkY2k6UzNjcjN0LVBhNTU="}}}"#;
+        let kubeconfig = "apiVersion: v1\nkind: Config\nclusters: []\nusers:\n- name: ci\n  user:\n    token: abc\n";
+        let rows: Vec<(&str, Option<CredentialKind>)> = vec![
+            // PEM and other private keys.
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY-----\n",
+                Some(PrivateKey),
+            ),
+            (
+                "  \n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n",
+                Some(PrivateKey),
+            ),
+            (
+                "key:\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI\n-----END EC PRIVATE KEY-----",
+                Some(PrivateKey),
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----",
+                Some(PemBlock),
+            ),
+            (
+                "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAAB",
+                Some(PrivateKey),
+            ),
+            (
+                "PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n",
+                Some(PrivateKey),
+            ),
+            (
+                "LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQpNSUlCT2dJQkFBSkJBSwotLS0tLUVORCBSU0EgUFJJVkFURSBLRVktLS0tLQo=",
+                Some(PrivateKey), // base64 of a PEM private key, as in a Kubernetes secret
+            ),
+            // Docker configs and auth fields.
+            (docker_config, Some(DockerConfig)),
+            (
+                "eyJhdXRocyI6eyJoYXJib3IuZXhhbXBsZS5jb20iOnsiYXV0aCI6ImNtOWliM1FrWTJrNlV6Tmpjak4wTFZCaE5UVT0ifX19",
+                Some(DockerConfig), // base64 of it: `.dockerconfigjson`
+            ),
+            (
+                r#"{"auths": {"r.example.com": {"username": "u", "password": "p"}}}"#,
+                Some(DockerConfig),
+            ),
+            (PAIR, Some(Base64UserPassword)),
+            ("cm9ib3QkY2k6UzNjcjN0LVBhNTU", Some(Base64UserPassword)), // unpadded
+            ("Y2ktdXNlcjpwPj9+fj4=", Some(Base64UserPassword)),        // ci-user:p>?~~>
+            ("Y2ktdXNlcjpwPj9-fj4=", Some(Base64UserPassword)),        // the same, URL-safe
+            ("cmVmOm1haW4=", Some(Base64UserPassword)), // `ref:main`: a known false positive
+            // Kubeconfigs.
+            (kubeconfig, Some(Kubeconfig)),
+            (
+                r#"{"apiVersion": "v1", "kind": "Config", "users": []}"#,
+                Some(Kubeconfig),
+            ),
+            (
+                "YXBpVmVyc2lvbjogdjEKa2luZDogQ29uZmlnCmNsdXN0ZXJzOiBbXQp1c2VyczoKLSBuYW1lOiBjaQogIHVzZXI6CiAgICB0b2tlbjogYWJjCg==",
+                Some(Kubeconfig),
+            ),
+            // Authorization values and tokens.
+            ("Bearer 0123456789abcdefXYZ", Some(AuthorizationHeader)),
+            (
+                "bearer  abcdef0123456789abcdef==",
+                Some(AuthorizationHeader),
+            ),
+            (
+                "Authorization: Basic cm9ib3QkY2k6UzNjcjN0LVBhNTU=",
+                Some(AuthorizationHeader),
+            ),
+            (
+                "Basic cm9ib3QkY2k6UzNjcjN0LVBhNTU=",
+                Some(AuthorizationHeader),
+            ),
+            (JWT, Some(JsonWebToken)),
+            ("dckr_pat_2b3e36beeb386dfdaacb9b46004", Some(AccessToken)),
+            ("glpat-xxxxxxxxxxxxxxxxxxxx", Some(AccessToken)),
+            (
+                "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+                Some(AccessToken),
+            ),
+            (
+                "eyJwYXlsb2FkIjogImFiYyIsICJkYXRha2V5IjogImRlZiIsICJ2ZXJzaW9uIjogIjIiLCAidHlwZSI6ICJEQVRBX0tFWSIsICJleHBpcmF0aW9uIjogMX0=",
+                Some(AccessToken), // `aws ecr get-login-password`
+            ),
+            // Ordinary metadata.
+            ("author", None),
+            ("keyboard", None),
+            ("monkey", None),
+            ("password", None),
+            ("hunter2", None), // a bare password is a word: known false negative
+            ("admin:hunter2", None), // unencoded pairs look like `myapp:0722`: not judged
+            ("myapp:0722", None),
+            ("production/myapp", None),
+            ("harbor.example.com:10443/production/myapp:0722", None),
+            ("https://harbor.example.com/harbor/projects/5", None),
+            ("/run/secrets/pushfleet/dockerhub/.dockerconfigjson", None),
+            ("/etc/docker/config", None),
+            ("3f786850e387550fdab836ed7e6dc881de23001b", None), // a commit SHA
+            ("123e4567-e89b-12d3-a456-426614174000", None),     // a UUID
+            (
+                "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+                None,
+            ),
+            ("20240722", None),
+            ("dGVzdA==", None),                     // base64 of `test`: not a pair
+            ("YnVpbGQtMTIz", None),                 // base64 of `build-123`
+            ("aHR0cHM6Ly9leGFtcGxlLmNvbQ==", None), // base64 of `https://example.com`
+            ("eyJhbGciOiJIUzI1NiJ9", None),         // base64 of `{"alg":"HS256"}` alone
+            ("Xk9vQ2pLm7Tz", None),
+            ("build-20240722-abc123", None),
+            ("v1.2.3", None),
+            ("Deploy myapp 0722 to production", None),
+            ("Basic auth is disabled", None),
+            ("Basic dGVzdA==", None),
+            ("Bearer token", None),
+            ("Bearer tokens expire after 300 s", None),
+            ("Bearer abcdefghijklmnopqrstu", None), // no digit: a word, not a token
+            ("bearer", None),
+            ("-----", None),
+            ("-- BEGIN --", None),
+            (r#"{"auths": {}}"#, None),
+            (r#"{"credsStore": "desktop"}"#, None),
+            ("apiVersion: v1\nkind: ConfigMap\ndata:\n  users: x\n", None),
+            ("ghp_short", None),
+            ("a.b.c", None),
+        ];
+        rows.into_iter().map(|(v, k)| (v.to_owned(), k)).collect()
+    }
+
+    #[test]
+    fn credential_values_table() {
+        for (value, kind) in values() {
+            assert_eq!(
+                crate::credential::credential_value(&value),
+                kind,
+                "{value:?}"
+            );
+            // Anywhere in metadata: at depth, in arrays.
+            let body = with(
+                good(),
+                &["metadata", "deploy"],
+                json!({ "list": [1, { "key": value }] }),
+            );
+            match (parse(&body), kind) {
+                (Ok(_), None) => {}
+                (Err(err), Some(kind)) => {
+                    assert_eq!(
+                        err,
+                        JobError::CredentialValue {
+                            path: "metadata.deploy.list[1].key".to_owned(),
+                            kind
+                        }
+                    );
+                    assert_eq!(err.code(), ErrorCode::InvalidMessage);
+                    let message = err.to_string();
+                    assert!(!message.contains(value.trim()), "{message}");
+                    assert!(message.contains(&kind.to_string()), "{message}");
+                }
+                (other, _) => panic!("{value:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_shaped_like_a_credential_is_refused_and_withheld() {
+        let err = parse(&with(good(), &["metadata", JWT], json!(true))).expect_err("refused");
+        assert_eq!(
+            err,
+            JobError::CredentialValue {
+                path: "metadata.<withheld>".to_owned(),
+                kind: CredentialKind::JsonWebToken
+            }
+        );
+        assert!(!err.to_string().contains("eyJ"), "{err}");
+    }
+
+    #[test]
+    fn random_ids_are_not_credentials() {
+        // Identifiers of the shapes CI systems generate, from a fixed pseudo-random sequence:
+        // hex of every length, alphanumerics of 8 to 40 characters, URL-safe ids.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        const HEX: &[u8] = b"0123456789abcdef";
+        let mut flagged = Vec::new();
+        for i in 0..30_000u64 {
+            let alphabet = if i % 3 == 0 { HEX } else { ALNUM };
+            let len = 12 + usize::try_from(next() % 29).unwrap_or(0);
+            let id: String = (0..len)
+                .map(|_| {
+                    let at = usize::try_from(next() % alphabet.len() as u64).unwrap_or(0);
+                    char::from(alphabet[at])
+                })
+                .collect();
+            if crate::credential::credential_value(&id).is_some() {
+                flagged.push(id);
+            }
+        }
+        assert!(flagged.is_empty(), "{flagged:?}");
+    }
+
+    #[test]
+    fn peek_metadata_withholds_credential_values_and_repeated_keys() {
+        let v = with(good(), &["target"], json!("oops"));
+        let v = with(v, &["metadata", "note"], json!(format!("Bearer {JWT}")));
+        let body = serde_json::to_vec(&v).expect("json");
+        assert!(PushJob::from_slice(&body).is_err());
+        assert!(peek_metadata(&body).is_empty());
+        assert!(
+            peek_metadata(br#"{"metadata": {"a": [{"b": "cm9ib3QkY2k6UzNjcjN0LVBhNTU="}]}}"#)
+                .is_empty()
+        );
+        assert!(peek_metadata(br#"{"metadata": {"a": 1, "a": 2}}"#).is_empty());
+        assert!(peek_metadata(br#"{"metadata": {"a": 1}, "metadata": {"a": 1}}"#).is_empty());
+        // A repeat elsewhere leaves the metadata readable, for correlation.
+        assert_eq!(
+            peek_metadata(br#"{"target": 1, "target": 2, "metadata": {"step": 129}}"#)["step"],
+            129
+        );
+    }
+
+    #[test]
+    fn the_django_mapping_and_the_credential_rule_agree() {
+        use crate::django::{DjangoMappingError, DjangoPushStep};
+        let step = |docker_config: Value| -> Result<ValidJob, DjangoMappingError> {
+            let s: DjangoPushStep = serde_json::from_value(json!({
+                "image": "myapp", "tag": "0722", "registry_id": 5, "docker_config": docker_config
+            }))
+            .expect("step");
+            s.to_job("production", "j-1", Map::new())
+        };
+        // `docker_config` names a config, by location or as an empty object: echoed as is.
+        for ok in [
+            json!({}),
+            json!("/run/secrets/pushfleet/dockerhub/.dockerconfigjson"),
+            json!({"auths": {}}),
+            json!({"credsStore": "desktop"}),
+        ] {
+            let job = step(ok.clone()).expect("maps");
+            assert_eq!(job.job.metadata["django"]["docker_config"], ok);
+            // What the mapping builds is what a worker accepts.
+            assert!(PushJob::from_slice(&job.job.to_json()).is_ok());
+        }
+        // Credentials in it are refused, by key name or by value shape.
+        let e = step(json!({"auths": {"r.example.com": {"auth": PAIR}}})).expect_err("key");
+        assert_eq!(
+            e,
+            DjangoMappingError::Job(JobError::CredentialField {
+                path: r#"docker_config.auths["r.example.com"].auth"#.to_owned()
+            })
+        );
+        let e = step(json!(PAIR)).expect_err("value");
+        assert_eq!(
+            e,
+            DjangoMappingError::Job(JobError::CredentialValue {
+                path: "metadata.django.docker_config".to_owned(),
+                kind: CredentialKind::Base64UserPassword
+            })
+        );
+        assert!(!e.to_string().contains(PAIR));
+    }
+
+    #[test]
+    fn hostile_keys_and_values_are_judged_in_linear_time() {
+        // Near the size limit: one key of 20,000 one-letter words, one string of 60,000
+        // base64 characters, and a repeated key after 3,000 others.
+        let words = vec!["a"; 20_000].join(".");
+        let started = std::time::Instant::now();
+        let v = with(good(), &["metadata", &words], json!(1));
+        assert!(parse(&v).is_ok());
+        let v = with(good(), &["metadata", "blob"], json!("QUJD".repeat(15_000)));
+        assert!(parse(&v).is_ok());
+        let mut body = String::from(r#"{"metadata":{"#);
+        for i in 0..3_000 {
+            body.push_str(&format!(r#""k{i}":1,"#));
+        }
+        body.push_str(r#""k0":1}}"#);
+        assert_eq!(
+            PushJob::from_slice(body.as_bytes()),
+            Err(JobError::DuplicateKey {
+                path: "metadata.k0".to_owned()
+            })
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    /// Bodies with a key repeated somewhere, and the path the error names.
+    const DUPLICATES: &[(&str, &str)] = &[
+        (
+            r#"{"version":1,"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"harbor","repository":"production/myapp","tags":["1"]}}"#,
+            "version",
+        ),
+        (
+            r#"{"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"nope","repository":"production/myapp","tags":["1"]},"target":{"registry":"5","repository":"production/myapp","tags":["1"]}}"#,
+            "target",
+        ),
+        (
+            r#"{"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"nope","registry":"5","repository":"production/myapp","tags":["1"]}}"#,
+            "target.registry",
+        ),
+        (
+            r#"{"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"harbor","repository":"production/myapp","tags":["1"]},"options":{"timeout_s":1,"timeout_s":900}}"#,
+            "options.timeout_s",
+        ),
+        (
+            r#"{"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"harbor","repository":"production/myapp","tags":["1"]},"metadata":{"a":1,"a":2}}"#,
+            "metadata.a",
+        ),
+        (
+            r#"{"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"harbor","repository":"production/myapp","tags":["1"]},"metadata":{"a":{"b":1,"c":2,"b":1}}}"#,
+            "metadata.a.b",
+        ),
+        (
+            r#"{"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"harbor","repository":"production/myapp","tags":["1"]},"metadata":{"list":[{"x":1},{"x":1,"x":1}]}}"#,
+            "metadata.list[1].x",
+        ),
+        (
+            r#"{"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"harbor","repository":"production/myapp","tags":["1"]},"metadata":{"a":1,"\u0061":1}}"#,
+            "metadata.a",
+        ),
+        (
+            r#"{"version":1,"job_id":"j","source":"myapp:1","target":{"registry":"harbor","repository":"production/myapp","tags":["1"]},"metadata":{"a.b":1,"a.b":1}}"#,
+            r#"metadata["a.b"]"#,
+        ),
+        (
+            r#"{"metadata":[[{"deep":{"x":[{"y":1,"y":1}]}}]],"version":2}"#,
+            "metadata[0][0].deep.x[0].y",
+        ),
+    ];
+
+    #[test]
+    fn repeated_keys_are_refused_at_any_depth() {
+        for &(body, path) in DUPLICATES {
+            let err = PushJob::from_slice(body.as_bytes()).expect_err(body);
+            assert_eq!(
+                err,
+                JobError::DuplicateKey {
+                    path: path.to_owned()
+                },
+                "{body}"
+            );
+            assert_eq!(err.code(), ErrorCode::InvalidMessage);
+            assert!(err.hint().contains("once"), "{}", err.hint());
+            assert!(!err.to_string().contains("nope"), "{err}");
+        }
+        // The same key in different objects is fine.
+        let v = with(
+            good(),
+            &["metadata", "target"],
+            json!({"registry": "x", "tags": [{"registry": 1}]}),
+        );
+        assert!(parse(&v).is_ok());
+    }
+
+    #[test]
+    fn checks_run_in_order_size_json_duplicates_version_shape() {
+        let huge = format!(r#"{{"a":1,"a":1,"b":"{}"}}"#, "x".repeat(MAX_JOB_BYTES));
+        assert!(matches!(
+            PushJob::from_slice(huge.as_bytes()),
+            Err(JobError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            PushJob::from_slice(br#"{"version":1,"version":1"#),
+            Err(JobError::NotJson { .. })
+        ));
+        assert!(matches!(
+            PushJob::from_slice(br#"{"version":2,"version":2,"v2_field":true}"#),
+            Err(JobError::DuplicateKey { .. })
+        ));
+        assert!(matches!(
+            PushJob::from_slice(br#"{"target":"x","target":"x"}"#),
+            Err(JobError::DuplicateKey { .. })
+        ));
+        assert!(matches!(
+            PushJob::from_slice(br#"{"version":2,"metadata":{"password":"x"}}"#),
+            Err(JobError::UnsupportedVersion { found: 2 })
+        ));
+    }
+
+    #[test]
+    fn repository_length_counts_the_real_host_not_a_placeholder() {
+        // 240 characters: behind `127.0.0.1:5001/` the name is 255 characters and fits; behind
+        // a placeholder such as `registry.invalid/` it would be 257.
+        let repository = format!("team-a/{}", "a".repeat(233));
+        assert_eq!(repository.len(), 240);
+        let valid = parse(&with(good(), &["target", "repository"], json!(repository)))
+            .expect("no host is known yet: the repository alone is fine");
+        let short = valid.targets_at("127.0.0.1:5001").expect("fits");
+        assert_eq!(short[0].name().len(), 255);
+        let err = valid
+            .targets_at("registry.example.com:10443")
+            .expect_err("does not fit behind a long host");
+        assert!(
+            matches!(&err, JobError::Reference { field, source: ReferenceError::NameTooLong { length: 267, .. } } if field == "target.repository"),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), ErrorCode::InvalidReference);
+
+        // A repository no host leaves room for is refused before the catalogue is consulted.
+        let at_bound = format!("team-a/{}", "a".repeat(REPOSITORY_MAX_LEN - 7));
+        assert!(parse(&with(good(), &["target", "repository"], json!(at_bound))).is_ok());
+        let over = format!("{at_bound}a");
+        let err = parse(&with(good(), &["target", "repository"], json!(over))).expect_err("long");
+        assert!(
+            matches!(&err, JobError::Reference { field, source: ReferenceError::RepositoryTooLong { .. } } if field == "target.repository"),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), ErrorCode::InvalidReference);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! pushfleet's shared contracts: what travels over the broker and what every part agrees on.
 //!
 //! - [`job`]: the `PushJob` message Django publishes, and its validation.
+//! - [`credential`]: what counts as a credential in a job (key names and value shapes).
 //! - [`django`]: the mapping from the Django step parameters (`image`, `tag`, `registry_id`,
 //!   project path) to a job.
 //! - [`event`]: the result events workers publish.
@@ -12,7 +13,9 @@
 //! - [`schema`]: JSON Schemas generated from these types (checked in under `schemas/`).
 
 pub mod control;
+pub mod credential;
 pub mod django;
+mod duplicate_keys;
 pub mod error_code;
 pub mod event;
 pub mod job;

@@ -71,6 +71,14 @@ const DEFAULT_TAG: &str = "latest";
 const TAG_MAX_LEN: usize = 128;
 /// The longest `registry/repository` name accepted.
 const NAME_MAX_LEN: usize = 255;
+/// The shortest registry host [`ImageRef::for_registry`] accepts: 3 characters (`a.b`, `a:1`,
+/// `[1]`), since Docker reads a host only when it has a `.`, a `:port` or brackets, or is
+/// `localhost`.
+const SHORTEST_HOST_LEN: usize = 3;
+/// The longest repository path that fits behind any registry host within the 255 characters
+/// of `registry/repository` (the shortest host and its `/` take 4). Longer ones cannot be
+/// pushed anywhere; shorter ones fit or not depending on the host.
+pub const REPOSITORY_MAX_LEN: usize = NAME_MAX_LEN - SHORTEST_HOST_LEN - 1;
 /// Digest algorithms Docker registers, with the length of their hex encoding.
 const DIGEST_ALGORITHMS: [(&str, usize); 3] = [("sha256", 64), ("sha384", 96), ("sha512", 128)];
 
@@ -211,6 +219,23 @@ impl ImageRef {
         let image = Self::normalised(registry, repository, Some(tag.to_owned()), None);
         image.check_name_length()?;
         Ok(image)
+    }
+
+    /// Checks what [`ImageRef::for_registry`] checks that does not depend on the registry host:
+    /// the repository path's grammar, the tag, and the repository's own length bound
+    /// ([`REPOSITORY_MAX_LEN`]). A job is checked with this before the catalogue has given its
+    /// host; `for_registry` then applies the 255-character limit to the real
+    /// `host/repository`.
+    pub fn check_target(repository: &str, tag: &str) -> Result<(), ReferenceError> {
+        validate_repository(repository)?;
+        validate_tag(tag, tag)?;
+        if repository.len() > REPOSITORY_MAX_LEN {
+            return Err(ReferenceError::RepositoryTooLong {
+                repository: repository.to_owned(),
+                length: repository.len(),
+            });
+        }
+        Ok(())
     }
 
     /// The registry: `docker.io`, `localhost:5000`, `127.0.0.1:5001`, `[::1]:5443`.
@@ -514,6 +539,19 @@ pub enum ReferenceError {
         /// Its length.
         length: usize,
     },
+    /// A repository given on its own (to [`ImageRef::check_target`]) is so long that no
+    /// registry host leaves room for it within the 255 characters of `registry/repository`.
+    #[error(
+        "repository `{repository}` is {length} characters long; behind any registry host \
+         `registry/repository` would exceed 255 characters (a repository has at most \
+         {REPOSITORY_MAX_LEN})"
+    )]
+    RepositoryTooLong {
+        /// The repository as given.
+        repository: String,
+        /// Its length.
+        length: usize,
+    },
     /// The registry is not a `host[:port]`.
     #[error("invalid registry `{registry}`{}: {reason}", context(.input, .registry))]
     InvalidRegistry {
@@ -578,7 +616,7 @@ impl ReferenceError {
                  sha512: 128)"
                     .to_owned()
             }
-            ReferenceError::NameTooLong { .. } => {
+            ReferenceError::NameTooLong { .. } | ReferenceError::RepositoryTooLong { .. } => {
                 "shorten the repository path: `registry/repository` must fit in 255 characters"
                     .to_owned()
             }
@@ -1002,6 +1040,7 @@ mod tests {
             ReferenceError::TagTooLong { .. } => "TagTooLong",
             ReferenceError::InvalidDigest { .. } => "InvalidDigest",
             ReferenceError::NameTooLong { .. } => "NameTooLong",
+            ReferenceError::RepositoryTooLong { .. } => "RepositoryTooLong",
             ReferenceError::InvalidRegistry { .. } => "InvalidRegistry",
         }
     }
@@ -1519,6 +1558,57 @@ mod tests {
             matches!(long, Err(ReferenceError::NameTooLong { length: 261, .. })),
             "{long:?}"
         );
+    }
+
+    #[test]
+    fn check_target_checks_everything_but_the_host() {
+        assert_eq!(ImageRef::check_target("production/myapp", "0722"), Ok(()));
+        let cases = [
+            ("Production/myapp", "1", "UppercaseRepository"),
+            ("a//b", "1", "InvalidRepository"),
+            ("production/myapp", "bad tag", "InvalidTag"),
+            ("production/myapp", &*"t".repeat(129), "TagTooLong"),
+        ];
+        for (repository, tag, want) in cases {
+            let got = ImageRef::check_target(repository, tag).expect_err(repository);
+            assert_eq!(kind(&got), want, "{repository} {tag}: {got}");
+            assert!(!got.hint().is_empty());
+        }
+        // The own bound of a repository is exact: at the bound it fits behind the shortest
+        // hosts, one more character fits behind none.
+        let at_bound = format!("team/{}", "a".repeat(REPOSITORY_MAX_LEN - 5));
+        assert_eq!(ImageRef::check_target(&at_bound, "1"), Ok(()));
+        for host in ["a.b", "a:1", "[1]"] {
+            assert!(
+                ImageRef::for_registry(host, &at_bound, "1").is_ok(),
+                "{host}"
+            );
+        }
+        let over = format!("{at_bound}a");
+        let err = ImageRef::check_target(&over, "1").expect_err("too long");
+        assert!(
+            matches!(err, ReferenceError::RepositoryTooLong { length, .. } if length == REPOSITORY_MAX_LEN + 1),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("255"), "{err}");
+    }
+
+    #[test]
+    fn no_registry_host_is_shorter_than_three_characters() {
+        // What REPOSITORY_MAX_LEN rests on: every 1- and 2-character host is refused.
+        let printable: Vec<char> = (' '..='~').collect();
+        let mut hosts: Vec<String> = printable.iter().map(char::to_string).collect();
+        for a in &printable {
+            for b in &printable {
+                hosts.push(format!("{a}{b}"));
+            }
+        }
+        for host in hosts {
+            assert!(
+                ImageRef::for_registry(&host, "x", "1").is_err(),
+                "{host:?} is accepted as a registry host"
+            );
+        }
     }
 
     #[test]

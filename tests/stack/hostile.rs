@@ -753,13 +753,16 @@ impl Generator {
             );
             self.push_text(cat, &text, M);
         }
-        // Duplicate keys: serde_json keeps the last one, so the last one is the bad one.
+        // Duplicate keys are refused whatever the values, even two good ones (a reader that
+        // keeps the first and one that keeps the last would see different jobs).
         let target = r#"{"registry":"basic","repository":"production/myapp","tags":["1"]}"#;
         for (key, good, bad, code) in [
             ("version", "1", "2", M),
-            ("source", "\"myapp:1\"", "\"MyApp:1\"", R),
+            ("source", "\"myapp:1\"", "\"MyApp:1\"", M),
+            ("source", "\"myapp:1\"", "\"myapp:1\"", M),
             ("job_id", "\"ok-1\"", "\"bad id\"", M),
             ("target", target, "{\"registry\":\"basic\"}", M),
+            ("target", "{\"registry\":\"nope\"}", target, M),
             ("options", "{}", "{\"timeout_s\":0}", M),
         ] {
             let mut job = self.job();

@@ -139,6 +139,8 @@ pub fn plan<'c>(
             name: name.clone(),
             known: known_names(catalogue),
         })?;
+    // The 255-character limit of `registry/repository` counts this registry's real host: the
+    // job's own validation could not know it.
     let targets = job.targets_at(&registry.host)?;
     let target_names: Vec<String> = targets.iter().map(ToString::to_string).collect();
     let repository = &job.job.target.repository;
@@ -179,5 +181,97 @@ fn known_names(catalogue: &Catalogue) -> String {
         "none".to_owned()
     } else {
         names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use pushfleet_shared::PushJob;
+    use pushfleet_shared::reference::{REPOSITORY_MAX_LEN, ReferenceError};
+
+    use super::*;
+    use crate::config::load_from_str;
+
+    const SHORT_HOST: &str = "r.example.com";
+    const LONG_HOST: &str = "registry-with-a-long-name.build-cluster.internal.example.com:10443";
+
+    fn catalogue() -> Catalogue {
+        let toml = format!(
+            r#"
+[registries.short]
+url = "https://{SHORT_HOST}"
+anonymous = true
+namespaces = ["team-a"]
+[registries.long]
+url = "https://{LONG_HOST}"
+anonymous = true
+namespaces = ["team-a"]
+"#
+        );
+        load_from_str(&toml, Some(HashMap::new()))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .registries
+    }
+
+    fn job(registry: &str, repository: &str) -> ValidJob {
+        let body = serde_json::json!({
+            "version": 1, "job_id": "j-1", "source": "myapp:1",
+            "target": { "registry": registry, "repository": repository, "tags": ["1"] }
+        });
+        PushJob::from_slice(body.to_string().as_bytes()).expect("a valid job")
+    }
+
+    #[test]
+    fn the_name_length_counts_the_registrys_real_host() {
+        let catalogue = catalogue();
+        assert_eq!(
+            catalogue.get("short").map(|r| r.host.as_str()),
+            Some(SHORT_HOST)
+        );
+        assert_eq!(
+            catalogue.get("long").map(|r| r.host.as_str()),
+            Some(LONG_HOST)
+        );
+        // Exactly 255 characters behind the short host. The job's own validation once measured
+        // it behind a placeholder host (`registry.invalid`, 16 characters) and refused it.
+        let repository = format!("team-a/{}", "a".repeat(255 - SHORT_HOST.len() - 1 - 7));
+
+        let (planned, _) = plan(&job("short", &repository), &catalogue).expect("fits");
+        assert_eq!(planned.targets, [format!("{SHORT_HOST}/{repository}:1")]);
+        assert_eq!(planned.target_refs()[0].name().len(), 255);
+
+        let err = plan(&job("long", &repository), &catalogue).expect_err("too long");
+        assert!(
+            matches!(
+                &err,
+                PlanError::Job(JobError::Reference {
+                    field,
+                    source: ReferenceError::NameTooLong { name, .. },
+                }) if field == "target.repository" && name.starts_with(LONG_HOST)
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), ErrorCode::InvalidReference);
+        assert!(err.hint().contains("255"), "{}", err.hint());
+    }
+
+    #[test]
+    fn a_repository_that_fits_the_long_host_fits_both() {
+        let catalogue = catalogue();
+        let repository = format!("team-a/{}", "a".repeat(255 - LONG_HOST.len() - 1 - 7));
+        for registry in ["short", "long"] {
+            assert!(
+                plan(&job(registry, &repository), &catalogue).is_ok(),
+                "{registry}"
+            );
+        }
+        // One more character: still fine behind the short host only.
+        let longer = format!("{repository}a");
+        assert!(plan(&job("short", &longer), &catalogue).is_ok());
+        assert!(plan(&job("long", &longer), &catalogue).is_err());
+        // The bound that needs no host is far above both.
+        assert!(longer.len() < REPOSITORY_MAX_LEN);
     }
 }
