@@ -19,8 +19,13 @@ pub struct Plan {
     pub registry: String,
     /// The registry's API URL.
     pub registry_url: String,
-    /// The source image, normalised.
+    /// The source image, normalised, its tag always written out
+    /// (`docker.io/library/myapp:latest` for `myapp`).
     pub source: String,
+    /// What a person should know before this runs (e.g. that the source's tag was Docker's
+    /// default).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The exact references that will be tagged and pushed.
     pub targets: Vec<String>,
     /// Whether the local target tags are removed afterwards.
@@ -159,11 +164,23 @@ pub fn plan<'c>(
             targets: target_names,
         });
     }
+    let mut notes = Vec::new();
+    let source = if job.source.tag().is_none() && job.source.digest().is_none() {
+        let explicit = format!("{}:{}", job.source, job.source.tag_or_latest());
+        notes.push(format!(
+            "the source {:?} names no tag: Docker's default `latest` is used ({explicit}); name the tag if another was meant",
+            job.job.source
+        ));
+        explicit
+    } else {
+        job.source.to_string()
+    };
     let plan = Plan {
         job_id: job.job.job_id.clone(),
         registry: registry.key.clone(),
         registry_url: registry.url.to_string(),
-        source: job.source.to_string(),
+        source,
+        notes,
         targets: target_names,
         remove_local_tag: job.job.options.remove_local_tag,
         target_refs: targets,

@@ -148,6 +148,32 @@ fn dry_run_prints_the_exact_plan_or_a_coded_error_and_touches_nothing() {
         "reg.example.com:10443/production/myapp:0722"
     );
     assert_eq!(plan["registry"], "harbor");
+    assert!(plan.get("notes").is_none(), "a tagged source needs no note");
+
+    // Seed 000's trap: no tag means Docker's `latest`, written out with a note.
+    let out = run(&[
+        "submit",
+        "-c",
+        &config,
+        "--dry-run",
+        "--source",
+        "myapp",
+        "--registry",
+        "harbor",
+        "--repository",
+        "production/myapp",
+        "--tag",
+        "0722",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+    assert_eq!(plan["source"], "docker.io/library/myapp:latest");
+    let note = plan["notes"][0].as_str().unwrap_or_default();
+    assert!(
+        note.contains("Docker's default `latest`") && note.contains("\"myapp\""),
+        "{stdout}"
+    );
 
     let cases: [(&[&str], &str); 4] = [
         (
