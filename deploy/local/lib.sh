@@ -586,12 +586,7 @@ print_status() {
         token-registry) addr="http://127.0.0.1:$PF_TOKEN_REGISTRY_PORT (token auth)" ;;
         tls-registry) addr="https://$PF_TLS_REGISTRY ([$PF_TLS_LISTEN]:$PF_TLS_REGISTRY_PORT, htpasswd, own CA)" ;;
         esac
-        pid=$(pid_of "$c")
-        if [[ -n $pid ]]; then
-            printf '  %-15s running  pid %-8s %s\n' "$c" "$pid" "$addr"
-        else
-            printf '  %-15s stopped  %-12s %s\n' "$c" "" "$addr"
-        fi
+        status_row "$c" "$(pid_of "$c")" "$addr"
     done
     local hosts="missing" trust="missing"
     [[ $(hosts_ours) == "$(tls_hosts_line)" ]] && hosts="ok"
@@ -603,11 +598,15 @@ print_status() {
     for n in "${PF_CLUSTER_INDEXES[@]}"; do
         c=rabbitmq-c$n
         addr="amqp://127.0.0.1:$(cl_port "$n") node $(cl_node "$n") ($PF_CLUSTER)"
-        pid=$(cl_pid "$n")
-        if [[ -n $pid ]]; then
-            printf '  %-15s running  pid %-8s %s\n' "$c" "$pid" "$addr"
-        else
-            printf '  %-15s stopped  %-12s %s\n' "$c" "" "$addr"
-        fi
+        status_row "$c" "$(cl_pid "$n")" "$addr"
     done
+}
+
+# One line of the status table: NAME, PID (empty when stopped), ADDRESS.
+status_row() {
+    if [[ -n $2 ]]; then
+        printf '  %-15s running  pid %-8s %s\n' "$1" "$2" "$3"
+    else
+        printf '  %-15s stopped  %-12s %s\n' "$1" "" "$3"
+    fi
 }
