@@ -66,6 +66,8 @@ ensure_packages() {
         [apache2-utils]=/usr/bin/htpasswd
         [openssl]=/usr/bin/openssl
         [curl]=/usr/bin/curl
+        # For the metrics tests: a real Prometheus scrapes a worker; promtool checks the rules.
+        [prometheus]=/usr/bin/prometheus
     )
     local missing=() pkg
     for pkg in "${!need[@]}"; do

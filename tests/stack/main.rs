@@ -7,6 +7,7 @@ mod contract;
 mod daemon;
 mod hostile;
 mod logs;
+mod metrics;
 mod pipeline;
 mod properties;
 mod registries;

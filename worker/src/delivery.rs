@@ -31,6 +31,7 @@ use crate::broker::{BrokerError, SessionPublisher};
 use crate::cancel::Cancels;
 use crate::config::Config;
 use crate::failure::{Coded, JobFailure};
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Success};
 use crate::plan::plan;
 use crate::properties;
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     /// The stages a planned job runs through; `None` in broker-only mode (see
     /// [`crate::runner::run_broker_only`]).
     pub(crate) pipeline: Option<Arc<Pipeline>>,
+    /// Where job outcomes are counted.
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) publisher: SessionPublisher,
     pub(crate) topology: Topology,
     pub(crate) worker_id: String,
@@ -117,8 +120,13 @@ pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
             Err(error) => {
                 warn!(code = %error.code, error = %error.message, "refusing a message that is not a valid job");
                 let reporter = shared.reporter(job_id, attempt, job::peek_metadata(&delivery.data));
+                let code = error.code;
                 let event = reporter.error_event(JobState::Failed, error);
-                finish_failed(shared, &reporter, &delivery, event).await
+                let settled = finish_failed(shared, &reporter, &delivery, event).await;
+                if settled.is_ok() {
+                    shared.metrics.job_finished(JobState::Failed.as_str(), code.as_str(), None);
+                }
+                settled
             }
             Ok(valid) => run_job(shared, &delivery, valid, attempt).await,
         };
@@ -188,6 +196,11 @@ async fn run_job(
     valid: ValidJob,
     attempt: u32,
 ) -> Result<(), BrokerError> {
+    let _running = shared.metrics.job_started();
+    if let Some(published_at) = *delivery.properties.timestamp() {
+        let now = u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+        shared.metrics.queue_wait(published_at, now);
+    }
     let mut reporter = shared.reporter(
         Some(valid.job.job_id.clone()),
         attempt,
@@ -259,11 +272,17 @@ async fn run_job(
             event.digest = Some(success.digest.clone());
             event.size = success.size;
             event.bytes = Some(success.bytes);
-            event.phases = Some(success.phases);
+            event.phases = Some(success.phases.clone());
             event.already_present = Some(success.already_present);
             reporter.publish(&event).await?;
             info!(digest = %success.digest, already_present = success.already_present, "job succeeded");
             delivery.ack(BasicAckOptions::default()).await?;
+            let took = success.phases.total_ms.map(Duration::from_millis);
+            shared
+                .metrics
+                .job_finished(JobState::Succeeded.as_str(), "", took);
+            shared.metrics.phases(&success.phases);
+            shared.metrics.pushed(success.bytes);
             Ok(())
         }
         Some(Err(failure)) => {
@@ -331,6 +350,14 @@ async fn settle_failure(
     phases: Option<pushfleet_shared::event::PhaseTimings>,
 ) -> Result<(), BrokerError> {
     let decision = shared.retry.decide(attempt, &failure);
+    let code = failure.code();
+    if let Some(phases) = &phases {
+        shared.metrics.phases(phases);
+    }
+    let took = phases
+        .as_ref()
+        .and_then(|p| p.total_ms)
+        .map(Duration::from_millis);
     match decision {
         RetryDecision::Retry {
             delay,
@@ -369,6 +396,9 @@ async fn settle_failure(
             reporter.publish(&event).await?;
             info!(?delay, next_attempt, "retry scheduled");
             delivery.ack(BasicAckOptions::default()).await?;
+            shared
+                .metrics
+                .job_finished(JobState::Retrying.as_str(), code.as_str(), took);
             Ok(())
         }
         RetryDecision::Fail | RetryDecision::Dead => {
@@ -380,7 +410,11 @@ async fn settle_failure(
             error!(code = %failure.code(), error = %failure.error.message, state = ?state, "job failed for good; dead-lettered");
             let mut event = reporter.error_event(state, failure.error);
             event.phases = phases;
-            finish_failed(shared, reporter, delivery, event).await
+            finish_failed(shared, reporter, delivery, event).await?;
+            shared
+                .metrics
+                .job_finished(state.as_str(), code.as_str(), took);
+            Ok(())
         }
     }
 }

@@ -1,13 +1,14 @@
 //! Health endpoints for orchestrators: `GET /healthz` (the process serves: 200) and
 //! `GET /readyz` (200 while the worker consumes jobs; 503 while it is connecting to the broker,
 //! reconnecting, or shutting down). Kubernetes' readiness probe and KEDA read these.
+//! `GET /metrics` serves the Prometheus metrics (see [`crate::metrics`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +41,17 @@ fn router(status: Arc<WorkerStatus>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(status)
+}
+
+async fn metrics(
+    State(status): State<Arc<WorkerStatus>>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        status.metrics().encode(),
+    )
 }
 
 async fn readyz(State(status): State<Arc<WorkerStatus>>) -> (StatusCode, &'static str) {
@@ -72,6 +83,15 @@ mod tests {
         status.set_ready(false);
         assert_eq!(get("/readyz").await?.status(), 503);
         assert_eq!(get("/nope").await?.status(), 404);
+        let metrics = get("/metrics").await?;
+        assert_eq!(metrics.status(), 200);
+        assert!(
+            metrics
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/openmetrics-text"))
+        );
+        assert!(metrics.text().await?.contains("pushfleet_build_info"));
 
         stop.cancel();
         server.await?;

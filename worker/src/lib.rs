@@ -12,7 +12,7 @@
 //! - [`registry`]: the registry stages (preflight, manifest digest).
 //! - [`failure`], [`retry`]: stable error codes for every stage's errors, and what follows a
 //!   failed attempt.
-//! - [`report`]: building and publishing events.
+//! - [`report`]: building and publishing events; [`metrics`]: Prometheus metrics.
 //! - [`commands`]: the binary's subcommands; [`telemetry`]: logging.
 
 pub mod broker;
@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod failure;
 pub mod health;
+pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod properties;

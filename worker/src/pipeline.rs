@@ -26,6 +26,7 @@ use crate::config::{Config, Registry};
 use crate::credentials::Credentials;
 use crate::daemon::{Daemon, DaemonError, PushProgress};
 use crate::failure::{Coded, JobFailure};
+use crate::metrics::Metrics;
 use crate::plan::Plan;
 use crate::registry::{RegistryClient, RegistryEndpoint, RegistryError};
 
@@ -88,6 +89,7 @@ pub struct Pipeline {
     registries: HashMap<String, RegistryClient>,
     /// Per-registry push slots, for registries with `max_concurrent_pushes`.
     push_slots: HashMap<String, Arc<Semaphore>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Milliseconds since `start`.
@@ -96,8 +98,9 @@ fn ms(start: Instant) -> Option<u64> {
 }
 
 impl Pipeline {
-    /// Builds the clients. No network I/O happens here.
-    pub fn new(config: Arc<Config>) -> Result<Self, PipelineSetupError> {
+    /// Builds the clients, which count their requests into `metrics`. No network I/O
+    /// happens here.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Self, PipelineSetupError> {
         let daemon = Daemon::connect(&config.docker.host)?;
         let mut registries = HashMap::new();
         for registry in config.registries.iter() {
@@ -118,11 +121,12 @@ impl Pipeline {
                 base_url: registry.url.clone(),
                 ca_pem,
             };
-            let client =
-                RegistryClient::new(endpoint).map_err(|source| PipelineSetupError::Registry {
+            let client = RegistryClient::new(endpoint)
+                .map_err(|source| PipelineSetupError::Registry {
                     key: registry.key.clone(),
                     source,
-                })?;
+                })?
+                .with_metrics(metrics.registry_requests());
             registries.insert(registry.key.clone(), client);
         }
         let push_slots = config
@@ -138,6 +142,7 @@ impl Pipeline {
             daemon,
             registries,
             push_slots,
+            metrics,
         })
     }
 
@@ -215,10 +220,11 @@ impl Pipeline {
                 format!("registry {}: {e}", registry.key),
             )
         })?;
-        client
+        let access = client
             .preflight_push(repository, login.as_ref())
             .await
             .map_err(|e| coded(&e))?;
+        self.metrics.preflight(access.cached);
         phases.preflight_ms = ms(t);
 
         // Redelivery: if the job may have run before, the daemon knows this image's digest in

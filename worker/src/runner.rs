@@ -34,6 +34,7 @@ use crate::broker::{self, BrokerError, ConfirmedPublisher, PublisherSlot};
 use crate::cancel::Cancels;
 use crate::config::Config;
 use crate::delivery::{self, Shared};
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSetupError};
 
 /// How many control requests are in flight to one worker at once.
@@ -58,9 +59,15 @@ pub enum RunError {
 pub struct WorkerStatus {
     ready: AtomicBool,
     sessions: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl WorkerStatus {
+    /// The worker's metrics (served on `/metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// How many broker sessions this worker has opened (1 for a worker that never lost its
     /// broker connection).
     pub fn sessions_opened(&self) -> u64 {
@@ -89,7 +96,10 @@ pub async fn run_with_status(
     status: Arc<WorkerStatus>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let pipeline = Arc::new(Pipeline::new(Arc::clone(&config))?);
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::clone(&config),
+        Arc::clone(status.metrics()),
+    )?);
     if let Err(e) = pipeline.daemon().ping().await {
         warn!(error = %e, "the Docker daemon does not answer yet; jobs fail as daemon_unavailable (and are retried) until it does");
     }
@@ -129,11 +139,22 @@ async fn run_sessions(
 
     let mut failures: u32 = 0;
     loop {
-        match Session::open(&config, &urls, node, &publishers, &pipeline, &cancels).await {
+        match Session::open(
+            &config,
+            &urls,
+            node,
+            &publishers,
+            &pipeline,
+            &cancels,
+            &status,
+        )
+        .await
+        {
             Ok(mut session) => {
                 failures = 0;
                 node = session.node;
-                status.sessions.fetch_add(1, Ordering::Relaxed);
+                let earlier = status.sessions.fetch_add(1, Ordering::Relaxed);
+                status.metrics.broker_session(true, earlier > 0);
                 status.set_ready(true);
                 info!(
                     worker = %config.worker.id,
@@ -144,6 +165,7 @@ async fn run_sessions(
                 );
                 let end = session.consume(&tracker, &mut shutdown).await;
                 status.set_ready(false);
+                status.metrics.broker_session(false, false);
                 if matches!(end, SessionEnd::Lost(_)) {
                     publishers.set(None);
                     node += 1;
@@ -236,6 +258,7 @@ impl Session {
         publishers: &PublisherSlot,
         pipeline: &Option<Arc<Pipeline>>,
         cancels: &Arc<Cancels>,
+        status: &WorkerStatus,
     ) -> Result<Self, BrokerError> {
         let worker_id = &config.worker.id;
         let topology = config.amqp.topology();
@@ -286,6 +309,7 @@ impl Session {
         let shared = Arc::new(Shared {
             config: Arc::clone(config),
             pipeline: pipeline.clone(),
+            metrics: Arc::clone(status.metrics()),
             publisher: publishers.publisher(),
             topology,
             worker_id: worker_id.clone(),

@@ -256,7 +256,12 @@ async fn publish(
     };
 
     let body = job.job.to_json();
-    let mut properties = lapin::BasicProperties::default();
+    // The publication time, in whole seconds (AMQP's timestamp): the worker's queue-wait
+    // metric reads it.
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+    let mut properties = lapin::BasicProperties::default()
+        .with_message_id(job.job.job_id.as_str().into())
+        .with_timestamp(now);
     if let Some(key) = &config.amqp.signing_key {
         let mut headers = lapin::types::FieldTable::default();
         headers.insert(

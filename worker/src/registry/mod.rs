@@ -192,6 +192,7 @@ pub struct RegistryClient {
     cache: Mutex<Cache>,
     hasher: RandomState,
     requests: AtomicU64,
+    request_metrics: Option<crate::metrics::RegistryRequests>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -277,7 +278,14 @@ impl RegistryClient {
             cache: Mutex::new(Cache::default()),
             hasher: RandomState::new(),
             requests: AtomicU64::new(0),
+            request_metrics: None,
         })
+    }
+
+    /// The same client, counting its requests into `metrics` by status class.
+    pub fn with_metrics(mut self, metrics: crate::metrics::RegistryRequests) -> Self {
+        self.request_metrics = Some(metrics);
+        self
     }
 
     /// The registry's catalogue key.
@@ -584,10 +592,12 @@ impl RegistryClient {
         builder: reqwest::RequestBuilder,
     ) -> Result<Response, RegistryError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        builder
-            .send()
-            .await
-            .map_err(|e| from_transport(target, request, e, self.timeout))
+        let sent = builder.send().await;
+        if let Some(metrics) = &self.request_metrics {
+            let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+            metrics.record(&self.key, status);
+        }
+        sent.map_err(|e| from_transport(target, request, e, self.timeout))
     }
 }
 
