@@ -3,6 +3,7 @@
 //! topology prefix and repository names, so tests run in parallel without meeting.
 
 mod broker;
+mod cli;
 mod contract;
 mod daemon;
 mod hostile;

@@ -42,6 +42,8 @@ enum Command {
     },
     /// Publish a push job, optionally wait for its outcome, or only show what it would do.
     Submit(Box<commands::submit::SubmitArgs>),
+    /// Follow the events of every job as they happen (filters: job id, state, registry).
+    Events(commands::events::EventsArgs),
     /// Print the JSON Schemas of jobs and events, or write them into a folder.
     Schemas {
         /// Write `job.schema.json` and `event.schema.json` into this folder.
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
             }
             Command::CheckConfig { config } => commands::check_config(config.as_deref()),
             Command::Submit(args) => commands::submit::run(*args).await,
+            Command::Events(args) => commands::events::run(args).await,
             Command::Schemas { write } => commands::schemas(write.as_deref()),
             Command::Topology { prefix } => commands::topology(&prefix),
         }

@@ -9,6 +9,8 @@ use pushfleet_shared::topology::Topology;
 
 use crate::config;
 
+pub mod events;
+pub mod render;
 pub mod submit;
 pub mod worker;
 

@@ -19,6 +19,7 @@ use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
 use pushfleet_shared::topology::JOB_ROUTING_KEY;
 use serde_json::{Map, Value};
 
+use super::render::{Renderer, Style};
 use crate::broker::{self, ConfirmedPublisher};
 use crate::config::{self, Config};
 use crate::failure::Coded;
@@ -67,9 +68,13 @@ pub struct SubmitArgs {
     /// Validate against the configuration and print the plan; publish nothing, touch no network.
     #[arg(long, conflicts_with = "wait")]
     dry_run: bool,
-    /// Print the job's events until the terminal one; exit 0 only on success.
+    /// Follow the job until its terminal event (readable lines and a progress bar on a
+    /// terminal); exit 0 only on success.
     #[arg(long)]
     wait: bool,
+    /// With --wait: print the events as JSON, one per line, instead.
+    #[arg(long, requires = "wait")]
+    json: bool,
     /// With --wait: give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     wait_timeout_s: u64,
@@ -99,13 +104,13 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return Ok(dry_run(&job, &config));
     }
-    publish(
-        &job,
-        &config,
-        args.wait,
-        Duration::from_secs(args.wait_timeout_s),
-    )
-    .await
+    let wait = args.wait.then(|| {
+        (
+            Style::choose(args.json),
+            Duration::from_secs(args.wait_timeout_s),
+        )
+    });
+    publish(&job, &config, wait).await
 }
 
 enum BuildError {
@@ -230,11 +235,11 @@ fn dry_run(job: &ValidJob, config: &Config) -> ExitCode {
     }
 }
 
+/// Publishes `job`; with `wait` (how to show events, how long to wait), follows it to its end.
 async fn publish(
     job: &ValidJob,
     config: &Config,
-    wait: bool,
-    wait_timeout: Duration,
+    wait: Option<(Style, Duration)>,
 ) -> anyhow::Result<ExitCode> {
     let topology = config.amqp.topology();
     let urls = config
@@ -248,7 +253,7 @@ async fn publish(
     broker::declare_topology(publisher.channel(), &topology).await?;
 
     // Subscribe before publishing, so no event can be missed.
-    let events = if wait {
+    let events = if wait.is_some() {
         let channel = conn.create_channel().await?;
         Some(broker::subscribe_exclusive(&channel, &topology.events_exchange(), "job.*").await?)
     } else {
@@ -283,15 +288,17 @@ async fn publish(
         job.job.job_id,
         topology.jobs_exchange()
     );
-    let Some(mut consumer) = events else {
+    let (Some(mut consumer), Some((style, wait_timeout))) = (events, wait) else {
         return Ok(ExitCode::SUCCESS);
     };
+    let mut renderer = Renderer::new(style, false);
 
     let deadline = tokio::time::Instant::now() + wait_timeout;
     loop {
         let next = tokio::time::timeout_at(deadline, consumer.next()).await;
         let delivery = match next {
             Err(_) => {
+                renderer.finish_bar();
                 eprintln!("gave up waiting after {wait_timeout:?}; the job may still finish");
                 return Ok(ExitCode::from(3));
             }
@@ -304,11 +311,12 @@ async fn publish(
         if event.job_id.as_deref() != Some(job.job.job_id.as_str()) {
             continue;
         }
-        println!("{}", String::from_utf8_lossy(&event.to_json()));
+        renderer.show(&event);
         match event.state {
             JobState::Succeeded => return Ok(ExitCode::SUCCESS),
             JobState::Failed | JobState::Dead => {
-                if let Some(e) = &event.error {
+                // Readable lines already carry the code, message and hint.
+                if let (Style::Json, Some(e)) = (style, &event.error) {
                     print_error(e.code.as_str(), &e.message, &e.hint);
                 }
                 return Ok(ExitCode::FAILURE);
