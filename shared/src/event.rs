@@ -211,6 +211,24 @@ pub struct Event {
     /// The job's `metadata`, echoed unchanged.
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// The W3C trace context of the attempt, when the job message carried a valid
+    /// `traceparent` header: the attempt is a span whose parent is the publisher's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
+}
+
+/// W3C trace context (<https://www.w3.org/TR/trace-context/>) of a job attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceContext {
+    /// `00-<trace id>-<span id>-<flags>`: the publisher's trace id, and the attempt's own
+    /// span id (a child of the publisher's span).
+    pub traceparent: String,
+    /// The publisher's span id, the parent of the attempt's span (16 hex digits).
+    pub parent_span_id: String,
+    /// The `tracestate` header, echoed, when the message carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl Event {
@@ -236,6 +254,7 @@ impl Event {
             retry: None,
             error: None,
             metadata: Map::new(),
+            trace: None,
         }
     }
 

@@ -16,4 +16,5 @@ mod registry_client;
 mod secrets;
 mod signing;
 mod tls;
+mod trace;
 mod transient;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use pushfleet_shared::event::{JobState, RetryInfo};
+use pushfleet_shared::event::{JobState, RetryInfo, TraceContext};
 use pushfleet_shared::job::{self, PushJob, ValidJob};
 use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
 use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
@@ -37,6 +37,7 @@ use crate::plan::plan;
 use crate::properties;
 use crate::report::Reporter;
 use crate::retry::{RetryDecision, RetryPolicy};
+use crate::trace::JobTrace;
 
 /// The header carrying the attempt number of a job republished for retry.
 pub const ATTEMPT_HEADER: &str = "x-pushfleet-attempt";
@@ -109,17 +110,21 @@ fn attempt_of(delivery: &Delivery) -> u32 {
 pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
     let attempt = attempt_of(&delivery);
     let job_id = job::peek_job_id(&delivery.data);
+    let trace = JobTrace::from_headers(delivery.properties.headers().as_ref());
     let span = info_span!(
         "job",
         job_id = job_id.as_deref().unwrap_or("-"),
         attempt,
-        registry = tracing::field::Empty
+        registry = tracing::field::Empty,
+        trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
     );
+    let trace = trace.map(|t| t.context);
     async move {
         let settled = match read_job(shared, &delivery) {
             Err(error) => {
                 warn!(code = %error.code, error = %error.message, "refusing a message that is not a valid job");
-                let reporter = shared.reporter(job_id, attempt, job::peek_metadata(&delivery.data));
+                let metadata = job::peek_metadata(&delivery.data);
+                let reporter = shared.reporter(job_id, attempt, metadata, trace);
                 let code = error.code;
                 let event = reporter.error_event(JobState::Failed, error);
                 let settled = finish_failed(shared, &reporter, &delivery, event).await;
@@ -128,7 +133,7 @@ pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
                 }
                 settled
             }
-            Ok(valid) => run_job(shared, &delivery, valid, attempt).await,
+            Ok(valid) => run_job(shared, &delivery, valid, attempt, trace).await,
         };
         if let Err(e) = settled {
             // The outcome could not be recorded: leave the job to the broker, which redelivers
@@ -178,15 +183,18 @@ impl Shared {
         job_id: Option<String>,
         attempt: u32,
         metadata: serde_json::Map<String, serde_json::Value>,
+        trace: Option<TraceContext>,
     ) -> Reporter {
-        Reporter::new(
+        let mut reporter = Reporter::new(
             self.publisher.clone(),
             self.topology.events_exchange(),
             &self.worker_id,
             job_id,
             attempt,
             metadata,
-        )
+        );
+        reporter.set_trace(trace);
+        reporter
     }
 }
 
@@ -195,6 +203,7 @@ async fn run_job(
     delivery: &Delivery,
     valid: ValidJob,
     attempt: u32,
+    trace: Option<TraceContext>,
 ) -> Result<(), BrokerError> {
     let _running = shared.metrics.job_started();
     if let Some(published_at) = *delivery.properties.timestamp() {
@@ -205,6 +214,7 @@ async fn run_job(
         Some(valid.job.job_id.clone()),
         attempt,
         valid.job.metadata.clone(),
+        trace,
     );
     // Plan first (no I/O): the `accepted` event and every log line then name the catalogue
     // key and the exact targets, even when the job named an alias or policy refuses it.

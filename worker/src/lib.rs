@@ -13,7 +13,8 @@
 //! - [`failure`], [`retry`]: stable error codes for every stage's errors, and what follows a
 //!   failed attempt.
 //! - [`report`]: building and publishing events; [`metrics`]: Prometheus metrics.
-//! - [`commands`]: the binary's subcommands; [`telemetry`]: logging.
+//! - [`commands`]: the binary's subcommands; [`telemetry`]: logging; [`trace`]: W3C trace
+//!   context on jobs.
 
 pub mod broker;
 pub mod cancel;
@@ -33,3 +34,4 @@ pub mod report;
 pub mod retry;
 pub mod runner;
 pub mod telemetry;
+pub mod trace;

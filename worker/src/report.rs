@@ -34,6 +34,11 @@ impl Reporter {
         }
     }
 
+    /// Sets the trace context every event of the attempt carries.
+    pub fn set_trace(&mut self, trace: Option<pushfleet_shared::event::TraceContext>) {
+        self.template.trace = trace;
+    }
+
     /// Sets the fields known once the job is read or planned.
     pub fn set_context(
         &mut self,
