@@ -3,6 +3,7 @@
 //! topology prefix and repository names, so tests run in parallel without meeting.
 
 mod broker;
+mod check_registries;
 mod cli;
 mod contract;
 mod daemon;

@@ -9,7 +9,8 @@
 //!   them; [`cancel`]: cancel requests.
 //! - [`pipeline`]: one job, stage by stage; [`plan`] is its I/O-free first stage.
 //! - [`daemon`]: the Docker daemon stages (source, tag, push, untag).
-//! - [`registry`]: the registry stages (preflight, manifest digest).
+//! - [`registry`]: the registry stages (preflight, manifest digest); [`check`]: testing a
+//!   catalogue registry's connection and rights.
 //! - [`failure`], [`retry`]: stable error codes for every stage's errors, and what follows a
 //!   failed attempt.
 //! - [`report`]: building and publishing events; [`metrics`]: Prometheus metrics.
@@ -18,6 +19,7 @@
 
 pub mod broker;
 pub mod cancel;
+pub mod check;
 pub mod commands;
 pub mod config;
 pub mod credentials;

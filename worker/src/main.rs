@@ -44,6 +44,9 @@ enum Command {
     Submit(Box<commands::submit::SubmitArgs>),
     /// Follow the events of every job as they happen (filters: job id, state, registry).
     Events(commands::events::EventsArgs),
+    /// Test each catalogue registry for real: DNS, TCP, TLS, login, pull and push rights, the
+    /// daemon's view.
+    CheckRegistries(commands::check_registries::CheckRegistriesArgs),
     /// Print the JSON Schemas of jobs and events, or write them into a folder.
     Schemas {
         /// Write `job.schema.json` and `event.schema.json` into this folder.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => commands::check_config(config.as_deref()),
             Command::Submit(args) => commands::submit::run(*args).await,
             Command::Events(args) => commands::events::run(args).await,
+            Command::CheckRegistries(args) => commands::check_registries::run(args).await,
             Command::Schemas { write } => commands::schemas(write.as_deref()),
             Command::Topology { prefix } => commands::topology(&prefix),
         }

@@ -156,6 +156,11 @@ impl Pipeline {
         &self.config
     }
 
+    /// The registry client of catalogue key `key`.
+    pub fn registry_client(&self, key: &str) -> Option<&RegistryClient> {
+        self.registries.get(key)
+    }
+
     /// Runs one attempt of `job` as `plan` (made by [`crate::plan::plan`] against this
     /// pipeline's catalogue) says, publishing upload progress into `progress`.
     /// `may_have_run` (a redelivery, or a retry) asks the registry first whether the job's

@@ -9,6 +9,7 @@ use pushfleet_shared::topology::Topology;
 
 use crate::config;
 
+pub mod check_registries;
 pub mod events;
 pub mod render;
 pub mod submit;
