@@ -1,13 +1,16 @@
 //! "Test connection" for a catalogue registry: every step a job would take, for real, each
-//! reported on its own with the stable code and hint a job would get.
+//! reported on its own with the stable code and hint a job would get. The steps:
 //!
-//! 1. `dns`: the host resolves; 2. `tcp`: a connection opens; 3. `credentials`: the configured
-//! password source is readable; then for each allowed namespace (a `*` namespace checks the
-//! repository the caller names): 4. `pull <repo>`: `/v2/` over TLS with the configured CA, the
-//! login, and the pull right (a manifest read; "no such manifest" is a pass); 5. `push <repo>`:
-//! the push right, as preflight proves it; and 6. `daemon`: the Docker daemon reaches the
-//! registry as a push would (it asks for a tag that does not exist: an answer from the registry
-//! passes, a certificate the daemon does not trust, or plain HTTP it refuses, fails).
+//! - `dns`: the host resolves; `tcp`: a connection opens;
+//! - `credentials`: the configured password source is readable;
+//! - for each allowed namespace (a `*` namespace checks the repository the caller names):
+//!   `pull <repo>` (`/v2/` over TLS with the configured CA, the login, and the pull right: a
+//!   manifest read, where "no such manifest" passes) and `push <repo>` (the push right, as
+//!   preflight proves it);
+//! - `daemon`: the Docker daemon reaches the registry as a push would (it asks for a tag that
+//!   does not exist: an answer from the registry passes; a certificate the daemon does not
+//!   trust, or plain HTTP it refuses, fails).
+//!
 //! A failed step skips the steps that need it.
 
 use std::time::Duration;
