@@ -8,10 +8,12 @@
 //! - [`error_code`]: the stable error codes carried by failed events.
 //! - [`reference`]: image references, parsed and normalised with Docker's grammar.
 //! - [`control`]: fleet-wide requests (cancel a job).
+//! - [`check`]: registry check requests and their `registry.checked` answers.
 //! - [`topology`]: exchange, queue and routing-key names and queue arguments.
 //! - [`signature`]: optional HMAC signatures on jobs.
 //! - [`schema`]: JSON Schemas generated from these types (checked in under `schemas/`).
 
+pub mod check;
 pub mod control;
 pub mod credential;
 pub mod django;

@@ -16,6 +16,10 @@ pub const JOB_SCHEMA_FILE: &str = "job.schema.json";
 pub const EVENT_SCHEMA_FILE: &str = "event.schema.json";
 /// The file name of the control message schema under `schemas/`.
 pub const CONTROL_SCHEMA_FILE: &str = "control.schema.json";
+/// The file name of the registry check request schema under `schemas/`.
+pub const CHECK_REQUEST_SCHEMA_FILE: &str = "check-request.schema.json";
+/// The file name of the `registry.checked` answer schema under `schemas/`.
+pub const REGISTRY_CHECKED_SCHEMA_FILE: &str = "registry-checked.schema.json";
 
 /// The JSON Schema of a v1 push job.
 pub fn job_schema() -> Value {
@@ -38,6 +42,14 @@ pub fn schema_files() -> Vec<(&'static str, String)> {
         (JOB_SCHEMA_FILE, job_schema()),
         (EVENT_SCHEMA_FILE, event_schema()),
         (CONTROL_SCHEMA_FILE, control_schema()),
+        (
+            CHECK_REQUEST_SCHEMA_FILE,
+            schemars::schema_for!(crate::check::CheckRequest).to_value(),
+        ),
+        (
+            REGISTRY_CHECKED_SCHEMA_FILE,
+            schemars::schema_for!(crate::check::RegistryChecked).to_value(),
+        ),
     ]
     .into_iter()
     .map(|(name, value)| {

@@ -14,8 +14,9 @@
 //! <p>.jobs    (direct) --"job"--> <p>.jobs    (quorum queue, delivery limit, DLX <p>.dlx)
 //! <p>.retry   (direct) --"delay.<k>"--> <p>.retry.<k> (quorum queues, per-message TTL,
 //!                                                    DLX <p>.jobs; declared when first used)
+//! <p>.jobs    (direct) --"check.registry"--> <p>.checks (quorum queue, 10 min TTL)
 //! <p>.dlx     (direct) --"job"--> <p>.dead    (quorum queue: dead letters, kept for replay)
-//! <p>.events  (topic)  --"job.<state>"--> consumers' own queues
+//! <p>.events  (topic)  --"job.<state>", "registry.checked"--> consumers' own queues
 //! <p>.control (fanout) --> <p>.control (stream, 24 h): every worker reads it from the start
 //! ```
 //!
@@ -35,6 +36,8 @@ pub const DEFAULT_DELIVERY_LIMIT: i64 = 5;
 pub const CONTROL_MAX_AGE: &str = "24h";
 /// The largest delay bucket (2^17 s, about 36 hours).
 pub const MAX_RETRY_BUCKET: u32 = 17;
+/// How long a registry check request waits for a worker before the broker drops it.
+pub const CHECK_TTL_MS: i64 = 600_000;
 /// The content type of jobs and events.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
@@ -208,6 +211,12 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Where registry check requests wait for a worker (bound to the jobs exchange with
+    /// [`crate::check::CHECK_ROUTING_KEY`]).
+    pub fn checks_queue(&self) -> String {
+        format!("{}.checks", self.prefix)
+    }
+
     /// Where workers publish events (topic exchange, routing key `job.<state>`).
     pub fn events_exchange(&self) -> String {
         format!("{}.events", self.prefix)
@@ -286,6 +295,17 @@ impl Topology {
                 arguments: stream,
                 bound_to: self.control_exchange(),
                 binding_key: String::new(),
+            },
+            QueueSpec {
+                name: self.checks_queue(),
+                arguments: [
+                    self.quorum_arguments(),
+                    // A check nobody answered within ten minutes is no longer wanted.
+                    vec![("x-message-ttl".to_owned(), QueueArg::Int(CHECK_TTL_MS))],
+                ]
+                .concat(),
+                bound_to: self.jobs_exchange(),
+                binding_key: crate::check::CHECK_ROUTING_KEY.to_owned(),
             },
             QueueSpec {
                 name: self.dead_letter_queue(),

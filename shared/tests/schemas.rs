@@ -114,3 +114,26 @@ fn event_examples_pass_schema_and_parser() {
         );
     }
 }
+
+#[test]
+fn check_request_and_answer_examples_pass_schema_and_parser() {
+    use pushfleet_shared::check::{CheckRequest, RegistryChecked};
+    use pushfleet_shared::schema::{CHECK_REQUEST_SCHEMA_FILE, REGISTRY_CHECKED_SCHEMA_FILE};
+    let requests = validator(CHECK_REQUEST_SCHEMA_FILE);
+    for (path, body) in examples("check-request", "valid") {
+        let value: Value = serde_json::from_slice(&body).expect("example is JSON");
+        let errors: Vec<_> = requests
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        CheckRequest::from_slice(&body).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    let answers = validator(REGISTRY_CHECKED_SCHEMA_FILE);
+    for (path, body) in examples("registry-checked", "valid") {
+        let value: Value = serde_json::from_slice(&body).expect("example is JSON");
+        let errors: Vec<_> = answers.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        RegistryChecked::from_slice(&body).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}

@@ -187,3 +187,94 @@ async fn each_registry_failure_is_reported_at_its_step_with_its_code() -> Result
     }
     Ok(())
 }
+
+/// The same check as a message: a "Test connection" button publishes a check request, and a
+/// worker answers with a `registry.checked` event; a bad request and an unknown registry get
+/// an answer with the error.
+#[tokio::test]
+async fn a_check_request_is_answered_with_a_registry_checked_event() -> Result<()> {
+    use futures_util::StreamExt;
+    use pushfleet_shared::check::{
+        CHECK_ROUTING_KEY, CHECKED_ROUTING_KEY, CheckRequest, RegistryChecked, StepStatus,
+    };
+    use pushfleet_tests::fleet::{TestWorker, base_registries, worker_config};
+    use pushfleet_worker::broker::{
+        ConfirmedPublisher, connect, declare_topology, subscribe_exclusive,
+    };
+
+    let env = StackEnv::load()?;
+    let worker = TestWorker::start(worker_config(
+        &env,
+        &unique("t-check"),
+        &base_registries(&env)?,
+    )?)
+    .await?;
+    let conn = connect(&env.get("PUSHFLEET_AMQP_URL")?, "pushfleet-tests checks").await?;
+    let publisher = ConfirmedPublisher::open(&conn).await?;
+    declare_topology(publisher.channel(), &worker.topology).await?;
+    let channel = conn.create_channel().await?;
+    let mut answers = subscribe_exclusive(
+        &channel,
+        &worker.topology.events_exchange(),
+        CHECKED_ROUTING_KEY,
+    )
+    .await?;
+    let request = |id: &str, registry: &str| CheckRequest {
+        version: 1,
+        request_id: id.to_owned(),
+        registry: registry.to_owned(),
+        repository: None,
+    };
+    let bodies = [
+        request("good", "5").to_json(),
+        request("read-only", "token-reader").to_json(),
+        request("unknown", "harbor-typo").to_json(),
+        b"{\"version\":1,\"registry\":\"5\"}".to_vec(),
+    ];
+    for body in &bodies {
+        publisher
+            .publish_json(
+                &worker.topology.jobs_exchange(),
+                CHECK_ROUTING_KEY,
+                body,
+                lapin::BasicProperties::default(),
+            )
+            .await?;
+    }
+    let mut got = BTreeMap::new();
+    while got.len() < bodies.len() {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(60), answers.next())
+            .await
+            .context("no answer within 60 s")?
+            .context("the answer stream ended")??;
+        let answer = RegistryChecked::from_slice(&delivery.data)?;
+        got.insert(
+            answer.request_id.clone().unwrap_or_else(|| "-".into()),
+            answer,
+        );
+    }
+    let good = &got["good"];
+    ensure!(good.ok(), "{good:#?}");
+    ensure!(
+        good.report.as_ref().is_some_and(|r| r.registry == "basic"),
+        "{good:#?}"
+    );
+    let read_only = got["read-only"].report.as_ref().context("a report")?;
+    ensure!(
+        read_only.steps.iter().any(|s| s.status == StepStatus::Fail
+            && s.code == Some(pushfleet_shared::ErrorCode::RegistryInsufficientScope)),
+        "{read_only:#?}"
+    );
+    let unknown = got["unknown"].error.as_ref().context("an error")?;
+    ensure!(
+        unknown.code == pushfleet_shared::ErrorCode::UnknownRegistry,
+        "{unknown:?}"
+    );
+    let bad = got["-"].error.as_ref().context("an error")?;
+    ensure!(
+        bad.code == pushfleet_shared::ErrorCode::InvalidMessage,
+        "{bad:?}"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    worker.stop().await
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
 use pushfleet_shared::ErrorCode;
-use serde::Serialize;
+use pushfleet_shared::check::{CheckReport, CheckStep, StepStatus};
 
 use crate::config::Registry;
 use crate::daemon::{Daemon, classify_push_error};
@@ -30,40 +30,24 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The repository name checked inside a namespace (`<namespace>/pushfleet-check`).
 pub const CHECK_REPOSITORY: &str = "pushfleet-check";
 
-/// The outcome of one step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// It worked.
-    Pass,
-    /// It did not: see the code and hint.
-    Fail,
-    /// Not run (an earlier step failed, or there is nothing to check).
-    Skip,
+/// Step constructors.
+trait StepExt: Sized {
+    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self;
+    fn skip(name: impl Into<String>, detail: impl Into<String>) -> Self;
+    fn fail(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        code: ErrorCode,
+        hint: String,
+    ) -> Self;
+    fn from_error<E: Coded>(name: impl Into<String>, e: &E) -> Self;
 }
 
-/// One step of a registry check.
-#[derive(Debug, Clone, Serialize)]
-pub struct Step {
-    /// `dns`, `tcp`, `credentials`, `pull team-a/pushfleet-check`, `push ...`, `daemon`.
-    pub name: String,
-    /// What happened.
-    pub status: Status,
-    /// One line saying what was seen.
-    pub detail: String,
-    /// The stable code a job would fail with.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<ErrorCode>,
-    /// What to do about it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-impl Step {
+impl StepExt for CheckStep {
     fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            status: Status::Pass,
+            status: StepStatus::Pass,
             detail: detail.into(),
             code: None,
             hint: None,
@@ -72,7 +56,7 @@ impl Step {
 
     fn skip(name: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
-            status: Status::Skip,
+            status: StepStatus::Skip,
             ..Self::pass(name, detail)
         }
     }
@@ -85,7 +69,7 @@ impl Step {
     ) -> Self {
         Self {
             name: name.into(),
-            status: Status::Fail,
+            status: StepStatus::Fail,
             detail: detail.into(),
             code: Some(code),
             hint: Some(hint),
@@ -98,19 +82,6 @@ impl Step {
     }
 }
 
-/// Every step of one registry's check.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// The catalogue key.
-    pub registry: String,
-    /// Its URL.
-    pub url: String,
-    /// Whether every step passed (skips for lack of a repository name count as passes).
-    pub ok: bool,
-    /// The steps, in order.
-    pub steps: Vec<Step>,
-}
-
 /// Checks `registry` through `client` (its registry client) and, when given, `daemon`; a `*`
 /// namespace is checked as `wildcard_repository` when one is named.
 pub async fn check(
@@ -118,15 +89,15 @@ pub async fn check(
     client: &RegistryClient,
     daemon: Option<&Daemon>,
     wildcard_repository: Option<&str>,
-) -> Report {
-    let mut steps = Vec::new();
+) -> CheckReport {
+    let mut steps: Vec<CheckStep> = Vec::new();
     let reachable = reach(registry, &mut steps).await;
     if reachable {
         check_rights(registry, client, daemon, wildcard_repository, &mut steps).await;
     }
-    let ok = steps.iter().all(|s| s.status != Status::Fail)
-        && steps.iter().any(|s| s.status == Status::Pass);
-    Report {
+    let ok = steps.iter().all(|s| s.status != StepStatus::Fail)
+        && steps.iter().any(|s| s.status == StepStatus::Pass);
+    CheckReport {
         registry: registry.key.clone(),
         url: registry.url.to_string(),
         ok,
@@ -135,11 +106,11 @@ pub async fn check(
 }
 
 /// `dns` and `tcp`; whether both passed.
-async fn reach(registry: &Registry, steps: &mut Vec<Step>) -> bool {
+async fn reach(registry: &Registry, steps: &mut Vec<CheckStep>) -> bool {
     let host = registry.url.host_str().unwrap_or_default().to_owned();
     let port = registry.url.port_or_known_default().unwrap_or(443);
     let unreachable = |what: &str, detail: String| {
-        Step::fail(
+        CheckStep::fail(
             what,
             detail,
             ErrorCode::RegistryUnreachable,
@@ -171,10 +142,10 @@ async fn reach(registry: &Registry, steps: &mut Vec<Step>) -> bool {
         steps.push(unreachable("dns", format!("{host} resolves to no address")));
         return false;
     };
-    steps.push(Step::pass("dns", format!("{host} -> {first}")));
+    steps.push(CheckStep::pass("dns", format!("{host} -> {first}")));
     match tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(*first)).await {
         Ok(Ok(_)) => {
-            steps.push(Step::pass("tcp", format!("connected to {first}")));
+            steps.push(CheckStep::pass("tcp", format!("connected to {first}")));
             true
         }
         Ok(Err(e)) => {
@@ -197,7 +168,7 @@ async fn check_rights(
     client: &RegistryClient,
     daemon: Option<&Daemon>,
     wildcard_repository: Option<&str>,
-    steps: &mut Vec<Step>,
+    steps: &mut Vec<CheckStep>,
 ) {
     let login = match registry.credentials_async().await {
         Ok(login) => {
@@ -205,12 +176,12 @@ async fn check_rights(
                 Some(l) => format!("as {}", l.username),
                 None => "anonymous".to_owned(),
             };
-            steps.push(Step::pass("credentials", who));
+            steps.push(CheckStep::pass("credentials", who));
             login
         }
         Err(e) => {
             let code = ErrorCode::RegistryCredentialsMissing;
-            steps.push(Step::fail(
+            steps.push(CheckStep::fail(
                 "credentials",
                 format!("registry {}: {e}", registry.key),
                 code,
@@ -225,7 +196,7 @@ async fn check_rights(
             match wildcard_repository {
                 Some(r) => r.to_owned(),
                 None => {
-                    steps.push(Step::skip(
+                    steps.push(CheckStep::skip(
                         "pull/push *",
                         "namespace `*`: name a repository to check with --repository",
                     ));
@@ -242,9 +213,9 @@ async fn check_rights(
         )
         .await;
         match read {
-            Ok(Ok(_)) => steps.push(Step::pass(pull, "TLS, login and the pull right work")),
+            Ok(Ok(_)) => steps.push(CheckStep::pass(pull, "TLS, login and the pull right work")),
             Ok(Err(e)) => {
-                steps.push(Step::from_error(pull, &e));
+                steps.push(CheckStep::from_error(pull, &e));
                 continue;
             }
             Err(_) => {
@@ -260,13 +231,13 @@ async fn check_rights(
         .await
         {
             Ok(Ok(access)) => {
-                steps.push(Step::pass(
+                steps.push(CheckStep::pass(
                     push,
                     format!("push right granted ({:?} auth)", access.scheme()),
                 ));
                 first_repository.get_or_insert(repository);
             }
-            Ok(Err(e)) => steps.push(Step::from_error(push, &e)),
+            Ok(Err(e)) => steps.push(CheckStep::from_error(push, &e)),
             Err(_) => steps.push(timeout_step(push)),
         }
     }
@@ -274,14 +245,17 @@ async fn check_rights(
         (Some(daemon), Some(repository)) => {
             steps.push(daemon_view(daemon, registry, &repository, login.as_ref()).await);
         }
-        (None, _) => steps.push(Step::skip("daemon", "no [docker] daemon configured")),
-        (Some(_), None) => steps.push(Step::skip("daemon", "no repository passed the push check")),
+        (None, _) => steps.push(CheckStep::skip("daemon", "no [docker] daemon configured")),
+        (Some(_), None) => steps.push(CheckStep::skip(
+            "daemon",
+            "no repository passed the push check",
+        )),
     }
 }
 
-fn timeout_step(name: String) -> Step {
+fn timeout_step(name: String) -> CheckStep {
     let code = ErrorCode::Timeout;
-    Step::fail(
+    CheckStep::fail(
         name,
         format!("no answer within {STEP_TIMEOUT:?}"),
         code,
@@ -296,7 +270,7 @@ async fn daemon_view(
     registry: &Registry,
     repository: &str,
     login: Option<&crate::credentials::Credentials>,
-) -> Step {
+) -> CheckStep {
     let image = format!("{}/{repository}", registry.host);
     let tag = format!("{CHECK_REPOSITORY}-{}", uuid::Uuid::new_v4().simple());
     let options = CreateImageOptionsBuilder::default()
@@ -330,11 +304,11 @@ async fn daemon_view(
 
 /// What the daemon's answer to a pull of a missing tag from `host` says about its view of the
 /// registry: the registry's own refusal passes (the daemon reached it).
-fn daemon_answer(answer: &str, host: &str) -> Step {
+fn daemon_answer(answer: &str, host: &str) -> CheckStep {
     let code = classify_push_error(answer);
     let lower = answer.to_ascii_lowercase();
     if code == ErrorCode::RegistryTlsFailed {
-        return Step::fail(
+        return CheckStep::fail(
             "daemon",
             "the Docker daemon does not trust the registry's certificate",
             code,
@@ -344,7 +318,7 @@ fn daemon_answer(answer: &str, host: &str) -> Step {
         );
     }
     if lower.contains("http response to https client") {
-        return Step::fail(
+        return CheckStep::fail(
             "daemon",
             "the Docker daemon refuses the registry's plain HTTP",
             ErrorCode::RegistryTlsFailed,
@@ -354,14 +328,14 @@ fn daemon_answer(answer: &str, host: &str) -> Step {
         );
     }
     if code == ErrorCode::RegistryUnreachable {
-        return Step::fail(
+        return CheckStep::fail(
             "daemon",
             "the Docker daemon cannot reach the registry",
             code,
             "the worker reaches it but the daemon does not: check the daemon host's network, DNS and proxy".to_owned(),
         );
     }
-    Step::pass(
+    CheckStep::pass(
         "daemon",
         "the Docker daemon reaches the registry over a connection it accepts",
     )
@@ -378,32 +352,32 @@ mod tests {
         for (answer, status, code) in [
             (
                 "Get \"https://registry.test:5443/v2/\": tls: failed to verify certificate: x509: certificate signed by unknown authority",
-                Status::Fail,
+                StepStatus::Fail,
                 Some(ErrorCode::RegistryTlsFailed),
             ),
             (
                 "Get \"https://reg.example.com/v2/\": http: server gave HTTP response to HTTPS client",
-                Status::Fail,
+                StepStatus::Fail,
                 Some(ErrorCode::RegistryTlsFailed),
             ),
             (
                 "Get \"https://reg.example.com/v2/\": dial tcp 10.0.0.5:443: connect: connection refused",
-                Status::Fail,
+                StepStatus::Fail,
                 Some(ErrorCode::RegistryUnreachable),
             ),
             (
                 "manifest for registry.test:5443/production/pushfleet-check:pushfleet-check-1 not found: manifest unknown: manifest unknown",
-                Status::Pass,
+                StepStatus::Pass,
                 None,
             ),
             (
                 "Head \"https://registry.test:5443/v2/production/pushfleet-check/manifests/x\": no basic auth credentials",
-                Status::Pass,
+                StepStatus::Pass,
                 None,
             ),
             (
                 "pull access denied for registry.test:5443/production/pushfleet-check, repository does not exist or may require 'docker login'",
-                Status::Pass,
+                StepStatus::Pass,
                 None,
             ),
         ] {
@@ -418,4 +392,101 @@ mod tests {
                 .is_some_and(|h| h.contains("/etc/docker/certs.d/registry.test:5443/ca.crt"))
         );
     }
+}
+
+/// Answers one request from the checks queue: runs the check, publishes the
+/// `registry.checked` answer (confirmed by the broker), then acks. An unreadable request or an
+/// unknown registry gets an answer with the error instead of a report.
+pub(crate) async fn answer(shared: &crate::delivery::Shared, delivery: lapin::message::Delivery) {
+    use lapin::options::{BasicAckOptions, BasicNackOptions};
+    use pushfleet_shared::check::{CHECKED_ROUTING_KEY, CheckRequest, RegistryChecked};
+    use pushfleet_shared::event::EventError;
+
+    let answer = match CheckRequest::from_slice(&delivery.data) {
+        Err(why) => {
+            let code = ErrorCode::InvalidMessage;
+            tracing::warn!(%why, "refusing a registry check request");
+            RegistryChecked::new(
+                None,
+                &shared.worker_id,
+                Err(EventError::new(
+                    code,
+                    why,
+                    "publish a v1 check request: see schemas/check-request.schema.json",
+                )),
+            )
+        }
+        Ok(request) => {
+            let report = run_request(shared, &request).await;
+            RegistryChecked::new(Some(request.request_id), &shared.worker_id, report)
+        }
+    };
+    tracing::info!(
+        request_id = answer.request_id.as_deref().unwrap_or("-"),
+        ok = answer.ok(),
+        "registry check answered"
+    );
+    let published = shared
+        .publisher
+        .publish_json(
+            &shared.topology.events_exchange(),
+            CHECKED_ROUTING_KEY,
+            &answer.to_json(),
+            lapin::BasicProperties::default(),
+        )
+        .await;
+    let settled = match published {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Err(e) => {
+            tracing::error!(error = %e, "could not publish a registry check answer; returning the request");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, "could not settle a registry check request");
+    }
+}
+
+async fn run_request(
+    shared: &crate::delivery::Shared,
+    request: &pushfleet_shared::check::CheckRequest,
+) -> Result<CheckReport, pushfleet_shared::event::EventError> {
+    use pushfleet_shared::event::EventError;
+    let Some(registry) = shared.config.registries.get(&request.registry) else {
+        let code = ErrorCode::UnknownRegistry;
+        let name: String = request.registry.chars().take(64).collect();
+        return Err(EventError::new(
+            code,
+            format!("registry {name:?} is not in this worker's catalogue"),
+            code.default_hint(),
+        ));
+    };
+    let Some(pipeline) = &shared.pipeline else {
+        let code = ErrorCode::DaemonUnavailable;
+        return Err(EventError::new(
+            code,
+            "this worker runs broker-only and checks no registry",
+            code.default_hint(),
+        ));
+    };
+    let Some(client) = pipeline.registry_client(&registry.key) else {
+        let code = ErrorCode::UnknownRegistry;
+        return Err(EventError::new(
+            code,
+            format!("registry {} has no client", registry.key),
+            code.default_hint(),
+        ));
+    };
+    Ok(check(
+        registry,
+        client,
+        Some(pipeline.daemon()),
+        request.repository.as_deref(),
+    )
+    .await)
 }

@@ -39,6 +39,8 @@ use crate::pipeline::{Pipeline, PipelineSetupError};
 
 /// How many control requests are in flight to one worker at once.
 const CONTROL_PREFETCH: u16 = 100;
+/// How many registry checks one worker runs at once.
+const CHECK_PREFETCH: u16 = 2;
 
 /// How long closing a broker connection may take before it is dropped instead.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -245,6 +247,9 @@ struct Session {
     consumer_tag: String,
     jobs: Consumer,
     control: Consumer,
+    /// Registry check requests, on their own channel.
+    checks: Consumer,
+    checks_channel: Channel,
     shared: Arc<Shared>,
 }
 
@@ -304,6 +309,20 @@ impl Session {
             )
             .await?;
 
+        // Registry checks ("Test connection"): a few at a time, beside the jobs.
+        let checks_channel = consume_conn.create_channel().await?;
+        checks_channel
+            .basic_qos(CHECK_PREFETCH, BasicQosOptions { global: false })
+            .await?;
+        let checks = checks_channel
+            .basic_consume(
+                topology.checks_queue().as_str().into(),
+                format!("{consumer_tag}-checks").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
         let publisher_channel = publisher.channel().clone();
         publishers.set(Some(publisher));
         let shared = Arc::new(Shared {
@@ -334,6 +353,8 @@ impl Session {
             consumer_tag,
             jobs,
             control,
+            checks,
+            checks_channel,
             shared,
         })
     }
@@ -365,6 +386,14 @@ impl Session {
                     }
                     Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
                     None => return SessionEnd::Lost("the broker ended the jobs consumer".into()),
+                },
+                next = self.checks.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let shared = Arc::clone(&self.shared);
+                        tracker.spawn(async move { crate::check::answer(&shared, delivery).await });
+                    }
+                    Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
+                    None => return SessionEnd::Lost("the broker ended the checks consumer".into()),
                 },
                 next = self.control.next() => match next {
                     Some(Ok(message)) => {
@@ -408,6 +437,14 @@ impl Session {
 
     async fn stop_consuming(&self) {
         info!("stopping: no new jobs");
+        let checks_tag = format!("{}-checks", self.consumer_tag);
+        if let Err(e) = self
+            .checks_channel
+            .basic_cancel(checks_tag.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
+            warn!(error = %e, "basic.cancel of the checks consumer failed");
+        }
         if let Err(e) = self
             .channel
             .basic_cancel(

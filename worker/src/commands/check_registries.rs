@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::check::{self, Report, Status};
+use pushfleet_shared::check::{CheckReport, StepStatus};
+
+use crate::check;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -84,14 +86,14 @@ pub async fn run(args: CheckRegistriesArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_report(report: &Report) {
+fn print_report(report: &CheckReport) {
     println!("{}  {}", report.registry, report.url);
     let width = report.steps.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for step in &report.steps {
         let status = match step.status {
-            Status::Pass => "pass",
-            Status::Fail => "FAIL",
-            Status::Skip => "skip",
+            StepStatus::Pass => "pass",
+            StepStatus::Fail => "FAIL",
+            StepStatus::Skip => "skip",
         };
         let detail = match step.code {
             Some(code) => format!("{}: {}", code.as_str(), step.detail),
