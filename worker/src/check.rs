@@ -341,59 +341,6 @@ fn daemon_answer(answer: &str, host: &str) -> CheckStep {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// dockerd's own texts, as a pull of a missing tag gets them.
-    #[test]
-    fn the_daemon_answer_tells_trust_from_reach() {
-        let host = "registry.test:5443";
-        for (answer, status, code) in [
-            (
-                "Get \"https://registry.test:5443/v2/\": tls: failed to verify certificate: x509: certificate signed by unknown authority",
-                StepStatus::Fail,
-                Some(ErrorCode::RegistryTlsFailed),
-            ),
-            (
-                "Get \"https://reg.example.com/v2/\": http: server gave HTTP response to HTTPS client",
-                StepStatus::Fail,
-                Some(ErrorCode::RegistryTlsFailed),
-            ),
-            (
-                "Get \"https://reg.example.com/v2/\": dial tcp 10.0.0.5:443: connect: connection refused",
-                StepStatus::Fail,
-                Some(ErrorCode::RegistryUnreachable),
-            ),
-            (
-                "manifest for registry.test:5443/production/pushfleet-check:pushfleet-check-1 not found: manifest unknown: manifest unknown",
-                StepStatus::Pass,
-                None,
-            ),
-            (
-                "Head \"https://registry.test:5443/v2/production/pushfleet-check/manifests/x\": no basic auth credentials",
-                StepStatus::Pass,
-                None,
-            ),
-            (
-                "pull access denied for registry.test:5443/production/pushfleet-check, repository does not exist or may require 'docker login'",
-                StepStatus::Pass,
-                None,
-            ),
-        ] {
-            let step = daemon_answer(answer, host);
-            assert_eq!(step.status, status, "{answer}");
-            assert_eq!(step.code, code, "{answer}");
-        }
-        let untrusted = daemon_answer("x509: certificate signed by unknown authority", host);
-        assert!(
-            untrusted
-                .hint
-                .is_some_and(|h| h.contains("/etc/docker/certs.d/registry.test:5443/ca.crt"))
-        );
-    }
-}
-
 /// Answers one request from the checks queue: runs the check, publishes the
 /// `registry.checked` answer (confirmed by the broker), then acks. An unreadable request or an
 /// unknown registry gets an answer with the error instead of a report.
@@ -489,4 +436,57 @@ async fn run_request(
         request.repository.as_deref(),
     )
     .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// dockerd's own texts, as a pull of a missing tag gets them.
+    #[test]
+    fn the_daemon_answer_tells_trust_from_reach() {
+        let host = "registry.test:5443";
+        for (answer, status, code) in [
+            (
+                "Get \"https://registry.test:5443/v2/\": tls: failed to verify certificate: x509: certificate signed by unknown authority",
+                StepStatus::Fail,
+                Some(ErrorCode::RegistryTlsFailed),
+            ),
+            (
+                "Get \"https://reg.example.com/v2/\": http: server gave HTTP response to HTTPS client",
+                StepStatus::Fail,
+                Some(ErrorCode::RegistryTlsFailed),
+            ),
+            (
+                "Get \"https://reg.example.com/v2/\": dial tcp 10.0.0.5:443: connect: connection refused",
+                StepStatus::Fail,
+                Some(ErrorCode::RegistryUnreachable),
+            ),
+            (
+                "manifest for registry.test:5443/production/pushfleet-check:pushfleet-check-1 not found: manifest unknown: manifest unknown",
+                StepStatus::Pass,
+                None,
+            ),
+            (
+                "Head \"https://registry.test:5443/v2/production/pushfleet-check/manifests/x\": no basic auth credentials",
+                StepStatus::Pass,
+                None,
+            ),
+            (
+                "pull access denied for registry.test:5443/production/pushfleet-check, repository does not exist or may require 'docker login'",
+                StepStatus::Pass,
+                None,
+            ),
+        ] {
+            let step = daemon_answer(answer, host);
+            assert_eq!(step.status, status, "{answer}");
+            assert_eq!(step.code, code, "{answer}");
+        }
+        let untrusted = daemon_answer("x509: certificate signed by unknown authority", host);
+        assert!(
+            untrusted
+                .hint
+                .is_some_and(|h| h.contains("/etc/docker/certs.d/registry.test:5443/ca.crt"))
+        );
+    }
 }
