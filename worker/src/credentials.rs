@@ -1,7 +1,10 @@
-//! Where passwords come from, and reading them at the moment they are needed.
+//! Reading credentials, at the moment they are needed, from where the configuration says
+//! they are.
 //!
-//! A password is never written in the configuration file. The file says where to find it, a
-//! [`PasswordSource`]:
+//! The configuration (`crate::config`) only describes: a registry's [`Login`] is a user name
+//! and a [`PasswordSource`]; the AMQP URL may have a `password_file`. This module reads them:
+//! [`Login::resolve`], [`url_with_password`]. A password is never written in the
+//! configuration file. The file says where to find it, a [`PasswordSource`]:
 //!
 //! - a file (a Kubernetes secret volume, a Docker secret);
 //! - an environment variable;
@@ -21,8 +24,8 @@
 //! Blocking: a credential helper is a process (`docker-credential-<name>`, found on `PATH`),
 //! and the `docker_credential` crate waits for it synchronously. Resolving a Docker config
 //! source therefore blocks; it is bounded by [`DOCKER_CREDENTIAL_TIMEOUT`], and async code
-//! goes through [`DockerConfigSource::resolve_async`] (via
-//! `config::Registry::credentials_async`), which runs it on tokio's blocking pool.
+//! goes through [`Login::resolve_async`] (via `config::Registry::credentials_async`), which
+//! runs every lookup, file reads included, on tokio's blocking pool.
 //!
 //! Errors name the file, the variable, the Docker credential key or the helper, never what was
 //! read from them (a failing helper's output is not repeated either: it may hold a secret).
@@ -31,9 +34,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use url::Url;
 
 /// The largest password file read, in bytes. A password is short; a bigger file is almost
 /// certainly the wrong path (a certificate bundle, a log), and is refused rather than read.
@@ -63,6 +68,142 @@ pub fn docker_credential_key(host: &str) -> String {
             DOCKER_HUB_CREDENTIAL_KEY.to_owned()
         }
         other => other.to_owned(),
+    }
+}
+
+/// Who a registry logs in as and where the password is, as the configuration says: nothing is
+/// read until [`resolve`](Self::resolve), and everything is read again at every call (so a
+/// rotated password file or Docker config is picked up).
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// The user name. None only with a Docker config, which gives it; when set there, it must
+    /// be the Docker config's user.
+    pub username: Option<String>,
+    /// Where the password (and, for a Docker config, the user) comes from.
+    pub password: PasswordSource,
+    /// Where `password_env` is looked up: the environment the configuration was loaded from.
+    env: EnvSource,
+}
+
+impl Login {
+    pub(crate) fn new(username: Option<String>, password: PasswordSource, env: EnvSource) -> Self {
+        Self {
+            username,
+            password,
+            env,
+        }
+    }
+
+    /// The user name and password, read now.
+    ///
+    /// Blocking: with a Docker config, a credential helper may run (for at most
+    /// [`DOCKER_CREDENTIAL_TIMEOUT`]). From async code, use
+    /// [`resolve_async`](Self::resolve_async).
+    pub fn resolve(&self) -> Result<Credentials, CredentialError> {
+        let source = match &self.password {
+            PasswordSource::DockerConfig(source) => source,
+            other => {
+                let password = other.resolve_with(&|name: &str| self.env.get(name))?;
+                let username = self
+                    .username
+                    .clone()
+                    .ok_or(CredentialError::NotConfigured {
+                        what: "a login without a username".to_owned(),
+                    })?;
+                return Ok(Credentials { username, password });
+            }
+        };
+        let login = source.resolve()?;
+        match &self.username {
+            Some(configured) if *configured != login.username => {
+                Err(CredentialError::DockerConfigUserMismatch {
+                    server: source.server.clone(),
+                    path: source.path.clone(),
+                    configured: configured.clone(),
+                })
+            }
+            _ => Ok(login),
+        }
+    }
+
+    /// As [`resolve`](Self::resolve), on tokio's blocking pool, so the runtime's worker
+    /// threads are never held up by a file read or a credential helper. Needs a tokio runtime.
+    pub async fn resolve_async(&self) -> Result<Credentials, CredentialError> {
+        let login = self.clone();
+        tokio::task::spawn_blocking(move || login.resolve())
+            .await
+            .map_err(|e| CredentialError::Interrupted {
+                how: if e.is_panic() {
+                    "panicked"
+                } else {
+                    "was cancelled"
+                },
+            })?
+    }
+}
+
+/// `url` to connect with: with `password_file`, its content (read now, so a rotated secret is
+/// picked up at the next connection) as the URL's password, percent-encoded; else `url` as it
+/// is. Expose it only where the connection is made.
+pub fn url_with_password(
+    url: &Url,
+    password_file: Option<&Path>,
+) -> Result<SecretString, CredentialError> {
+    let Some(path) = password_file else {
+        return Ok(SecretString::from(url.to_string()));
+    };
+    let password = read_password_file(path)?;
+    let mut url = url.clone();
+    url.set_password(Some(password.expose_secret()))
+        .map_err(|()| CredentialError::NotConfigured {
+            what: "the AMQP URL (it cannot carry a password)".to_owned(),
+        })?;
+    Ok(SecretString::from(String::from(url)))
+}
+
+/// Where environment variables are read: the process's environment, or a map given to
+/// `config::load` (tests), for overrides and for `password_env`, then and later.
+#[derive(Clone)]
+pub(crate) enum EnvSource {
+    Process,
+    Map(Arc<HashMap<String, String>>),
+}
+
+impl EnvSource {
+    pub(crate) fn new(map: Option<HashMap<String, String>>) -> Self {
+        map.map_or(Self::Process, |map| Self::Map(Arc::new(map)))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
+        match self {
+            Self::Process => std::env::var(name).ok(),
+            Self::Map(map) => map.get(name).cloned(),
+        }
+    }
+
+    /// Every variable whose name is Unicode; None for a value that is not.
+    pub(crate) fn all(&self) -> Vec<(String, Option<String>)> {
+        match self {
+            Self::Process => std::env::vars_os()
+                .filter_map(|(name, value)| {
+                    Some((name.into_string().ok()?, value.into_string().ok()))
+                })
+                .collect(),
+            Self::Map(map) => map
+                .iter()
+                .map(|(name, value)| (name.clone(), Some(value.clone())))
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Debug for EnvSource {
+    // Never the values: the environment holds passwords.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Process => f.write_str("ProcessEnvironment"),
+            Self::Map(map) => write!(f, "InjectedEnvironment({} variables)", map.len()),
+        }
     }
 }
 
@@ -173,26 +314,9 @@ impl HelperNames {
 impl DockerConfigSource {
     /// The user name and password for [`server`](Self::server), read now, waiting at most
     /// [`DOCKER_CREDENTIAL_TIMEOUT`] for a credential helper. Blocks the calling thread: from
-    /// async code, use [`resolve_async`](Self::resolve_async).
+    /// async code, use [`Login::resolve_async`].
     pub fn resolve(&self) -> Result<Credentials, CredentialError> {
         self.resolve_within(DOCKER_CREDENTIAL_TIMEOUT)
-    }
-
-    /// As [`resolve`](Self::resolve), on tokio's blocking pool, so the runtime's worker
-    /// threads are never held up by a credential helper. Needs a tokio runtime.
-    pub async fn resolve_async(&self) -> Result<Credentials, CredentialError> {
-        let source = self.clone();
-        tokio::task::spawn_blocking(move || source.resolve())
-            .await
-            .map_err(|e| CredentialError::DockerCredentialHelper {
-                helper: "(lookup task)".to_owned(),
-                server: self.server.clone(),
-                problem: if e.is_panic() {
-                    "the lookup panicked".to_owned()
-                } else {
-                    "the lookup was cancelled".to_owned()
-                },
-            })?
     }
 
     /// As [`resolve`](Self::resolve) with another time limit. The lookup runs on its own
@@ -474,9 +598,9 @@ pub enum CredentialError {
         /// The variable's name.
         name: String,
     },
-    /// Something that needs credentials has no complete source for them (a registry without a
-    /// username or password source). `config::load` refuses such a configuration, so this is
-    /// only seen for values changed after loading.
+    /// Something that needs credentials has no complete source for them (a login without a
+    /// username, a URL that cannot carry a password). `config::load` refuses such a
+    /// configuration, so this is only seen for values changed after loading.
     #[error("{what}: no usable credentials are configured")]
     NotConfigured {
         /// What lacks credentials, e.g. "registry `harbor`".
@@ -565,6 +689,13 @@ pub enum CredentialError {
         path: PathBuf,
         /// The `username` of the registry's configuration.
         configured: String,
+    },
+    /// The lookup on tokio's blocking pool did not finish (it panicked, or the runtime is
+    /// shutting down).
+    #[error("the credential lookup {how}")]
+    Interrupted {
+        /// What happened to it.
+        how: &'static str,
     },
 }
 
@@ -981,7 +1112,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn docker_config_resolves_off_the_runtime() {
+    async fn logins_resolve_off_the_runtime_and_check_the_user() {
         let (_dir, source) = docker_source(
             &format!(
                 r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#,
@@ -989,9 +1120,65 @@ mod tests {
             ),
             "r",
         );
-        let login = source.resolve_async().await.expect("resolved");
-        assert_eq!(login.username, "u");
-        assert_eq!(login.password.expose_secret(), SECRET);
+        let env = || {
+            EnvSource::new(Some(HashMap::from([(
+                "PW".to_owned(),
+                format!("{SECRET}\n"),
+            )])))
+        };
+        let docker = |user: Option<&str>| {
+            Login::new(
+                user.map(str::to_owned),
+                PasswordSource::DockerConfig(source.clone()),
+                env(),
+            )
+        };
+        for user in [None, Some("u")] {
+            let login = docker(user).resolve_async().await.expect("resolved");
+            assert_eq!(login.username, "u");
+            assert_eq!(login.password.expose_secret(), SECRET);
+        }
+        let err = docker(Some("other")).resolve().expect_err("another user");
+        assert!(
+            matches!(err, CredentialError::DockerConfigUserMismatch { .. }),
+            "{err:?}"
+        );
+        assert_hidden(&err, SECRET);
+
+        // A variable is looked up in the environment the login was given.
+        let by_env = Login::new(Some("me".into()), PasswordSource::Env("PW".into()), env());
+        let login = by_env.resolve_async().await.expect("set");
+        assert_eq!(
+            (login.username.as_str(), login.password.expose_secret()),
+            ("me", SECRET)
+        );
+        let no_user = Login::new(None, PasswordSource::Env("PW".into()), env());
+        assert!(matches!(
+            no_user.resolve(),
+            Err(CredentialError::NotConfigured { .. })
+        ));
+        assert!(!format!("{by_env:?}").contains(SECRET), "{by_env:?}");
+    }
+
+    #[test]
+    fn url_with_password_reads_the_file_and_percent_encodes_it() {
+        let url = Url::parse("amqps://pf@rabbit/vhost").expect("url");
+        let (_dir, source) = file_source(b"p@ss/w:rd\n");
+        let PasswordSource::File(path) = source else {
+            unreachable!()
+        };
+        let with = url_with_password(&url, Some(&path)).expect("readable");
+        assert_eq!(
+            with.expose_secret(),
+            "amqps://pf:p%40ss%2Fw%3Ard@rabbit/vhost"
+        );
+        let without = url_with_password(&url, None).expect("as is");
+        assert_eq!(without.expose_secret(), "amqps://pf@rabbit/vhost");
+        std::fs::remove_file(&path).expect("remove");
+        assert!(matches!(
+            url_with_password(&url, Some(&path)),
+            Err(CredentialError::FileUnreadable { .. })
+        ));
     }
 
     // --- Credential helpers ---
