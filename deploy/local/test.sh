@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite against the real local stack: starts what is missing (installing
-# Debian packages on a fresh machine), then runs every test of the workspace.
+# Debian packages on a fresh machine), then runs every test of the workspace, then the Python
+# client's lint, types and tests.
 # This is the README's test command and what CI runs.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -14,4 +15,9 @@ bash deploy/local/start.sh
 # The three-node RabbitMQ cluster for tests/cluster (a node is stopped and started there).
 bash deploy/local/start.sh rabbitmq-cluster
 export PUSHFLEET_STACK_ENV=${PUSHFLEET_STACK_ENV:-$repo/.stack/stack.env}
-exec cargo test --workspace --all-targets --no-fail-fast "$@"
+status=0
+cargo test --workspace --all-targets --no-fail-fast "$@" || status=$?
+# The Python client (clients/python) against the same stack and a real worker process.
+cargo build -p pushfleet-worker --bin pushfleet
+bash clients/python/test.sh || status=$?
+exit "$status"

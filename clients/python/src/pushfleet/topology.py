@@ -1,0 +1,164 @@
+"""Exchange and queue names and queue arguments: a mirror of ``shared/src/topology.rs`` (what
+``pushfleet topology --prefix P`` prints; a test compares the two).
+
+```text
+<p>.jobs    (direct) --"job"--> <p>.jobs    (quorum queue, delivery limit, DLX <p>.dlx)
+<p>.retry   (direct) --"delay.<k>"--> <p>.retry.<k> (declared by workers when first used)
+<p>.jobs    (direct) --"check.registry"--> <p>.checks (quorum queue, 10 min TTL)
+<p>.dlx     (direct) --"job"--> <p>.dead    (quorum queue: dead letters)
+<p>.events  (topic)  --"job.<state>", "registry.checked"--> consumers' own queues
+<p>.control (fanout) --> <p>.control (stream, 24 h)
+```
+
+The client declares none of the workers' queues; it declares exchanges only passively, so a
+wrong prefix is an error instead of a new, empty topology. The specs are here so tests (and
+operators) can declare the workers' topology identically, e.g. before any worker started.
+"""
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "pushfleet"
+JOB_ROUTING_KEY = "job"
+DEFAULT_DELIVERY_LIMIT = 5
+CONTROL_MAX_AGE = "24h"
+MAX_RETRY_BUCKET = 17
+CHECK_ROUTING_KEY = "check.registry"
+CHECK_TTL_MS = 600_000
+CONTENT_TYPE_JSON = "application/json"
+
+QueueArg = str | int
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """A durable exchange; ``kind`` is ``direct``, ``topic`` or ``fanout``."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A durable queue, its arguments, and its one binding."""
+
+    name: str
+    arguments: tuple[tuple[str, QueueArg], ...]
+    bound_to: str
+    binding_key: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The names of one fleet, all derived from ``prefix``."""
+
+    prefix: str = DEFAULT_PREFIX
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    replicas: int | None = None
+
+    @property
+    def jobs_exchange(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def jobs_queue(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def retry_exchange(self) -> str:
+        return f"{self.prefix}.retry"
+
+    def retry_queue(self, bucket: int) -> str:
+        return f"{self.prefix}.retry.{bucket}"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.prefix}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def checks_queue(self) -> str:
+        return f"{self.prefix}.checks"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def control_exchange(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def control_queue(self) -> str:
+        return f"{self.prefix}.control"
+
+    def _quorum_arguments(self) -> list[tuple[str, QueueArg]]:
+        args: list[tuple[str, QueueArg]] = [("x-queue-type", "quorum")]
+        if self.replicas is not None:
+            args.append(("x-quorum-initial-group-size", self.replicas))
+        return args
+
+    def exchanges(self) -> list[ExchangeSpec]:
+        """Every exchange, in the workers' declaration order."""
+        return [
+            ExchangeSpec(self.jobs_exchange, "direct"),
+            ExchangeSpec(self.retry_exchange, "direct"),
+            ExchangeSpec(self.dead_letter_exchange, "direct"),
+            ExchangeSpec(self.events_exchange, "topic"),
+            ExchangeSpec(self.control_exchange, "fanout"),
+        ]
+
+    def queues(self) -> list[QueueSpec]:
+        """Every durable queue the workers declare at start, in their order."""
+        stream: list[tuple[str, QueueArg]] = [
+            ("x-queue-type", "stream"),
+            ("x-max-age", CONTROL_MAX_AGE),
+            ("x-stream-max-segment-size-bytes", 1_000_000),
+        ]
+        if self.replicas is not None:
+            stream.append(("x-initial-cluster-size", self.replicas))
+        return [
+            QueueSpec(
+                self.jobs_queue,
+                (
+                    *self._quorum_arguments(),
+                    ("x-delivery-limit", self.delivery_limit),
+                    ("x-dead-letter-exchange", self.dead_letter_exchange),
+                    ("x-dead-letter-routing-key", JOB_ROUTING_KEY),
+                    ("x-dead-letter-strategy", "at-least-once"),
+                    ("x-overflow", "reject-publish"),
+                ),
+                self.jobs_exchange,
+                JOB_ROUTING_KEY,
+            ),
+            QueueSpec(self.control_queue, tuple(stream), self.control_exchange, ""),
+            QueueSpec(
+                self.checks_queue,
+                (*self._quorum_arguments(), ("x-message-ttl", CHECK_TTL_MS)),
+                self.jobs_exchange,
+                CHECK_ROUTING_KEY,
+            ),
+            QueueSpec(
+                self.dead_letter_queue,
+                tuple(self._quorum_arguments()),
+                self.dead_letter_exchange,
+                JOB_ROUTING_KEY,
+            ),
+        ]
+
+    def retry_queue_spec(self, bucket: int) -> QueueSpec:
+        """The delay queue of ``bucket`` (declared by workers on first use)."""
+        return QueueSpec(
+            self.retry_queue(bucket),
+            (
+                *self._quorum_arguments(),
+                ("x-dead-letter-exchange", self.jobs_exchange),
+                ("x-dead-letter-routing-key", JOB_ROUTING_KEY),
+                ("x-dead-letter-strategy", "at-least-once"),
+                ("x-overflow", "reject-publish"),
+            ),
+            self.retry_exchange,
+            f"delay.{bucket}",
+        )
