@@ -19,5 +19,5 @@ status=0
 cargo test --workspace --all-targets --no-fail-fast "$@" || status=$?
 # The Python client (clients/python) against the same stack and a real worker process.
 cargo build -p pushfleet-worker --bin pushfleet
-bash clients/python/test.sh || status=$?
+PUSHFLEET_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/pushfleet" bash clients/python/test.sh || status=$?
 exit "$status"
