@@ -14,7 +14,7 @@ command -v cargo >/dev/null || {
 bash deploy/local/start.sh
 # The three-node RabbitMQ cluster for tests/cluster (a node is stopped and started there).
 bash deploy/local/start.sh rabbitmq-cluster
-export PUSHFLEET_STACK_ENV=${PUSHFLEET_STACK_ENV:-$repo/.stack/stack.env}
+export PUSHFLEET_STACK_ENV=${PUSHFLEET_STACK_ENV:-${PUSHFLEET_STACK_DIR:-$repo/.stack}/stack.env}
 status=0
 cargo test --workspace --all-targets --no-fail-fast "$@" || status=$?
 # The Python client (clients/python) against the same stack and a real worker process.
