@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use futures_util::StreamExt;
 use pushfleet_shared::event::{Event, JobState};
@@ -78,13 +78,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let topology = config.amqp.topology();
-    let urls = config
-        .amqp
-        .urls_with_password()
-        .context("amqp.password_file")?;
-    let (conn, _) = broker::connect_any(&urls, 0, "pushfleet events")
-        .await
-        .with_context(|| format!("cannot reach the broker at {}", config.amqp.nodes()))?;
+    let conn = super::connect_broker(&config, "pushfleet events").await?;
     let channel = conn.create_channel().await?;
     let mut consumer =
         broker::subscribe_exclusive(&channel, &topology.events_exchange(), &args.binding_key())

@@ -31,6 +31,22 @@ pub fn check_config(file: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Connects a command to the first broker node of the configuration that answers; the
+/// connection is named `name` (shown in the management UI).
+pub(crate) async fn connect_broker(
+    config: &config::Config,
+    name: &str,
+) -> anyhow::Result<lapin::Connection> {
+    let urls = config
+        .amqp
+        .urls_with_password()
+        .context("amqp.password_file")?;
+    let (conn, _) = crate::broker::connect_any(&urls, 0, name)
+        .await
+        .with_context(|| format!("cannot reach the broker at {}", config.amqp.nodes()))?;
+    Ok(conn)
+}
+
 /// `pushfleet cancel`: asks every worker to cancel `job_id` (queued or running).
 pub async fn cancel(file: Option<&Path>, job_id: &str) -> anyhow::Result<ExitCode> {
     let config = match config::load(file, None) {
@@ -41,13 +57,7 @@ pub async fn cancel(file: Option<&Path>, job_id: &str) -> anyhow::Result<ExitCod
         }
     };
     let topology = config.amqp.topology();
-    let urls = config
-        .amqp
-        .urls_with_password()
-        .context("amqp.password_file")?;
-    let (conn, _) = crate::broker::connect_any(&urls, 0, "pushfleet cancel")
-        .await
-        .with_context(|| format!("cannot reach the broker at {}", config.amqp.nodes()))?;
+    let conn = connect_broker(&config, "pushfleet cancel").await?;
     let publisher = crate::broker::ConfirmedPublisher::open(&conn).await?;
     crate::broker::declare_topology(publisher.channel(), &topology).await?;
     let message = pushfleet_shared::control::ControlMessage::cancel(job_id);

@@ -242,13 +242,7 @@ async fn publish(
     wait: Option<(Style, Duration)>,
 ) -> anyhow::Result<ExitCode> {
     let topology = config.amqp.topology();
-    let urls = config
-        .amqp
-        .urls_with_password()
-        .context("amqp.password_file")?;
-    let (conn, _) = broker::connect_any(&urls, 0, "pushfleet submit")
-        .await
-        .with_context(|| format!("cannot reach the broker at {}", config.amqp.nodes()))?;
+    let conn = super::connect_broker(config, "pushfleet submit").await?;
     let publisher = ConfirmedPublisher::open(&conn).await?;
     broker::declare_topology(publisher.channel(), &topology).await?;
 
