@@ -17,6 +17,9 @@ use pushfleet_worker::broker::{
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::run::JOB_LIMIT;
 
 /// A job's terminal event, as the bench received it.
 #[derive(Debug)]
@@ -84,6 +87,8 @@ pub(crate) struct JobBus {
     topology: Topology,
     router: Arc<Router>,
     task: JoinHandle<()>,
+    /// Cancelled when the event subscription ends (the broker went away).
+    lost: CancellationToken,
 }
 
 impl std::fmt::Debug for JobBus {
@@ -104,14 +109,33 @@ impl JobBus {
         let channel = conn.create_channel().await?;
         let events = subscribe_exclusive(&channel, &topology.events_exchange(), "job.*").await?;
         let router = Arc::new(Router::default());
-        let task = tokio::spawn(route_events(events, Arc::clone(&router)));
+        let lost = CancellationToken::new();
+        let task = tokio::spawn(route_events(events, Arc::clone(&router), lost.clone()));
         Ok(Self {
             conn,
             publisher,
             topology: topology.clone(),
             router,
             task,
+            lost,
         })
+    }
+
+    /// Waits for the terminal event `waiter` was registered for (see [`expect`](Self::expect)),
+    /// at most [`JOB_LIMIT`]; fails at once when the bench loses the broker.
+    pub(crate) async fn wait(
+        &self,
+        waiter: oneshot::Receiver<Terminal>,
+        job_id: &str,
+    ) -> Result<Terminal> {
+        tokio::select! {
+            got = tokio::time::timeout(JOB_LIMIT, waiter) => got
+                .map_err(|_| anyhow::anyhow!("job {job_id} had no terminal event within {JOB_LIMIT:?}"))?
+                .map_err(|_| anyhow::anyhow!("the event subscription ended")),
+            () = self.lost.cancelled() => {
+                Err(anyhow::anyhow!("the bench lost its broker connection while waiting for job {job_id}"))
+            }
+        }
     }
 
     /// Registers interest in `job_id`'s terminal event; call before publishing the job.
@@ -152,16 +176,17 @@ impl JobBus {
     }
 }
 
-async fn route_events(mut events: Consumer, router: Arc<Router>) {
+async fn route_events(mut events: Consumer, router: Arc<Router>, lost: CancellationToken) {
     while let Some(delivery) = events.next().await {
         match delivery {
             Ok(d) => router.route(&d.data),
             Err(e) => {
                 eprintln!("warning: the bench's event subscription ended: {e}");
-                return;
+                break;
             }
         }
     }
+    lost.cancel();
 }
 
 /// Deletes every queue (delay queues included) and exchange of topology `prefix` that exists.

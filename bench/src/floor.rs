@@ -175,5 +175,6 @@ async fn measure(ctx: &Ctx, spec: &RunSpec, prepared: &Prepared) -> Result<RunRe
         retries: 0,
         failures: Vec::new(),
         phases,
+        worker_counters: None,
     })
 }

@@ -26,7 +26,7 @@ mod workloads;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -87,8 +87,10 @@ struct Args {
     delete_topology: Option<String>,
 }
 
-/// Consecutive failed runs after which the bench gives up (the stack is likely down).
-const MAX_FAILED_IN_A_ROW: usize = 3;
+/// Attempts per run (see [`with_retries`]).
+const ATTEMPTS: usize = 3;
+/// How long the bench waits for the stack to answer again after a failed run.
+const STACK_WAIT: Duration = Duration::from_secs(300);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -250,8 +252,8 @@ async fn bench(args: Args) -> Result<ExitCode> {
         r = run_all(&ctx, &args, &bench_id, reps) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
-    let (cells, broker_only) = match measured {
-        Some(r) => r?,
+    let (cells, broker_only, aborted) = match measured {
+        Some(r) => r,
         None => {
             eprintln!("interrupted: removing this run's queues and images");
             ctx.cleanup.run(&ctx.stack.amqp_url, &ctx.docker).await;
@@ -270,6 +272,7 @@ async fn bench(args: Args) -> Result<ExitCode> {
         duration: started.elapsed(),
         cells,
         broker_only,
+        aborted,
     };
     let markdown = report.markdown();
     println!("{markdown}");
@@ -295,13 +298,87 @@ async fn bench(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs every cell (worker and floor interleaved, ABBA) and then the broker-only runs.
+/// How a run ended after its attempts.
+enum Outcome<T> {
+    /// It measured.
+    Done(T),
+    /// Every attempt failed; the last error.
+    Failed(String),
+    /// The stack did not come back after a failure: the bench stops.
+    Abort(String),
+}
+
+/// Waits until the stack's checks pass again (after a failed run), at most [`STACK_WAIT`],
+/// then a little longer for it to settle. Returns whether it came back.
+async fn wait_for_stack(ctx: &Ctx) -> bool {
+    let deadline = Instant::now() + STACK_WAIT;
+    loop {
+        if ctx.stack.check().await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
+/// Runs `attempt` (given the attempt number, from 1) up to [`ATTEMPTS`] times: a run that
+/// fails, or during which a stack component restarted (other test suites restart dockerd,
+/// the registry or RabbitMQ on purpose), is repeated once the stack answers again.
+async fn with_retries<T, F, Fut>(ctx: &Ctx, head: &str, mut attempt: F) -> Outcome<T>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut n = 1;
+    loop {
+        let pids = ctx.stack.pids();
+        let result = attempt(n).await.and_then(|r| {
+            if ctx.stack.pids() == pids {
+                Ok(r)
+            } else {
+                Err(anyhow::anyhow!(
+                    "a stack component (dockerd, the registry or RabbitMQ) restarted during the run"
+                ))
+            }
+        });
+        let e = match result {
+            Ok(r) => return Outcome::Done(r),
+            Err(e) => e,
+        };
+        eprintln!("{head} attempt {n} FAILED: {e:#}");
+        if n >= ATTEMPTS {
+            return Outcome::Failed(format!("{e:#}"));
+        }
+        if !wait_for_stack(ctx).await {
+            return Outcome::Abort(format!(
+                "the stack did not answer within {STACK_WAIT:?} after a failed run \
+                 (`bash deploy/local/status.sh`); last error: {e:#}"
+            ));
+        }
+        n += 1;
+    }
+}
+
+/// A run's name, unique per attempt.
+fn attempt_name(base: &str, attempt: usize) -> String {
+    if attempt == 1 {
+        base.to_owned()
+    } else {
+        format!("{base}-a{attempt}")
+    }
+}
+
+/// Runs every cell (worker and floor interleaved, ABBA) and then the broker-only runs. Returns
+/// what was measured, and why the bench stopped early if it did.
 async fn run_all(
     ctx: &Ctx,
     args: &Args,
     bench_id: &str,
     reps: usize,
-) -> Result<(Vec<Cell>, Vec<BrokerOnlyCell>)> {
+) -> (Vec<Cell>, Vec<BrokerOnlyCell>, Option<String>) {
     let mut cells: Vec<Cell> = Vec::new();
     for workload in &args.workloads {
         for concurrency in &args.concurrency {
@@ -318,9 +395,9 @@ async fn run_all(
             });
         }
     }
+    let mut broker_only: Vec<BrokerOnlyCell> = Vec::new();
     let total_runs = cells.len() * reps * 2;
     let mut done = 0usize;
-    let mut failed_in_a_row = 0usize;
     for cell in &mut cells {
         for rep in 0..reps {
             let order = if rep % 2 == 0 {
@@ -330,23 +407,13 @@ async fn run_all(
             };
             for side in order {
                 done += 1;
-                let spec = RunSpec {
-                    workload: cell.workload,
-                    concurrency: cell.concurrency,
-                    jobs: cell.jobs,
-                    name: format!(
-                        "{bench_id}-{}-c{}-r{}-{}",
-                        cell.workload.id(),
-                        cell.concurrency,
-                        rep + 1,
-                        side.name()
-                    ),
-                };
-                let t = Instant::now();
-                let result = match side {
-                    Side::Worker => worker_driver::run(ctx, &spec).await,
-                    Side::Floor => floor::run(ctx, &spec).await,
-                };
+                let base = format!(
+                    "{bench_id}-{}-c{}-r{}-{}",
+                    cell.workload.id(),
+                    cell.concurrency,
+                    rep + 1,
+                    side.name()
+                );
                 let head = format!(
                     "[{done}/{total_runs}] {} c={} rep {} {:<6}",
                     cell.workload.label(),
@@ -354,9 +421,25 @@ async fn run_all(
                     rep + 1,
                     side.name()
                 );
-                match result {
-                    Ok(r) => {
-                        failed_in_a_row = 0;
+                let t = Instant::now();
+                let (workload, concurrency, jobs) = (cell.workload, cell.concurrency, cell.jobs);
+                let outcome = with_retries(ctx, &head, |n| {
+                    let spec = RunSpec {
+                        workload,
+                        concurrency,
+                        jobs,
+                        name: attempt_name(&base, n),
+                    };
+                    async move {
+                        match side {
+                            Side::Worker => worker_driver::run(ctx, &spec).await,
+                            Side::Floor => floor::run(ctx, &spec).await,
+                        }
+                    }
+                })
+                .await;
+                match outcome {
+                    Outcome::Done(r) => {
                         eprintln!("{head} {} ({:.1}s)", summary(&r), t.elapsed().as_secs_f64());
                         let slot = match side {
                             Side::Worker => cell.worker.get_mut(rep),
@@ -366,24 +449,16 @@ async fn run_all(
                             *slot = Some(r);
                         }
                     }
-                    Err(e) => {
-                        failed_in_a_row += 1;
-                        eprintln!("{head} FAILED: {e:#}");
+                    Outcome::Failed(e) => {
                         cell.errors
-                            .push(format!("rep {} {}: {e:#}", rep + 1, side.name()));
-                        if failed_in_a_row >= MAX_FAILED_IN_A_ROW {
-                            bail!(
-                                "{MAX_FAILED_IN_A_ROW} runs failed in a row; is the stack up? \
-                                 (`bash deploy/local/status.sh`). Last error: {e:#}"
-                            );
-                        }
+                            .push(format!("rep {} {}: {e}", rep + 1, side.name()));
                     }
+                    Outcome::Abort(e) => return (cells, broker_only, Some(e)),
                 }
             }
         }
     }
 
-    let mut broker_only: Vec<BrokerOnlyCell> = Vec::new();
     if !args.no_broker_only {
         let jobs = args
             .broker_only_jobs
@@ -402,16 +477,22 @@ async fn run_all(
         let total = reps * broker_only.len();
         let mut n = 0;
         for rep in 0..reps {
-            for cell in &mut broker_only {
+            for i in 0..broker_only.len() {
                 n += 1;
-                let name = format!("{bench_id}-bo-c{}-r{}", cell.concurrency, rep + 1);
+                let concurrency = broker_only[i].concurrency;
+                let base = format!("{bench_id}-bo-c{concurrency}-r{}", rep + 1);
                 let head = format!(
-                    "[broker-only {n}/{total}] c={} rep {} ({jobs} jobs)",
-                    cell.concurrency,
+                    "[broker-only {n}/{total}] c={concurrency} rep {} ({jobs} jobs)",
                     rep + 1
                 );
-                match broker_only::run(ctx, &name, cell.concurrency, jobs).await {
-                    Ok(r) => {
+                let outcome = with_retries(ctx, &head, |a| {
+                    let name = attempt_name(&base, a);
+                    async move { broker_only::run(ctx, &name, concurrency, jobs).await }
+                })
+                .await;
+                let cell = &mut broker_only[i];
+                match outcome {
+                    Outcome::Done(r) => {
                         eprintln!(
                             "{head}: {:.0} jobs/s, {:.0} µs CPU/job, published in {:.1}s",
                             r.jobs_per_s(),
@@ -420,15 +501,13 @@ async fn run_all(
                         );
                         cell.runs.push(r);
                     }
-                    Err(e) => {
-                        eprintln!("{head} FAILED: {e:#}");
-                        cell.errors.push(format!("rep {}: {e:#}", rep + 1));
-                    }
+                    Outcome::Failed(e) => cell.errors.push(format!("rep {}: {e}", rep + 1)),
+                    Outcome::Abort(e) => return (cells, broker_only, Some(e)),
                 }
             }
         }
     }
-    Ok((cells, broker_only))
+    (cells, broker_only, None)
 }
 
 /// One line about a run, for the progress output.

@@ -130,6 +130,8 @@ struct Line<'a> {
     method: &'a str,
     /// The request target, query included.
     uri: &'a str,
+    /// The response status (0 when unreadable).
+    status: u16,
     user_agent: &'a str,
 }
 
@@ -143,12 +145,18 @@ fn parse_line(line: &str) -> Option<Line<'_>> {
     let mut parts = request.split(' ');
     let method = parts.next()?;
     let uri = parts.next()?;
+    let status = rest
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     // The user agent is the last quoted field.
     let rest = rest.trim_end().strip_suffix('"')?;
     let (_, user_agent) = rest.rsplit_once('"')?;
     Some(Line {
         method,
         uri,
+        status,
         user_agent,
     })
 }
@@ -204,6 +212,8 @@ fn classify<'a>(method: &str, uri: &'a str) -> (Option<&'a str>, Kind) {
 pub(crate) struct RequestCounts {
     /// Requests per (client, kind).
     pub(crate) by: BTreeMap<(Client, Kind), u64>,
+    /// Responses with a 5xx status, per client.
+    pub(crate) server_errors: BTreeMap<Client, u64>,
     /// Requests between the markers that named another repository (someone else's traffic).
     pub(crate) foreign: u64,
 }
@@ -223,6 +233,15 @@ impl RequestCounts {
         self.by
             .iter()
             .filter(|((c, k), _)| *k == kind && client.is_none_or(|want| *c == want))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// 5xx responses to `client` (all clients when `None`).
+    pub(crate) fn server_errors(&self, client: Option<Client>) -> u64 {
+        self.server_errors
+            .iter()
+            .filter(|(c, _)| client.is_none_or(|want| **c == want))
             .map(|(_, n)| n)
             .sum()
     }
@@ -268,10 +287,11 @@ fn count_between(
             }
             None => {}
         }
-        *counts
-            .by
-            .entry((Client::of(line.user_agent), kind))
-            .or_insert(0) += 1;
+        let client = Client::of(line.user_agent);
+        *counts.by.entry((client, kind)).or_insert(0) += 1;
+        if line.status >= 500 {
+            *counts.server_errors.entry(client).or_insert(0) += 1;
+        }
     }
     if !ended {
         bail!("the end marker {end} is not in the registry log");
@@ -393,6 +413,7 @@ mod tests {
         assert_eq!(parsed.method, "PUT");
         assert_eq!(parsed.uri, "/v2/bench/x/manifests/t5");
         assert_eq!(parsed.user_agent, DOCKER_UA);
+        assert_eq!(parsed.status, 201);
         assert_eq!(
             parse_line("time=\"x\" level=info msg=\"response completed\""),
             None
@@ -450,17 +471,21 @@ mod tests {
             line("PUT", "/v2/bench/mine/manifests/t1", DOCKER_UA),
             line("HEAD", "/v2/bench/mine/manifests/t1", "pushfleet/0.1.0"),
             line("PUT", "/v2/production/other/manifests/t1", DOCKER_UA),
+            line("HEAD", "/v2/bench/mine/manifests/t2", "pushfleet/0.1.0")
+                .replace(" 201 ", " 500 "),
             line("GET", &end, "pushfleet-bench-marker"),
             line("GET", "/v2/", DOCKER_UA),
         ]
         .join("\n");
         let counts =
             count_between(&text, &start, &end, &["bench/mine".to_owned()]).expect("counted");
-        assert_eq!(counts.total(None), 4);
+        assert_eq!(counts.total(None), 5);
+        assert_eq!(counts.server_errors(Some(Client::Worker)), 1);
+        assert_eq!(counts.server_errors(Some(Client::Daemon)), 0);
         assert_eq!(counts.of(Some(Client::Daemon), Kind::Ping), 1);
-        assert_eq!(counts.of(Some(Client::Worker), Kind::ManifestHead), 1);
+        assert_eq!(counts.of(Some(Client::Worker), Kind::ManifestHead), 2);
         assert_eq!(counts.auth(None), 1);
-        assert_eq!(counts.total(Some(Client::Worker)), 1);
+        assert_eq!(counts.total(Some(Client::Worker)), 2);
         assert_eq!(counts.foreign, 1);
         assert!(count_between(&text, "nope", &end, &[]).is_err());
         assert!(count_between(&text, &start, "nope", &[]).is_err());

@@ -11,6 +11,7 @@ use crate::registry_log::{Client, Kind, RequestCounts};
 use crate::run::{RunResult, Side};
 use crate::stack::Component;
 use crate::stats::{Spread, percentile_ms, show};
+use crate::worker_driver::WorkerCounters;
 use crate::workloads::Workload;
 
 /// The runs of one workload at one concurrency, by repetition.
@@ -97,6 +98,8 @@ pub(crate) struct Report {
     pub(crate) cells: Vec<Cell>,
     /// Broker-only cells.
     pub(crate) broker_only: Vec<BrokerOnlyCell>,
+    /// Why the bench stopped before the end, if it did.
+    pub(crate) aborted: Option<String>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -272,12 +275,12 @@ impl Report {
         let header: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
         let _ = writeln!(
             out,
-            "| workload | c | run | client | all | auth | {} |",
+            "| workload | c | run | client | all | auth | 5xx | {} |",
             header.join(" | ")
         );
         let _ = writeln!(
             out,
-            "|---|--:|---|---|--:|--:|{}",
+            "|---|--:|---|---|--:|--:|--:|{}",
             "--:|".repeat(kinds.len())
         );
         for cell in &self.cells {
@@ -293,6 +296,9 @@ impl Report {
                 let auth = cell
                     .requests_per_job(side, |c| c.auth(Some(client)))
                     .unwrap_or(0.0);
+                let errors = cell
+                    .requests_per_job(side, |c| c.server_errors(Some(client)))
+                    .unwrap_or(0.0);
                 let per_kind: Vec<String> = kinds
                     .iter()
                     .map(|k| {
@@ -304,7 +310,7 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {all:.2} | {auth:.2} | {} |",
+                    "| {} | {} | {} | {} | {all:.2} | {auth:.2} | {errors:.2} | {} |",
                     cell.workload.label(),
                     cell.concurrency,
                     side.name(),
@@ -325,6 +331,35 @@ impl Report {
             let _ = writeln!(
                 out,
                 "\n{uncounted} runs could not be counted from the log (see the errors below)."
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nThe worker's own registry client by its `/metrics` (exact, whoever else uses \
+             the registry), per job:\n"
+        );
+        let _ = writeln!(
+            out,
+            "| workload | c | requests | 5xx answers | preflight cache misses |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+        for cell in &self.cells {
+            let per_job = |f: fn(&WorkerCounters) -> u64| {
+                p(
+                    cell.spread(Side::Worker, |r| {
+                        r.worker_counters.map(|c| r.per_job(f(&c) as f64))
+                    }),
+                    3,
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                cell.workload.label(),
+                cell.concurrency,
+                per_job(|c| c.registry_requests),
+                per_job(|c| c.registry_5xx),
+                per_job(|c| c.preflight_misses),
             );
         }
         let _ = writeln!(out);
@@ -561,13 +596,24 @@ impl Report {
         };
         let worker_auth = auth(Client::Worker);
         let daemon_auth = auth(Client::Daemon);
+        let misses = self
+            .cells
+            .iter()
+            .flat_map(|c| c.runs(Side::Worker))
+            .filter_map(|r| Some(r.per_job(r.worker_counters?.preflight_misses as f64)))
+            .fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            });
         row(
             "≤ 0.05 registry auth handshakes (GET /v2/ + token) per job from the worker, steady \
              state (after a warm-up job)",
             match (worker_auth, daemon_auth) {
                 (Some(w), Some(d)) => format!(
-                    "worker's own client: {w:.3} per job (worst run); the daemon pushing for it: \
-                     {d:.2} per job (worst run; the floor's daemon does the same)"
+                    "worker's own client: {w:.3} per job in the log (worst run; an upper bound: \
+                     other pushfleet processes on the shared registry look the same), preflight \
+                     cache misses {} per job by its /metrics (worst run); the daemon pushing for \
+                     it: {d:.2} per job (worst run; the floor's daemon does the same)",
+                    misses.map_or("-".to_owned(), |m| format!("{m:.3}"))
                 ),
                 _ => "-".into(),
             },
@@ -597,7 +643,8 @@ impl Report {
              - Floor runs: `c` tasks making tag + push calls back to back over one bollard \
              client.\n\
              - Order per cell: worker, floor; then floor, worker; and so on (ABBA), so drift \
-             cancels in the ratio.\n\
+             cancels in the ratio. A run that failed, or during which dockerd, the registry or \
+             RabbitMQ restarted, was repeated once the stack answered again.\n\
              - Registry requests: the combined-format lines of the basic registry's log \
              between a start and an end marker request of each run, for the run's repository \
              and `GET /v2/`.\n\
@@ -609,44 +656,36 @@ impl Report {
     }
 
     fn errors(&self, out: &mut String) {
-        let errors: Vec<String> = self
-            .cells
-            .iter()
-            .flat_map(|c| {
+        let mut errors: Vec<String> = Vec::new();
+        if let Some(e) = &self.aborted {
+            errors.push(format!("the bench stopped early: {e}"));
+        }
+        for c in &self.cells {
+            let cell = format!("{} c={}", c.workload.label(), c.concurrency);
+            errors.extend(c.errors.iter().map(|e| format!("{cell}: {e}")));
+            for r in c.runs(Side::Worker) {
+                errors.extend(
+                    r.failures
+                        .iter()
+                        .map(|f| format!("{cell}: a job ended {f}")),
+                );
+            }
+            for r in c.runs(Side::Worker).chain(c.runs(Side::Floor)) {
+                if let Err(e) = &r.requests {
+                    errors.push(format!(
+                        "{cell} {}: registry log not counted: {e}",
+                        r.side.name()
+                    ));
+                }
+            }
+        }
+        for c in &self.broker_only {
+            errors.extend(
                 c.errors
                     .iter()
-                    .map(move |e| format!("{} c={}: {e}", c.workload.label(), c.concurrency))
-            })
-            .chain(self.broker_only.iter().flat_map(|c| {
-                c.errors
-                    .iter()
-                    .map(move |e| format!("broker-only c={}: {e}", c.concurrency))
-            }))
-            .chain(self.cells.iter().flat_map(|c| {
-                c.runs(Side::Worker).flat_map(move |r| {
-                    r.failures.iter().map(move |f| {
-                        format!(
-                            "{} c={}: a job ended {f}",
-                            c.workload.label(),
-                            c.concurrency
-                        )
-                    })
-                })
-            }))
-            .chain(self.cells.iter().flat_map(|c| {
-                c.runs(Side::Worker)
-                    .chain(c.runs(Side::Floor))
-                    .filter_map(move |r| {
-                        let e = r.requests.as_ref().err()?;
-                        Some(format!(
-                            "{} c={} {}: registry log not counted: {e}",
-                            c.workload.label(),
-                            c.concurrency,
-                            r.side.name()
-                        ))
-                    })
-            }))
-            .collect();
+                    .map(|e| format!("broker-only c={}: {e}", c.concurrency)),
+            );
+        }
         if errors.is_empty() {
             return;
         }
@@ -659,9 +698,10 @@ impl Report {
 
     /// Whether any run failed or any job did not succeed.
     pub(crate) fn has_errors(&self) -> bool {
-        self.cells
-            .iter()
-            .any(|c| !c.errors.is_empty() || c.runs(Side::Worker).any(|r| !r.failures.is_empty()))
+        self.aborted.is_some()
+            || self.cells.iter().any(|c| {
+                !c.errors.is_empty() || c.runs(Side::Worker).any(|r| !r.failures.is_empty())
+            })
             || self.broker_only.iter().any(|c| !c.errors.is_empty())
     }
 }

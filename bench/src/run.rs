@@ -185,6 +185,8 @@ pub(crate) struct RunResult {
     pub(crate) failures: Vec<String>,
     /// Time per stage: the worker's from its events, the floor's tag and push calls.
     pub(crate) phases: PhaseSums,
+    /// The worker's own counters over the timed part, from its `/metrics` (worker runs).
+    pub(crate) worker_counters: Option<crate::worker_driver::WorkerCounters>,
 }
 
 impl RunResult {

@@ -156,6 +156,14 @@ impl Stack {
         procfs::pid_from_file(&self.pids_dir.join(component.pid_file()))
     }
 
+    /// The pids of the stack's components now: a run during which one changed saw a restart.
+    pub(crate) fn pids(&self) -> Vec<(Component, Option<u32>)> {
+        Component::ALL
+            .iter()
+            .map(|c| (*c, self.pid_of(*c)))
+            .collect()
+    }
+
     /// A Docker client with the worker's own connection setup (its `X-Registry-Auth`
     /// re-encoding included), so the floor's pushes authenticate exactly as the worker's do.
     pub(crate) fn docker(&self) -> Result<bollard::Docker> {

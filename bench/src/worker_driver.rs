@@ -171,6 +171,22 @@ impl WorkerProcess {
         )
     }
 
+    /// The worker's own counters from its `/metrics`.
+    pub(crate) async fn counters(&self) -> Result<WorkerCounters> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let text = http
+            .get(format!("http://{}/metrics", self.health))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(WorkerCounters::parse(&text))
+    }
+
     /// SIGTERM, then waits for the exit (SIGKILL after [`STOP_LIMIT`]).
     pub(crate) async fn stop(mut self) -> Result<()> {
         if self.child.try_wait()?.is_some() {
@@ -200,6 +216,57 @@ impl WorkerProcess {
                     self.pid
                 )
             }
+        }
+    }
+}
+
+/// Counters of the worker's own registry client, from its `/metrics` (OpenMetrics text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WorkerCounters {
+    /// `pushfleet_registry_requests_total`, all classes.
+    pub(crate) registry_requests: u64,
+    /// `pushfleet_registry_requests_total{class="5xx"}`.
+    pub(crate) registry_5xx: u64,
+    /// `pushfleet_preflight_total{cache="miss"}`: preflights that had to ask the registry
+    /// (authenticate and probe push rights).
+    pub(crate) preflight_misses: u64,
+}
+
+impl WorkerCounters {
+    fn parse(text: &str) -> Self {
+        let mut c = Self::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let value = value as u64;
+            if series.starts_with("pushfleet_registry_requests_total{") {
+                c.registry_requests += value;
+                if series.contains("class=\"5xx\"") {
+                    c.registry_5xx += value;
+                }
+            } else if series.starts_with("pushfleet_preflight_total{")
+                && series.contains("cache=\"miss\"")
+            {
+                c.preflight_misses += value;
+            }
+        }
+        c
+    }
+
+    /// `self - earlier`.
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            registry_requests: self
+                .registry_requests
+                .saturating_sub(earlier.registry_requests),
+            registry_5xx: self.registry_5xx.saturating_sub(earlier.registry_5xx),
+            preflight_misses: self
+                .preflight_misses
+                .saturating_sub(earlier.preflight_misses),
         }
     }
 }
@@ -273,15 +340,13 @@ async fn measure(
         &spec.name,
     ))
     .await?;
-    let warm = tokio::time::timeout(JOB_LIMIT, waiter)
-        .await
-        .map_err(|_| anyhow!("the warm-up job did not finish within {JOB_LIMIT:?}"))?
-        .map_err(|_| anyhow!("the event subscription ended"))?;
+    let warm = bus.wait(waiter, &warmup_id).await?;
     if warm.event.state != JobState::Succeeded {
         bail!("the warm-up job ended {}", describe(&warm));
     }
 
     let retries_before = bus.retries();
+    let counters_before = worker.counters().await?;
     let window = ctx.log.begin(&spec.name).await?;
     let stack_before = stack_cpu(&ctx.stack);
     let cpu_before = procfs::cpu_seconds(pid)?;
@@ -290,6 +355,7 @@ async fn measure(
     let cpu_after = procfs::cpu_seconds(pid)?;
     let stack_after = stack_cpu(&ctx.stack);
     let memory = procfs::memory(pid)?;
+    let counters = worker.counters().await?.since(counters_before);
     let requests = ctx
         .log
         .end(&window, std::slice::from_ref(&prepared.repository))
@@ -331,6 +397,7 @@ async fn measure(
         retries: bus.retries() - retries_before,
         failures,
         phases,
+        worker_counters: Some(counters),
     })
 }
 
@@ -370,20 +437,38 @@ async fn closed_loop(
             let waiter = bus.expect(&job_id);
             let published = Instant::now();
             bus.publish(&body).await?;
-            let terminal = tokio::time::timeout(JOB_LIMIT, waiter)
-                .await
-                .map_err(|_| {
-                    anyhow!(
-                        "job {job_id} had no terminal event within {JOB_LIMIT:?} \
-                         ({:.1} s into the run)",
-                        started.elapsed().as_secs_f64()
-                    )
-                })?
-                .map_err(|_| anyhow!("the event subscription ended"))?;
+            let terminal = bus.wait(waiter, &job_id).await.with_context(|| {
+                format!("{:.1} s into the run", started.elapsed().as_secs_f64())
+            })?;
             done.push((published, terminal));
         }
     };
     let slots = (0..spec.concurrency).map(|_| slot());
     let per_slot = futures_util::future::try_join_all(slots).await?;
     Ok(per_slot.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_counters_from_metrics() {
+        let text = "# TYPE pushfleet_registry_requests counter\n\
+            pushfleet_registry_requests_total{registry=\"basic\",class=\"2xx\"} 10\n\
+            pushfleet_registry_requests_total{registry=\"basic\",class=\"5xx\"} 2\n\
+            pushfleet_preflight_total{cache=\"hit\"} 7\n\
+            pushfleet_preflight_total{cache=\"miss\"} 1\n\
+            pushfleet_jobs_total{outcome=\"succeeded\",code=\"\"} 8\n";
+        let c = WorkerCounters::parse(text);
+        assert_eq!(
+            c,
+            WorkerCounters {
+                registry_requests: 12,
+                registry_5xx: 2,
+                preflight_misses: 1
+            }
+        );
+        assert_eq!(c.since(c), WorkerCounters::default());
+    }
 }
