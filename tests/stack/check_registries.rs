@@ -4,9 +4,14 @@
 //! password shows in any output.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use base64::Engine;
+use pushfleet_tests::forward::TcpForwarder;
 use pushfleet_tests::process::pushfleet_binary;
 use pushfleet_tests::{StackEnv, unique};
 use serde_json::Value;
@@ -67,26 +72,9 @@ async fn each_registry_failure_is_reported_at_its_step_with_its_code() -> Result
     .concat();
     let config_file = dir.path().join("pushfleet.toml");
     std::fs::write(&config_file, config)?;
-    let run = |args: Vec<String>| {
-        let config_file = config_file.clone();
-        async move {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(120),
-                tokio::process::Command::new(pushfleet_binary()?)
-                    .arg("check-registries")
-                    .arg("-c")
-                    .arg(&config_file)
-                    .args(args)
-                    .env_remove("PUSHFLEET_CONFIG")
-                    .output(),
-            )
-            .await
-            .context("check-registries did not finish")?
-            .map_err(anyhow::Error::from)
-        }
-    };
+    let run = |args: Vec<&'static str>| check_registries(&config_file, args);
 
-    let out = run(vec!["--json".into()]).await?;
+    let out = run(vec!["--json"]).await?;
     ensure!(out.status.code() == Some(1), "exit code: {out:?}");
     let reports: Vec<Value> = serde_json::from_slice(&out.stdout)?;
     let by_key: BTreeMap<&str, &Value> = reports
@@ -148,14 +136,14 @@ async fn each_registry_failure_is_reported_at_its_step_with_its_code() -> Result
     }
 
     // The readable table, for one registry by its key, and a good one alone exits 0.
-    let table = run(vec!["read-only".into()]).await?;
+    let table = run(vec!["read-only"]).await?;
     let text = String::from_utf8_lossy(&table.stdout).into_owned();
     ensure!(table.status.code() == Some(1), "{table:?}");
     ensure!(
         text.contains("FAIL  push production/pushfleet-check") && text.contains("hint: "),
         "{text}"
     );
-    let good = run(vec!["good".into(), "tls".into()]).await?;
+    let good = run(vec!["good", "tls"]).await?;
     ensure!(good.status.success(), "{good:?}");
 
     // No password, plain or as a Basic header, anywhere.
@@ -185,6 +173,86 @@ async fn each_registry_failure_is_reported_at_its_step_with_its_code() -> Result
             "a Basic header is in the output"
         );
     }
+    Ok(())
+}
+
+/// Runs `pushfleet check-registries -c CONFIG ARGS...`, at most two minutes.
+async fn check_registries(config: &Path, args: Vec<&str>) -> Result<Output> {
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(pushfleet_binary()?)
+            .arg("check-registries")
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .env_remove("PUSHFLEET_CONFIG")
+            .output(),
+    )
+    .await
+    .context("check-registries did not finish")?
+    .map_err(anyhow::Error::from)
+}
+
+/// The daemon's own view: the TLS registry through a second port is trusted by the worker
+/// (its `ca_file`) but not by the daemon, whose CA is installed for `registry.test:5443`
+/// only. Every step passes but `daemon`, which fails with the TLS code and names the
+/// daemon's certificate path for that port.
+#[tokio::test]
+async fn a_certificate_only_the_worker_trusts_fails_the_daemon_step() -> Result<()> {
+    let env = StackEnv::load()?;
+    let port: u16 = env.get("PUSHFLEET_TLS_REGISTRY_PORT")?.parse()?;
+    let upstream = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let forwarder =
+        TcpForwarder::start(SocketAddr::from((Ipv6Addr::LOCALHOST, 0)), upstream).await?;
+    let host = format!("registry.test:{}", forwarder.addr().port());
+    let dir = tempfile::tempdir()?;
+    let config_file = dir.path().join("pushfleet.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[docker]\nhost = {:?}\n[registries.other-port]\nurl = {:?}\nusername = {:?}\npassword_file = {:?}\nnamespaces = [\"production\"]\nca_file = {:?}\n",
+            env.get("PUSHFLEET_DOCKER_HOST")?,
+            format!("https://{host}"),
+            env.get("PUSHFLEET_BASIC_USER")?,
+            env.get("PUSHFLEET_BASIC_PASSWORD_FILE")?,
+            env.get("PUSHFLEET_TLS_CA_FILE")?,
+        ),
+    )?;
+    let out = check_registries(&config_file, vec!["--json"]).await?;
+    ensure!(out.status.code() == Some(1), "exit code: {out:?}");
+    let reports: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let steps = reports
+        .first()
+        .and_then(|r| r["steps"].as_array())
+        .context("one report with steps")?;
+    let status = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["status"].as_str().unwrap_or_default().to_owned())
+    };
+    for name in [
+        "pull production/pushfleet-check",
+        "push production/pushfleet-check",
+    ] {
+        ensure!(
+            status(name).as_deref() == Some("pass"),
+            "{name}: {steps:#?}"
+        );
+    }
+    let daemon = steps
+        .iter()
+        .find(|s| s["name"] == "daemon")
+        .context("a daemon step")?;
+    ensure!(
+        daemon["status"] == "fail" && daemon["code"] == "registry_tls_failed",
+        "{daemon:#?}"
+    );
+    let hint = daemon["hint"].as_str().unwrap_or_default();
+    ensure!(
+        hint.contains(&format!("/etc/docker/certs.d/{host}/ca.crt")),
+        "the hint names the daemon's CA path for this port: {hint}"
+    );
     Ok(())
 }
 
