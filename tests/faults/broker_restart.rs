@@ -7,8 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, ensure};
 use pushfleet_shared::event::JobState;
+use pushfleet_shared::topology::Topology;
 use pushfleet_tests::process::{
-    Fault, Outage, WorkerSettings, outcome, seconds_between, verify_in_basic_registry,
+    Fault, Outage, WorkerSettings, outcome, queue_counts, seconds_between, verify_in_basic_registry,
 };
 use pushfleet_tests::unique;
 
@@ -69,6 +70,8 @@ async fn rabbitmq_stop_app_start_app_under_load_workers_recover_alone() -> Resul
                 (w.id.clone(), r)
             }))
             .await;
+        // Ready means consuming again: the jobs queue has one consumer per worker.
+        let consumers = consumers_after_recovery(&fleet).await;
         let first_after = fleet
             .events
             .wait_until(Duration::from_secs(60), "an event after start_app", |ev| {
@@ -113,25 +116,31 @@ async fn rabbitmq_stop_app_start_app_under_load_workers_recover_alone() -> Resul
         };
         let (sessions, _) = fleet.events.sessions();
         println!(
-            "FAULT rabbit: {} stopped_after={ended_at_stop}_jobs_done stop_app={stop_took:.1}s down={:.0}s start_app={start_took:.1}s recovery_s={recovery} (start_app issued -> first event; the broker answered after start_app={start_took:.1}s) workers_ready_after=[{}] accepted_after_restart={accepted_after:?} collector_sessions={sessions}",
+            "FAULT rabbit: {} stopped_after={ended_at_stop}_jobs_done stop_app={stop_took:.1}s down={:.0}s start_app={start_took:.1}s recovery_s={recovery} (start_app issued -> first event; the broker answered after start_app={start_took:.1}s) workers_ready_after=[{}] consumers_after={consumers:?} accepted_after_restart={accepted_after:?} collector_sessions={sessions}",
             out.figures(),
             DOWN.as_secs_f64(),
             readiness.join(", ")
         );
-        for (id, n) in &noticed {
-            if let Err(e) = n {
-                eprintln!("worker {id} did not report not-ready while the broker was down: {e:#}");
-            }
-        }
         print_evidence(&fleet, "lost jobs", &out.lost);
         let failed: Vec<String> = out.not_succeeded.keys().cloned().collect();
         print_evidence(&fleet, "jobs that did not succeed", &failed);
         let dups: Vec<String> = out.duplicate_jobs.keys().cloned().collect();
         print_evidence(&fleet, "jobs with more than one terminal event", &dups);
 
+        for (id, n) in &noticed {
+            ensure!(
+                n.is_ok(),
+                "worker {id} did not report not-ready while the broker was down: {n:?}"
+            );
+        }
         for (id, r) in &recovered {
             ensure!(r.is_ok(), "worker {id} did not become ready again after start_app");
         }
+        ensure!(
+            consumers == Some(fleet.workers.len()),
+            "consumers on the jobs queue after recovery: {consumers:?}, workers: {}",
+            fleet.workers.len()
+        );
         ensure!(first_after.is_ok(), "no event after start_app: {first_after:?}");
         waited?;
         ensure!(out.lost.is_empty(), "lost jobs: {:?}", out.lost);
@@ -144,4 +153,28 @@ async fn rabbitmq_stop_app_start_app_under_load_workers_recover_alone() -> Resul
         fleet.shutdown().await
     })
     .await
+}
+
+/// The number of consumers on the fleet's jobs queue once it equals the number of workers,
+/// asked on a fresh connection every 200 ms for at most 10 s; `None` if it never did (the
+/// last count is printed).
+async fn consumers_after_recovery(fleet: &Fleet) -> Option<usize> {
+    let url = fleet.env.get("PUSHFLEET_AMQP_URL").ok()?;
+    let queue = Topology::new(&fleet.prefix).jobs_queue();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(conn) =
+            lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
+        {
+            last = queue_counts(&conn, &queue).await.ok();
+            let _ = conn.close(200, "done".into()).await;
+            if last.is_some_and(|c| c.consumers as usize == fleet.workers.len()) {
+                return Some(fleet.workers.len());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("jobs queue {queue} after recovery: {last:?}");
+    None
 }

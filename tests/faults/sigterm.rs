@@ -4,7 +4,8 @@
 //!
 //! Two rounds, each with a large (incompressible) image so that the push is still running when
 //! the signal arrives: `drain` with a 30 s grace (the push finishes inside it) and `requeue`
-//! with a 1 s grace (the push cannot finish; the job goes back to the queue).
+//! with a 1 s grace (the push cannot finish; the job goes back to the queue). Each round
+//! asserts its path: who published the outcome, and that there was exactly one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +22,21 @@ use crate::common::{Fleet, fault_test, print_evidence, remember_image};
 /// Large enough that pushing it takes seconds on the local stack.
 const LARGE: usize = 96 << 20;
 
-async fn round(fleet: &mut Fleet, base: &str, label: &str, grace_s: u64) -> Result<()> {
+/// What a SIGTERM during the push must lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// The signalled worker finishes the push inside its grace and publishes the outcome.
+    Drain,
+    /// The grace ends first: the signalled worker publishes no outcome, the job goes back to
+    /// the queue, and the next worker finishes it.
+    Requeue,
+}
+
+async fn round(fleet: &mut Fleet, base: &str, path: Path, grace_s: u64) -> Result<()> {
+    let label = match path {
+        Path::Drain => "drain",
+        Path::Requeue => "requeue",
+    };
     let source = format!("{base}-{label}:src");
     let image = make_large_image(&docker(&fleet.env)?, &source, LARGE).await?;
     remember_image(image);
@@ -67,21 +82,34 @@ async fn round(fleet: &mut Fleet, base: &str, label: &str, grace_s: u64) -> Resu
         .wait_exit(Duration::from_secs(grace_s + 20))
         .await?;
     let exit_after = signalled.elapsed();
-    let finished_by_a = fleet.events.events().iter().any(|e| {
+    // The signalled worker's events were confirmed by the broker before it exited; the
+    // collector may still be receiving them, so the path is decided by waiting for them.
+    let by_a = |e: &pushfleet_shared::event::Event| {
         e.job_id.as_deref() == Some(job_id.as_str()) && e.state.is_terminal() && e.worker == a_id
-    });
-
-    // A requeued job needs another worker: start one (a restarted pod).
+    };
+    let b_id = format!("b-{label}");
     let mut b = None;
-    if !finished_by_a {
-        let b_id = format!("b-{label}");
-        b = Some(fleet.start_worker_with(&b_id, settings).await?);
+    match path {
+        Path::Drain => {
+            fleet
+                .events
+                .wait_until(
+                    Duration::from_secs(30),
+                    "the signalled worker's outcome (drain)",
+                    |ev| ev.iter().any(by_a),
+                )
+                .await?;
+        }
+        Path::Requeue => {
+            // A requeued job needs another worker: start one (a restarted pod). Its outcome
+            // comes through the same collector queue after anything worker a published.
+            b = Some(fleet.start_worker_with(&b_id, settings).await?);
+        }
     }
     let waited = fleet
         .events
         .wait_terminal(std::slice::from_ref(&job_id), Duration::from_secs(90))
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let events = fleet.events.events();
     let ids = [job_id.clone()];
     let out = outcome(&events, &ids);
@@ -111,6 +139,27 @@ async fn round(fleet: &mut Fleet, base: &str, label: &str, grace_s: u64) -> Resu
     );
     waited?;
     ensure!(out.lost.is_empty(), "the job was lost");
+    let finished_by = done.map(|e| e.worker.clone());
+    match path {
+        Path::Drain => ensure!(
+            finished_by.as_deref() == Some(a_id.as_str()),
+            "drain: the signalled worker did not finish the job inside its grace (finished by {finished_by:?})"
+        ),
+        Path::Requeue => {
+            ensure!(
+                !events.iter().any(by_a),
+                "requeue: the signalled worker published an outcome although its grace was too short for the push"
+            );
+            ensure!(
+                finished_by.as_deref() == Some(b_id.as_str()),
+                "requeue: the job was not finished by the next worker (finished by {finished_by:?})"
+            );
+            ensure!(
+                out.duplicates == 0,
+                "requeue: more than one outcome for the job"
+            );
+        }
+    }
     ensure!(
         out.not_succeeded.is_empty(),
         "the job did not succeed: {:?}",
@@ -134,8 +183,8 @@ async fn sigterm_during_a_push_completes_or_requeues_within_the_grace_period() -
         let mut fleet =
             Fleet::new("sigterm", Arc::clone(&logs), WorkerSettings::default(), "").await?;
         let base = unique("fterm");
-        round(&mut fleet, &base, "drain", 30).await?;
-        round(&mut fleet, &base, "requeue", 1).await?;
+        round(&mut fleet, &base, Path::Drain, 30).await?;
+        round(&mut fleet, &base, Path::Requeue, 1).await?;
         fleet.shutdown().await
     })
     .await

@@ -711,20 +711,7 @@ impl EventLog {
 
     /// How many messages wait in queue `name` (a passive declare).
     pub async fn queue_depth(&self, name: &str) -> Result<u32> {
-        let channel = self.conn.create_channel().await?;
-        let q = channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let n = q.message_count();
-        let _ = channel.close(200, "done".into()).await;
-        Ok(n)
+        Ok(queue_counts(&self.conn, name).await?.messages)
     }
 
     /// Stops collecting and closes the publishing connection.
@@ -732,6 +719,36 @@ impl EventLog {
         self.task.abort();
         let _ = self.conn.close(200, "done".into()).await;
     }
+}
+
+/// What a passive declare says of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages ready in the queue.
+    pub messages: u32,
+    /// Consumers subscribed to it.
+    pub consumers: u32,
+}
+
+/// Declares queue `name` passively on a new channel of `conn` and returns its counts.
+pub async fn queue_counts(conn: &lapin::Connection, name: &str) -> Result<QueueCounts> {
+    let channel = conn.create_channel().await?;
+    let q = channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let counts = QueueCounts {
+        messages: q.message_count(),
+        consumers: q.consumer_count(),
+    };
+    let _ = channel.close(200, "done".into()).await;
+    Ok(counts)
 }
 
 /// Deletes every queue and exchange of topology `prefix`, with the delay queues and the
