@@ -12,7 +12,11 @@
 //! one header may hold several challenges (`Basic realm="a", Bearer realm="b"`).
 //!
 //! One leniency on purpose: an unquoted value is read up to the next comma or white space, so
-//! `realm=https://auth.example/token` (not a valid `token`, but seen in the wild) is accepted.
+//! `realm=https://auth.example/token` (not a valid `token`) is accepted. IBM Cloud Container
+//! Registry answers `Bearer realm=https://cp.icr.io/oauth/token, service=registry` (see
+//! ceph/ceph#69900; regclient/regclient#266 loosened its parser the same way). That is why
+//! this parser is our own: `http-auth` 0.1.10, the maintained RFC 7235 parser, rejects that
+//! header at the `:` ("invalid byte"), and a strict parse would make such a registry unusable.
 
 use std::fmt;
 
@@ -434,6 +438,18 @@ mod tests {
                 ("realm", "https://auth.example/token?x=1"),
                 ("service", "registry")
             ]
+        );
+        // IBM Cloud Container Registry's form, a space after the comma.
+        assert_eq!(
+            challenge_from_headers([
+                "Bearer realm=https://cp.icr.io/oauth/token, service=registry"
+            ]),
+            Ok(Challenge::Bearer {
+                realm: "https://cp.icr.io/oauth/token".into(),
+                service: Some("registry".into()),
+                scope: None,
+                error: None,
+            })
         );
     }
 

@@ -363,8 +363,9 @@ pub(crate) fn is_tls_verification_failure(causes: &[String]) -> bool {
     causes.iter().any(|c| MARKERS.iter().any(|m| c.contains(m)))
 }
 
-/// The delay asked by a `Retry-After` value: delta-seconds or an HTTP date (IMF-fixdate,
-/// `Sun, 06 Nov 1994 08:49:37 GMT`); a date in the past gives zero. `None` when unparsable.
+/// The delay asked by a `Retry-After` value: delta-seconds or an HTTP date (the three forms
+/// RFC 9110 §5.6.7 makes recipients accept, parsed by `httpdate`); a date in the past gives
+/// zero. `None` when unparsable.
 pub(crate) fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
@@ -373,12 +374,7 @@ pub(crate) fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Dura
             value.parse::<u64>().unwrap_or(u64::MAX),
         ));
     }
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let at = time::PrimitiveDateTime::parse(value, format)
-        .ok()?
-        .assume_utc();
+    let at = OffsetDateTime::from(httpdate::parse_http_date(value).ok()?);
     let delta = at - now;
     Some(if delta.is_negative() {
         Duration::ZERO
@@ -478,6 +474,15 @@ mod tests {
         let now = datetime!(1994-11-06 08:49:00 UTC);
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(37))
+        );
+        // The obsolete forms recipients must still accept (RFC 850, asctime).
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now),
+            Some(Duration::from_secs(37))
+        );
+        assert_eq!(
+            parse_retry_after("Sun Nov  6 08:49:37 1994", now),
             Some(Duration::from_secs(37))
         );
         // In the past: no wait.
