@@ -88,16 +88,8 @@ impl EventError {
 /// The longest `message` or `hint` of an event error, in bytes.
 pub const MAX_ERROR_TEXT_BYTES: usize = 2048;
 
-fn cut(mut text: String) -> String {
-    if text.len() > MAX_ERROR_TEXT_BYTES {
-        let mut end = MAX_ERROR_TEXT_BYTES - '…'.len_utf8();
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
+fn cut(text: String) -> String {
+    crate::text::truncate(&text, MAX_ERROR_TEXT_BYTES)
 }
 
 /// Bytes moved so far, in `progress` events.

@@ -99,7 +99,7 @@ pub struct JobOptions {
     /// Time limit for the whole job in seconds (1..=1700). Default: the worker's
     /// `worker.job_timeout_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1700))]
+    #[schemars(range(min = 1, max = MAX_TIMEOUT_S))]
     pub timeout_s: Option<u32>,
 }
 

@@ -24,6 +24,7 @@ pub mod job;
 pub mod reference;
 pub mod schema;
 pub mod signature;
+pub mod text;
 pub mod topology;
 
 pub use error_code::ErrorCode;

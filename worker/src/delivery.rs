@@ -447,7 +447,10 @@ async fn finish_failed(
     );
     headers.insert(
         DEAD_MESSAGE_HEADER.into(),
-        AMQPValue::LongString(LongString::from(truncate(&error.message, MAX_REASON_BYTES))),
+        AMQPValue::LongString(LongString::from(pushfleet_shared::text::truncate(
+            &error.message,
+            MAX_REASON_BYTES,
+        ))),
     );
     headers.insert(
         DEAD_WORKER_HEADER.into(),
@@ -471,18 +474,6 @@ async fn finish_failed(
 
 /// The longest failure reason written into a dead-letter header.
 const MAX_REASON_BYTES: usize = 1024;
-
-/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
-pub(crate) fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
 
 /// Publishes the latest progress at most once a second until `stop`.
 async fn publish_progress(

@@ -59,11 +59,12 @@ pub const DEFAULT_CONCURRENCY: u16 = 4;
 pub const MAX_CONCURRENCY: u16 = 256;
 /// `worker.job_timeout_s` when not set (15 minutes).
 pub const DEFAULT_JOB_TIMEOUT_S: u64 = 900;
-/// The largest accepted `worker.job_timeout_s`. A job holds its delivery unacked while it
+/// The largest accepted `worker.job_timeout_s`: the same limit as a job's own `timeout_s`
+/// ([`pushfleet_shared::job::MAX_TIMEOUT_S`]). A job holds its delivery unacked while it
 /// runs, and RabbitMQ closes the channel of a delivery unacked for longer than its
 /// `consumer_timeout` (30 minutes by default); the margin leaves time to publish the terminal
 /// event and ack.
-pub const MAX_JOB_TIMEOUT_S: u64 = 1700;
+pub const MAX_JOB_TIMEOUT_S: u64 = pushfleet_shared::job::MAX_TIMEOUT_S as u64;
 /// `worker.shutdown_grace_s` when not set.
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 60;
 /// The largest accepted `worker.shutdown_grace_s`.

@@ -409,6 +409,7 @@ pub(crate) fn summarize_body(status: u16, body: &[u8], secrets: &[&str]) -> Stri
         #[serde(default)]
         message: String,
     }
+    /// The longest summary, in bytes.
     const MAX: usize = 300;
     let text = match serde_json::from_slice::<Errors>(body) {
         Ok(parsed) if !parsed.errors.is_empty() => parsed
@@ -430,12 +431,7 @@ pub(crate) fn summarize_body(status: u16, body: &[u8], secrets: &[&str]) -> Stri
             .join(" "),
     };
     let text = scrub(&text, secrets);
-    let text = if text.chars().count() > MAX {
-        let cut: String = text.chars().take(MAX).collect();
-        format!("{cut}…")
-    } else {
-        text
-    };
+    let text = pushfleet_shared::text::truncate(&text, MAX);
     if text.is_empty() {
         format!("HTTP {status}")
     } else {
