@@ -60,9 +60,15 @@ use oci_spec::distribution::{ParseError, Reference};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Docker Hub's canonical registry name.
-const DOCKER_HUB: &str = "docker.io";
+pub const DOCKER_HUB: &str = "docker.io";
 /// Other names of Docker Hub that are folded into [`DOCKER_HUB`].
 const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
+
+/// Whether `host` names Docker Hub: [`DOCKER_HUB`] or one of its aliases
+/// (`index.docker.io`, `registry-1.docker.io`, the registry API's host).
+pub fn is_docker_hub(host: &str) -> bool {
+    host == DOCKER_HUB || DOCKER_HUB_ALIASES.contains(&host)
+}
 /// The Docker Hub namespace of official images, which nobody else may push into.
 const OFFICIAL_PREFIX: &str = "library/";
 /// The tag Docker assumes when none is written.

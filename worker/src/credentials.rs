@@ -63,11 +63,10 @@ const IDENTITY_TOKEN_USER: &str = "<token>";
 /// (`host[:port]`, as in `reg.example.com:5000/team/app`): [`DOCKER_HUB_CREDENTIAL_KEY`] for
 /// Docker Hub (`docker.io`, `index.docker.io`, `registry-1.docker.io`), else `host` itself.
 pub fn docker_credential_key(host: &str) -> String {
-    match host {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
-            DOCKER_HUB_CREDENTIAL_KEY.to_owned()
-        }
-        other => other.to_owned(),
+    if pushfleet_shared::reference::is_docker_hub(host) {
+        DOCKER_HUB_CREDENTIAL_KEY.to_owned()
+    } else {
+        host.to_owned()
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use pushfleet_shared::reference::{DOCKER_HUB, is_docker_hub};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use url::Url;
@@ -496,7 +497,7 @@ impl TryFrom<String> for RegistryUrl {
         if url.query().is_some() || url.fragment().is_some() {
             return Err("the URL must not have a query or fragment".to_owned());
         }
-        if name == "docker.io" {
+        if name == DOCKER_HUB {
             return Err(
                 "`docker.io` is Docker Hub's name in image references, not its registry \
                         API host: use url = \"https://registry-1.docker.io\""
@@ -504,7 +505,7 @@ impl TryFrom<String> for RegistryUrl {
             );
         }
         let host = match (name, url.port()) {
-            ("registry-1.docker.io" | "index.docker.io", None) => "docker.io".to_owned(),
+            (name, None) if is_docker_hub(name) => DOCKER_HUB.to_owned(),
             (name, None) => name.to_owned(),
             (name, Some(port)) => format!("{name}:{port}"),
         };
