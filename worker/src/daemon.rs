@@ -30,6 +30,7 @@ use futures_util::StreamExt;
 use pushfleet_shared::{ErrorCode, ImageRef};
 use secrecy::ExposeSecret;
 
+use crate::config::DockerEndpoint;
 use crate::credentials::Credentials;
 use crate::failure::Coded;
 
@@ -169,14 +170,15 @@ impl Daemon {
             host: host.to_owned(),
             reason,
         };
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
-        } else if let Some(addr) = host.strip_prefix("tcp://") {
-            Docker::connect_with_http(addr, REQUEST_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
-        } else if host.starts_with("http://") {
-            Docker::connect_with_http(host, REQUEST_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
-        } else {
-            return Err(bad("expected unix://, tcp:// or http://".to_owned()));
+        let docker = match DockerEndpoint::parse(host).map_err(|e| bad(e.to_string()))? {
+            DockerEndpoint::Unix(path) => Docker::connect_with_unix(
+                &path.to_string_lossy(),
+                REQUEST_TIMEOUT_S,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            DockerEndpoint::Http(url) => {
+                Docker::connect_with_http(&url, REQUEST_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
+            }
         }
         .map_err(|e| bad(e.to_string()))?;
         let docker = docker.with_request_modifier(|mut req| {
