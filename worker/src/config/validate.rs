@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use pushfleet_shared::reference::{DOCKER_HUB, is_docker_hub};
+
+use crate::registry::check_base_url;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use url::Url;
@@ -470,33 +472,8 @@ impl TryFrom<String> for RegistryUrl {
 
     fn try_from(input: String) -> Result<Self, String> {
         let url = Url::parse(&input).map_err(|e| format!("not a valid URL ({e})"))?;
+        check_base_url(&url)?;
         let name = url.host_str().unwrap_or_default();
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "the scheme must be https (or http), not `{}`",
-                url.scheme()
-            ));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(
-                "the URL must not contain credentials: use username and password_file \
-                        or password_env"
-                    .to_owned(),
-            );
-        }
-        if name.is_empty() {
-            return Err("the URL has no host".to_owned());
-        }
-        if !matches!(url.path(), "" | "/") {
-            return Err(format!(
-                "the URL must not have a path (found `{}`): image references carry only \
-                 host[:port], and the registry API is always at /v2/",
-                url.path()
-            ));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err("the URL must not have a query or fragment".to_owned());
-        }
         if name == DOCKER_HUB {
             return Err(
                 "`docker.io` is Docker Hub's name in image references, not its registry \

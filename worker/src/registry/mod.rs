@@ -54,6 +54,7 @@
 //! limit ([`DEFAULT_REQUEST_TIMEOUT`] unless given to [`RegistryClient::with_timeout`]).
 
 mod auth;
+mod base_url;
 mod cache;
 mod challenge;
 mod error;
@@ -73,6 +74,7 @@ use reqwest::{Response, StatusCode};
 use url::Url;
 
 use self::auth::{Actions, scheme_name};
+pub use self::base_url::check_base_url;
 use self::cache::{AccessEntry, AccessKey, Authorization, Cache};
 use self::error::from_transport;
 pub use self::error::{RegistryError, Right, Target};
@@ -226,26 +228,8 @@ impl RegistryClient {
             reason,
         };
         let base = endpoint.base_url;
-        let https = match base.scheme() {
-            "https" => true,
-            "http" => false,
-            other => return Err(invalid(format!("scheme `{other}` is not http or https"))),
-        };
-        if base.host_str().is_none_or(str::is_empty) {
-            return Err(invalid("the URL has no host".to_owned()));
-        }
-        if !base.username().is_empty() || base.password().is_some() {
-            // Not echoed: the URL holds credentials.
-            return Err(invalid(
-                "the URL holds credentials: configure username and password separately".to_owned(),
-            ));
-        }
-        if base.path() != "/" || base.query().is_some() || base.fragment().is_some() {
-            return Err(invalid(format!(
-                "`{base}` has a path, query or fragment: give scheme, host and port only \
-                 (the registry API lives at /v2/ on the host)"
-            )));
-        }
+        check_base_url(&base).map_err(invalid)?;
+        let https = base.scheme() == "https";
         if timeout.is_zero() {
             return Err(invalid("the request timeout is zero".to_owned()));
         }
