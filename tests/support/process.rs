@@ -5,13 +5,10 @@
 //!
 //! # The binary
 //!
-//! [`pushfleet_binary`] returns `<target>/<profile>/pushfleet`, next to the running test
-//! binary (or `$PUSHFLEET_BIN` when set, used as is). When the file is missing or older than
-//! any source of the worker or the shared crate (or `Cargo.lock`), the first call runs
-//! `cargo build -p pushfleet-worker --bin pushfleet` (with `--release` for a release test
-//! binary) once for the whole test binary, so a fault test never exercises a stale worker.
-//! (`cargo test` releases the build lock before it runs the test binaries; if another cargo
-//! command holds it, the build waits for it, at most [`BUILD_LIMIT`] in all.)
+//! [`pushfleet_binary`] returns this package's binary target `pushfleet-e2e` (the `pushfleet`
+//! program, see `bin/pushfleet.rs`), next to the running test binary, or `$PUSHFLEET_BIN` when
+//! set. Cargo builds a package's binaries before its integration tests, so a test never runs
+//! a stale worker.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,109 +38,31 @@ use crate::{StackEnv, unique};
 // ---------------------------------------------------------------------------------------------
 // The binary
 
-static BINARY: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// How long building the binary may take (it may wait for another cargo's lock first).
-pub const BUILD_LIMIT: Duration = Duration::from_secs(900);
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from(".."), Path::to_owned)
-}
-
-/// The newest modification time of the files below `path` (or of `path` itself).
-fn newest_mtime(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| newest_mtime(&entry.path()))
-        .max()
-}
-
-/// The `pushfleet` binary to run as worker processes, built first when missing or stale (see
-/// the module doc). Blocking: call it before the first worker starts.
+/// The worker program to run as processes: `PUSHFLEET_BIN` when set, else this package's own
+/// binary target `pushfleet-e2e` (the `pushfleet` program; Cargo builds it, fresh, before it
+/// runs the package's integration tests), next to the test binary's `deps` folder.
 pub fn pushfleet_binary() -> Result<PathBuf> {
-    let mut cached = BINARY
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(path) = cached.as_ref() {
-        return Ok(path.clone());
-    }
     if let Some(path) = std::env::var_os("PUSHFLEET_BIN") {
         let path = PathBuf::from(path);
         if !path.is_file() {
             bail!("PUSHFLEET_BIN={} is not a file", path.display());
         }
-        *cached = Some(path.clone());
         return Ok(path);
     }
-    // <target>/<profile>/deps/faults-<hash>
+    // <target>/<profile>/deps/stack-<hash> -> <target>/<profile>/pushfleet-e2e
     let exe = std::env::current_exe().context("cannot locate the test binary")?;
-    let profile_dir = exe
+    let binary = exe
         .parent()
         .and_then(Path::parent)
-        .context("the test binary is not in <target>/<profile>/deps")?;
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let binary = profile_dir.join("pushfleet");
-
-    let root = workspace_root();
-    let sources = [
-        "worker/src",
-        "worker/Cargo.toml",
-        "shared/src",
-        "shared/Cargo.toml",
-        "Cargo.lock",
-    ]
-    .iter()
-    .filter_map(|p| newest_mtime(&root.join(p)))
-    .max();
-    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
-    let stale = match (built, sources) {
-        (None, _) => true,
-        (Some(built), Some(sources)) => built < sources,
-        (Some(_), None) => false,
-    };
-    if stale {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = std::process::Command::new(&cargo);
-        cmd.current_dir(&root)
-            .args(["build", "-p", "pushfleet-worker", "--bin", "pushfleet"]);
-        if release {
-            cmd.arg("--release");
-        }
-        eprintln!(
-            "{} is missing or older than the worker sources: running {cmd:?}",
+        .context("the test binary is not in <target>/<profile>/deps")?
+        .join("pushfleet-e2e");
+    if !binary.is_file() {
+        bail!(
+            "{} does not exist: run the tests through cargo (`cargo test -p pushfleet-tests`), \
+             which builds it, or set PUSHFLEET_BIN",
             binary.display()
         );
-        let mut child = cmd.spawn().context("cannot run cargo build")?;
-        let deadline = Instant::now() + BUILD_LIMIT;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("cargo build --bin pushfleet took longer than {BUILD_LIMIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        if !status.success() {
-            bail!("cargo build --bin pushfleet failed: {status}");
-        }
-        if !binary.is_file() {
-            bail!(
-                "cargo build succeeded but {} does not exist (another target dir?)",
-                binary.display()
-            );
-        }
     }
-    *cached = Some(binary.clone());
     Ok(binary)
 }
 

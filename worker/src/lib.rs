@@ -20,6 +20,7 @@
 pub mod broker;
 pub mod cancel;
 pub mod check;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod credentials;
