@@ -123,5 +123,10 @@ async fn broker_only_mode_settles_jobs_without_daemon_or_registry() -> anyhow::R
     }
     stop.cancel();
     worker.await??;
-    pushfleet_tests::fleet::delete_topology(&env.get("PUSHFLEET_AMQP_URL")?, &topology).await
+    pushfleet_tests::process::delete_topology_on(
+        &env.get("PUSHFLEET_AMQP_URL")?,
+        topology.prefix(),
+    )
+    .await;
+    Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use lapin::{BasicProperties, Connection, Consumer};
 use pushfleet_shared::event::{Event, JobState};
-use pushfleet_shared::topology::{JOB_ROUTING_KEY, MAX_RETRY_BUCKET, Topology};
+use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
 use pushfleet_worker::broker::{
     ConfirmedPublisher, connect, declare_topology, subscribe_exclusive,
 };
@@ -185,37 +185,10 @@ impl TestWorker {
             Some(h) => h.await?,
             None => Ok(()),
         };
-        if let Err(e) = delete_topology(self.amqp_url.expose_secret(), &self.topology).await {
-            eprintln!(
-                "could not delete topology {}: {e:#}",
-                self.topology.prefix()
-            );
-        }
+        crate::process::delete_topology_on(self.amqp_url.expose_secret(), self.topology.prefix())
+            .await;
         Ok(result?)
     }
-}
-
-/// Deletes every queue and exchange of `topology` (those that exist).
-pub async fn delete_topology(amqp_url: &str, topology: &Topology) -> Result<()> {
-    let conn = connect(amqp_url, "pushfleet-tests cleanup").await?;
-    let mut queues: Vec<String> = topology.queues().into_iter().map(|q| q.name).collect();
-    queues.extend((0..=MAX_RETRY_BUCKET).map(|b| topology.retry_queue(b)));
-    for queue in queues {
-        // Deleting a queue that does not exist closes the channel: one channel each.
-        let channel = conn.create_channel().await?;
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
-    for exchange in topology.exchanges() {
-        let channel = conn.create_channel().await?;
-        let _ = channel
-            .exchange_delete(exchange.name.as_str().into(), Default::default())
-            .await;
-    }
-    // Channels closed by a 404 above may still be closing: the close can complain about them.
-    let _ = conn.close(200, "cleaned up".into()).await;
-    Ok(())
 }
 
 impl Drop for TestWorker {

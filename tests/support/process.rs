@@ -671,8 +671,9 @@ pub async fn queue_counts(conn: &lapin::Connection, name: &str) -> Result<QueueC
 }
 
 /// Deletes every queue and exchange of topology `prefix`, with the delay queues and the
-/// collector's queue of [`EventLog`] (best effort, on a fresh connection; what does not exist
-/// is skipped).
+/// collector's queue of [`EventLog`] (best effort, on a fresh connection). RabbitMQ answers
+/// the deletion of a queue or exchange that does not exist with success and keeps the channel
+/// open, so one channel serves them all.
 pub async fn delete_topology(env: &StackEnv, prefix: &str) {
     let Ok(url) = env.get("PUSHFLEET_AMQP_URL") else {
         return;
