@@ -964,8 +964,8 @@ async fn wait_for_failed(broker: &mut Broker, n: usize, within: Duration) -> Res
 /// The messages that have no failed event yet: those with a readable job id, by id; the
 /// others only as a count per code.
 fn missing(messages: &[Hostile], broker: &Broker) -> String {
-    let seen: HashSet<&str> = broker
-        .seen()
+    let events = broker.seen();
+    let seen: HashSet<&str> = events
         .iter()
         .filter(|e| e.state == JobState::Failed)
         .filter_map(|e| e.job_id.as_deref())
@@ -1006,7 +1006,7 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
     let prefix = unique("hostile");
     let config = worker_config(&env, &prefix, &base_registries(&env)?)?;
     let mut broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
-    let frame_max = broker.conn.configuration().frame_max() as usize;
+    let frame_max = broker.conn().configuration().frame_max() as usize;
     let messages = hostile_messages(frame_max);
     check_predictions(&messages)?;
     let total = messages.len();
@@ -1186,7 +1186,7 @@ async fn a_thousand_hostile_messages_are_each_dead_lettered_with_a_code() -> Res
                 event.state, event.job_id
             ));
         }
-        largest_event = largest_event.max(serde_json::to_vec(event)?.len());
+        largest_event = largest_event.max(serde_json::to_vec(&event)?.len());
         if event.state != JobState::Failed {
             continue;
         }

@@ -689,7 +689,7 @@ async fn a_running_job_is_cancelled_and_not_reported_as_a_success() -> Result<()
         .await?;
 
     let control = pushfleet_shared::control::ControlMessage::cancel(&id);
-    let channel = h.broker.conn.create_channel().await?;
+    let channel = h.broker.conn().create_channel().await?;
     channel
         .basic_publish(
             h.worker.topology.control_exchange().as_str().into(),

@@ -7,18 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
-use lapin::{BasicProperties, Connection, Consumer};
+use lapin::{BasicProperties, Connection};
 use pushfleet_shared::event::{Event, JobState};
-use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
-use pushfleet_worker::broker::{
-    ConfirmedPublisher, connect, declare_topology, subscribe_exclusive,
-};
+use pushfleet_shared::topology::Topology;
 use pushfleet_worker::config::{Config, load_from_str};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::process::EventLog;
 use crate::{StackEnv, unique};
 
 /// How long a test waits for a job's terminal event before failing.
@@ -197,59 +195,35 @@ impl Drop for TestWorker {
     }
 }
 
-/// A test's view of the broker: publishes jobs and collects every event of its topology.
+/// A test's view of the broker: publishes jobs and collects every event of its topology,
+/// through the one collector of the test harness ([`EventLog`]).
+#[derive(Debug)]
 pub struct Broker {
-    /// The connection (kept open for the consumer).
-    pub conn: Connection,
-    publisher: ConfirmedPublisher,
-    events: Consumer,
-    topology: Topology,
-    seen: Vec<Event>,
-}
-
-impl std::fmt::Debug for Broker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker")
-            .field("topology", &self.topology)
-            .finish_non_exhaustive()
-    }
+    log: EventLog,
 }
 
 impl Broker {
-    /// Connects, declares `topology` and subscribes to all of its events.
+    /// Connects, declares `topology` and starts collecting all of its events.
     pub async fn connect(env: &StackEnv, topology: &Topology) -> Result<Self> {
-        let conn = connect(&env.get("PUSHFLEET_AMQP_URL")?, "pushfleet-tests").await?;
-        let publisher = ConfirmedPublisher::open(&conn).await?;
-        declare_topology(publisher.channel(), topology).await?;
-        let channel = conn.create_channel().await?;
-        let events = subscribe_exclusive(&channel, &topology.events_exchange(), "job.*").await?;
         Ok(Self {
-            conn,
-            publisher,
-            events,
-            topology: topology.clone(),
-            seen: Vec::new(),
+            log: EventLog::start(env, topology).await?,
         })
     }
 
-    /// Publishes a raw job body to the jobs exchange.
-    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) -> Result<()> {
-        self.publisher
-            .publish_raw(
-                &self.topology.jobs_exchange(),
-                JOB_ROUTING_KEY,
-                body,
-                properties,
-            )
-            .await?;
-        Ok(())
+    /// The broker connection the jobs are published on (e.g. for a channel of a test's own).
+    pub fn conn(&self) -> &Connection {
+        self.log.connection()
     }
 
-    /// Publishes a job given as JSON.
+    /// Publishes `body` as is with `properties` to the jobs exchange and waits for the
+    /// broker's confirm.
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) -> Result<()> {
+        self.log.publish_raw(body, properties).await
+    }
+
+    /// Publishes a job (JSON) to the jobs exchange and waits for the broker's confirm.
     pub async fn publish_job(&self, job: &Value) -> Result<()> {
-        let properties = BasicProperties::default().with_content_type("application/json".into());
-        self.publish_raw(&serde_json::to_vec(job)?, properties)
-            .await
+        self.log.publish_job(job).await
     }
 
     /// Waits for the terminal event of `job_id` and returns every event of that job, in order.
@@ -261,53 +235,43 @@ impl Broker {
 
     /// Waits for the first event matching `pred` (events already seen count).
     pub async fn wait_until(&mut self, pred: impl Fn(&Event) -> bool) -> Result<Event> {
-        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
-            return Ok(e.clone());
-        }
-        let deadline = tokio::time::Instant::now() + JOB_WAIT;
-        loop {
-            let delivery = tokio::time::timeout_at(deadline, self.events.next())
-                .await
-                .map_err(|_| {
-                    anyhow!(
-                        "no matching event within {JOB_WAIT:?}; seen: {:#?}",
-                        self.seen
-                    )
-                })?
-                .context("event stream ended")??;
-            let event = Event::from_slice(&delivery.data).with_context(|| {
-                format!("not an event: {}", String::from_utf8_lossy(&delivery.data))
-            })?;
-            self.seen.push(event.clone());
-            if pred(&event) {
-                return Ok(event);
-            }
-        }
+        let events = self
+            .log
+            .wait_until(JOB_WAIT, "an event the test waits for", |events| {
+                events.iter().any(&pred)
+            })
+            .await
+            .with_context(|| format!("events seen: {:#?}", self.log.events()))?;
+        events
+            .into_iter()
+            .find(|e| pred(e))
+            .context("the matching event is gone")
     }
 
     /// Every event seen so far for `job_id`.
     pub fn events_of(&self, job_id: &str) -> Vec<Event> {
-        self.seen
-            .iter()
+        self.log
+            .events()
+            .into_iter()
             .filter(|e| e.job_id.as_deref() == Some(job_id))
-            .cloned()
             .collect()
     }
 
-    /// Every event seen so far.
-    pub fn seen(&self) -> &[Event] {
-        &self.seen
+    /// Every event seen so far, in arrival order.
+    pub fn seen(&self) -> Vec<Event> {
+        self.log.events()
     }
 
     /// Takes one message from the dead-letter queue (acking it), if any.
     pub async fn take_dead_letter(&self) -> Result<Option<lapin::message::Delivery>> {
-        let channel = self.conn.create_channel().await?;
+        let channel = self.conn().create_channel().await?;
         let got = channel
             .basic_get(
-                self.topology.dead_letter_queue().as_str().into(),
+                self.log.topology().dead_letter_queue().as_str().into(),
                 lapin::options::BasicGetOptions { no_ack: true },
             )
             .await?;
+        let _ = channel.close(200, "done".into()).await;
         Ok(got.map(|m| m.delivery))
     }
 }

@@ -430,12 +430,26 @@ pub async fn run_cancel(config: &Path, job_id: &str, logs: &Logs) -> Result<Exit
 // ---------------------------------------------------------------------------------------------
 // Events
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Seen {
     events: Vec<Event>,
     ids: HashSet<uuid::Uuid>,
     sessions: u32,
     errors: Vec<String>,
+    /// Told the number of events each time one is stored, so waiters wake on news.
+    stored: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self {
+            events: Vec::new(),
+            ids: HashSet::new(),
+            sessions: 0,
+            errors: Vec::new(),
+            stored: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// Every event of one topology, collected through a durable queue of the test's own, so that
@@ -469,8 +483,8 @@ impl Drop for EventLog {
 }
 
 impl EventLog {
-    /// Declares `topology` and the collector's queue (`<prefix>.faults-events`, durable,
-    /// deleted by the broker after ten unused minutes; [`delete_topology`] removes it at
+    /// Declares `topology` and the collector's queue (`<prefix>.test-events.<random>`, durable,
+    /// deleted by the broker after ten unused minutes; [`close`](Self::close) deletes it at
     /// once), then collects in the background.
     pub async fn start(env: &StackEnv, topology: &Topology) -> Result<Self> {
         Self::start_on(vec![env.get("PUSHFLEET_AMQP_URL")?], topology).await
@@ -489,7 +503,12 @@ impl EventLog {
                 .await?;
         let publisher = ConfirmedPublisher::open(&conn).await?;
         declare_topology(publisher.channel(), topology).await?;
-        let queue = format!("{}.faults-events", topology.prefix());
+        // One queue per collector: two collectors of one topology each see every event.
+        let queue = format!(
+            "{}.test-events.{}",
+            topology.prefix(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let mut args = FieldTable::default();
         args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
         if urls.len() > 1 {
@@ -545,15 +564,27 @@ impl EventLog {
     /// Publishes a job to the jobs exchange and waits for the broker's confirm.
     pub async fn publish_job(&self, job: &Value) -> Result<()> {
         let properties = BasicProperties::default().with_content_type("application/json".into());
+        self.publish_raw(&serde_json::to_vec(job)?, properties)
+            .await
+    }
+
+    /// Publishes `body` as it is, with `properties`, to the jobs exchange and waits for the
+    /// broker's confirm.
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) -> Result<()> {
         self.publisher
             .publish_raw(
                 &self.topology.jobs_exchange(),
                 JOB_ROUTING_KEY,
-                &serde_json::to_vec(job)?,
+                body,
                 properties,
             )
             .await?;
         Ok(())
+    }
+
+    /// The publishing connection (e.g. for a channel of a test's own).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Every event stored so far, in arrival order.
@@ -575,19 +606,23 @@ impl EventLog {
         what: &str,
         done: impl Fn(&[Event]) -> bool,
     ) -> Result<Vec<Event>> {
-        let deadline = Instant::now() + limit;
+        let deadline = tokio::time::Instant::now() + limit;
+        // Subscribed before looking, so an event stored in between still wakes the wait.
+        let mut stored = self.lock().stored.subscribe();
         loop {
             let events = self.events();
             if done(&events) {
                 return Ok(events);
             }
-            if Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, stored.changed())
+                .await
+                .is_err()
+            {
                 bail!(
                     "{what}: not reached within {limit:?} ({} events seen)",
                     events.len()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -633,9 +668,14 @@ impl EventLog {
         Ok(queue_counts(&self.conn, name).await?.messages)
     }
 
-    /// Stops collecting and closes the publishing connection.
+    /// Stops collecting, deletes the collector's queue and closes the publishing connection.
     pub async fn close(self) {
         self.task.abort();
+        if let Ok(channel) = self.conn.create_channel().await {
+            let _ = channel
+                .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
         let _ = self.conn.close(200, "done".into()).await;
     }
 }
@@ -671,7 +711,7 @@ pub async fn queue_counts(conn: &lapin::Connection, name: &str) -> Result<QueueC
 }
 
 /// Deletes every queue and exchange of topology `prefix`, with the delay queues and the
-/// collector's queue of [`EventLog`] (best effort, on a fresh connection). RabbitMQ answers
+/// (best effort, on a fresh connection). RabbitMQ answers
 /// the deletion of a queue or exchange that does not exist with success and keeps the channel
 /// open, so one channel serves them all.
 pub async fn delete_topology(env: &StackEnv, prefix: &str) {
@@ -691,7 +731,6 @@ pub async fn delete_topology_on(url: &str, prefix: &str) {
     };
     let topology = Topology::new(prefix);
     let mut queues: Vec<String> = topology.queues().into_iter().map(|q| q.name).collect();
-    queues.push(format!("{prefix}.faults-events"));
     // Delay queues are declared on first use, one per bucket.
     queues.extend(
         (0..=pushfleet_shared::topology::MAX_RETRY_BUCKET).map(|k| topology.retry_queue(k)),
@@ -756,6 +795,8 @@ async fn collect_once(url: &str, queue: &str, seen: &Arc<Mutex<Seen>>) -> anyhow
                         let mut s = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         if s.ids.insert(event.event_id) {
                             s.events.push(event);
+                            let stored = s.events.len();
+                            s.stored.send_replace(stored);
                         }
                     }
                     delivery.ack(BasicAckOptions::default()).await?;
