@@ -19,7 +19,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ExchangeDeleteOptions,
@@ -280,6 +280,33 @@ pub fn worker_toml(
     settings: WorkerSettings,
     registries: &str,
 ) -> Result<String> {
+    worker_toml_in(
+        env,
+        prefix,
+        id,
+        settings,
+        registries,
+        "PUSHFLEET_DOCKER_HOST",
+        &[],
+    )
+}
+
+/// Like [`worker_toml`], for a worker on the daemon whose host is the value of `docker_key` in
+/// the stack's env file, serving `pools` (`worker.pools`; none: the default).
+pub fn worker_toml_in(
+    env: &StackEnv,
+    prefix: &str,
+    id: &str,
+    settings: WorkerSettings,
+    registries: &str,
+    docker_key: &str,
+    pools: &[&str],
+) -> Result<String> {
+    let pools = if pools.is_empty() {
+        String::new()
+    } else {
+        format!("pools = {}", serde_json::to_string(pools)?)
+    };
     let WorkerSettings {
         concurrency,
         job_timeout_s,
@@ -302,13 +329,14 @@ shutdown_grace_s = {shutdown_grace_s}
 max_attempts = {max_attempts}
 retry_min_delay_ms = {retry_min_delay_ms}
 retry_max_delay_s = {retry_max_delay_s}
+{pools}
 
 [docker]
 host = "{docker}"
 {registries}
 "#,
         amqp = env.get("PUSHFLEET_AMQP_URL")?,
-        docker = env.get("PUSHFLEET_DOCKER_HOST")?,
+        docker = env.get(docker_key)?,
     );
     pushfleet_worker::config::load_from_str(&text, Some(HashMap::new()))
         .map_err(|e| anyhow!("fault-test worker config invalid: {e}\n{text}"))?;
@@ -625,15 +653,35 @@ impl EventLog {
 
     /// Publishes a job to the jobs exchange and waits for the broker's confirm.
     pub async fn publish_job(&self, job: &Value) -> Result<()> {
+        self.publish_job_with_key(job, JOB_ROUTING_KEY).await
+    }
+
+    /// Publishes a job with `routing_key` (a pool's key: `job.<pool>`) and waits for the
+    /// broker's confirm. The publish is mandatory: a key no queue is bound for is an error,
+    /// not a job silently dropped.
+    pub async fn publish_job_with_key(&self, job: &Value, routing_key: &str) -> Result<()> {
         let properties = BasicProperties::default().with_content_type("application/json".into());
-        self.publisher
-            .publish_raw(
-                &self.topology.jobs_exchange(),
-                JOB_ROUTING_KEY,
+        let confirm = self
+            .publisher
+            .channel()
+            .basic_publish(
+                self.topology.jobs_exchange().as_str().into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &serde_json::to_vec(job)?,
-                properties,
+                properties.with_delivery_mode(2),
             )
+            .await?
             .await?;
+        let acked = confirm.is_ack();
+        let returned = confirm.take_message().map(|m| m.reply_text.to_string());
+        ensure!(
+            acked && returned.is_none(),
+            "the broker did not take the job with key {routing_key} (acked: {acked}, returned: {returned:?})"
+        );
         Ok(())
     }
 
@@ -768,6 +816,36 @@ pub async fn delete_topology_on(url: &str, prefix: &str) {
         let _ = channel
             .exchange_delete(e.name.as_str().into(), ExchangeDeleteOptions::default())
             .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Deletes the queues of `pools` in topology `prefix` (each pool's queue and delay queues;
+/// best effort). [`delete_topology`] removes the rest.
+pub async fn delete_pool_queues(env: &StackEnv, prefix: &str, pools: &[&str]) {
+    let Ok(url) = env.get("PUSHFLEET_AMQP_URL") else {
+        return;
+    };
+    let Ok(conn) = connect(&url, "pushfleet-tests pool cleanup").await else {
+        return;
+    };
+    let Ok(channel) = conn.create_channel().await else {
+        return;
+    };
+    let topology = Topology::new(prefix);
+    for pool in pools
+        .iter()
+        .filter_map(|p| pushfleet_shared::Pool::parse(p).ok())
+    {
+        let queues = std::iter::once(topology.pool_queue(&pool)).chain(
+            (0..=pushfleet_shared::topology::MAX_RETRY_BUCKET)
+                .map(|k| topology.pool_retry_queue(&pool, k)),
+        );
+        for q in queues {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
     }
     let _ = conn.close(200, "done".into()).await;
 }
