@@ -275,6 +275,74 @@ async fn a_retried_job_comes_back_to_its_pool_and_dead_letters_keep_it() -> Resu
 }
 
 #[tokio::test]
+async fn one_worker_serves_several_pools_under_its_one_concurrency_limit() -> Result<()> {
+    let env = StackEnv::load()?;
+    let logs = Logs::new("pools-limit")?;
+    let prefix = unique("t-pools-limit");
+    let events = EventLog::start(&env, &Topology::new(&prefix)).await?;
+    let settings = WorkerSettings {
+        concurrency: 1,
+        ..WorkerSettings::default()
+    };
+    let id = format!("{prefix}-w");
+    let toml = worker_toml_in(
+        &env,
+        &prefix,
+        &id,
+        settings,
+        &base_registries(&env)?,
+        DAEMON_A,
+        &["default", "b"],
+    )?;
+    let mut worker = WorkerProcess::spawn(&logs, &id, &toml).await?;
+    worker.wait_ready(WITHIN).await?;
+    let daemon = docker_at(&env, DAEMON_A)?;
+    let mut images = Vec::new();
+
+    let result = async {
+        // Both pools' queues hold jobs at once: each pool's consumer is handed one at once
+        // (prefetch 1 each), but only one may run at a time.
+        let mut job_ids = Vec::new();
+        for n in 0..8 {
+            let pool = ["default", "b"][n % 2];
+            let name = unique("pool-limit");
+            let source = format!("{name}:1");
+            images.push(make_image(&daemon, &[&source]).await?);
+            let (job_id, mut job) = pool_job(pool, &source, "basic", &name);
+            let key = if pool == "default" {
+                job.as_object_mut().map(|j| j.remove("pool"));
+                "job".to_owned()
+            } else {
+                format!("job.{pool}")
+            };
+            events.publish_job_with_key(&job, &key).await?;
+            job_ids.push(job_id);
+        }
+        let all = events.wait_terminal(&job_ids, WITHIN).await?;
+        let out = outcome(&all, &job_ids);
+        ensure!(out.not_succeeded.is_empty(), "{}", out.figures());
+        // One worker publishes its events in order on one channel: a job's `accepted` after
+        // another's and before that one's terminal event means both ran at once.
+        let mut running: Option<&str> = None;
+        for e in all.iter().filter(|e| e.worker == id) {
+            let job = e.job_id.as_deref().unwrap_or("-");
+            if e.state == JobState::Accepted {
+                ensure!(running.is_none(), "{job} started while {running:?} ran");
+                running = Some(job);
+            } else if e.state.is_terminal() {
+                ensure!(running == Some(job), "{job} ended while {running:?} ran");
+                running = None;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    worker.terminate().await?;
+    remove_images(&daemon, &images).await;
+    finish(&env, &logs, &prefix, &["b"], events, result).await
+}
+
+#[tokio::test]
 async fn submit_wait_says_when_no_worker_serves_the_pool() -> Result<()> {
     let env = StackEnv::load()?;
     let logs = Logs::new("pools-unserved")?;

@@ -431,9 +431,16 @@ impl Session {
                     Some((pool, Some(Ok(delivery)))) => {
                         let shared = Arc::clone(&self.shared);
                         let slots = Arc::clone(slots);
+                        let stopping = tracker.clone();
                         tracker.spawn(async move {
-                            // Closed only if dropped, which the run loop never does.
+                            // The semaphore is never closed.
                             let Ok(_slot) = slots.acquire_owned().await else { return };
+                            // A job still waiting for a slot when shutdown began does not
+                            // start: left unacked, it returns to its queue when the session
+                            // closes, for another worker.
+                            if stopping.is_closed() {
+                                return;
+                            }
                             delivery::handle(&shared, delivery, pool).await;
                         });
                     }
