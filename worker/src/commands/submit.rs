@@ -227,6 +227,7 @@ fn dry_run(job: &ValidJob, config: &Config) -> ExitCode {
             let mut value = serde_json::to_value(&plan).unwrap_or_default();
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("dry_run".into(), true.into());
+                obj.insert("pool".into(), job.pool.as_str().into());
                 let creds = match registry.credentials() {
                     Ok(Some(_)) => "resolved",
                     Ok(None) => "anonymous",
