@@ -320,7 +320,7 @@ impl Session {
             let tag = if pool.is_default() {
                 consumer_tag.clone()
             } else {
-                format!("{consumer_tag}-{pool}")
+                format!("{consumer_tag}-pool-{pool}")
             };
             let consumer = channel
                 .basic_consume(
