@@ -7,7 +7,7 @@ demo:           ## the stack, a worker, the seed 000 job and its result
 test:           ## the whole suite against the real local stack (what CI runs)
 	bash deploy/local/test.sh
 
-stack:          ## start RabbitMQ, dockerd, the registries and the token server
+stack:          ## start RabbitMQ, the two dockerds, the registries and the token server
 	bash deploy/local/start.sh
 
 stop:           ## stop everything the stack scripts and the demo started

@@ -10,7 +10,7 @@
 #   secrets/       passwords, htpasswd, token signing key + cert, the TLS registry's CA and
 #                  server certificate (0600 keys, 0700 dir)
 #   logs/  pids/   one log and one pid file per component
-#   rabbitmq/ docker/ docker-exec/ registry-basic/ registry-token/ registry-tls/   component data
+#   rabbitmq/ docker/ docker-exec/ docker-b/ docker-b-exec/ registry-basic/ registry-token/ registry-tls/   component data
 #   rabbitmq-cluster/  the opt-in three-node cluster (start.sh rabbitmq-cluster): home/ (its
 #                  own Erlang cookie) and c1/ c2/ c3/ (one data dir per node)
 #
@@ -30,7 +30,9 @@ case $PF_STATE in /*) ;; *) PF_STATE=$PWD/$PF_STATE ;; esac
 PF_STATE=${PF_STATE%/}
 
 # All components, in start order; stop goes the other way.
-PF_COMPONENTS=(rabbitmq dockerd token-server basic-registry token-registry tls-registry)
+# dockerd-b is a second, independent daemon (own socket, images and containerd): a second
+# build host, for pools (jobs whose image only one daemon holds).
+PF_COMPONENTS=(rabbitmq dockerd dockerd-b token-server basic-registry token-registry tls-registry)
 # Opt-in, not in PF_COMPONENTS (so not started by default): three RabbitMQ nodes clustered on
 # loopback, started by `start.sh rabbitmq-cluster`, driven by cluster.sh. Node i (1..3) is
 # pushfleet-c<i>@localhost; its pid file is pids/rabbitmq-c<i>.pid.
@@ -69,6 +71,7 @@ pf_paths() {
     PF_PIDS=$PF_STATE/pids
     PF_MARK="PUSHFLEET_STACK_OWNER=$PF_STATE"
     PF_DOCKER_SOCK=$PF_STATE/docker.sock
+    PF_DOCKER_B_SOCK=$PF_STATE/docker-b.sock
     PF_RMQ_DIR=$PF_STATE/rabbitmq
     PF_RMQ_PIDFILE=$PF_PIDS/rabbitmq.pid
     PF_CLUSTER_DIR=$PF_STATE/rabbitmq-cluster
@@ -84,6 +87,11 @@ pf_paths() {
     PF_HOSTS_MARK="# pushfleet-stack $PF_STATE"
 }
 pf_paths
+
+# The socket, data root and exec root of the daemon component $1 (dockerd or dockerd-b).
+dockerd_sock() { if [[ $1 == dockerd-b ]]; then echo "$PF_DOCKER_B_SOCK"; else echo "$PF_DOCKER_SOCK"; fi; }
+dockerd_data() { if [[ $1 == dockerd-b ]]; then echo "$PF_STATE/docker-b"; else echo "$PF_STATE/docker"; fi; }
+dockerd_exec() { if [[ $1 == dockerd-b ]]; then echo "$PF_STATE/docker-b-exec"; else echo "$PF_STATE/docker-exec"; fi; }
 
 # Ports: environment variable, else the value saved on the first start, else the default.
 pf_settings() {
@@ -581,6 +589,7 @@ print_status() {
         epmd) addr="127.0.0.1:$PF_EPMD_PORT (Erlang port mapper for RabbitMQ)" ;;
         rabbitmq) addr="amqp://127.0.0.1:$PF_AMQP_PORT node $PF_RMQ_NODE" ;;
         dockerd) addr="unix://$PF_DOCKER_SOCK" ;;
+        dockerd-b) addr="unix://$PF_DOCKER_B_SOCK (a second build host)" ;;
         token-server) addr="http://127.0.0.1:$PF_TOKEN_SERVER_PORT/token" ;;
         basic-registry) addr="http://127.0.0.1:$PF_BASIC_PORT (htpasswd)" ;;
         token-registry) addr="http://127.0.0.1:$PF_TOKEN_REGISTRY_PORT (token auth)" ;;

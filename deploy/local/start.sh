@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Starts the local pushfleet stack on loopback, from nothing, everything under one state
 # directory ${PUSHFLEET_STACK_DIR:-<repo>/.stack}:
-#   RabbitMQ (+ its own epmd), a private dockerd, an htpasswd registry ("basic"), a token-auth
+#   RabbitMQ (+ its own epmd), two private dockerds (dockerd, and dockerd-b: a second build
+#   host for pools), an htpasswd registry ("basic"), a token-auth
 #   registry ("token") and pushfleet-token-server in front of it, and an htpasswd registry
 #   over TLS ("tls": https://registry.test:5443 on [::1], certificate from our own CA).
 # Then writes $STATE/stack.env (KEY=value; passwords only as file paths) for tests and workers.
 #
 # Usage: deploy/local/start.sh [COMPONENT...]
-#   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry tls-registry
-#   (default: all of these), or rabbitmq-cluster (opt-in, never started by default: three
+#   COMPONENT: rabbitmq dockerd dockerd-b token-server basic-registry token-registry
+#   tls-registry (default: all of these), or rabbitmq-cluster (opt-in, never started by default: three
 #   RabbitMQ nodes pushfleet-c1..c3@localhost clustered on 127.0.0.1:5681..5683; see cluster.sh)
 # Idempotent: components that already run (live pid of ours) are left alone, missing ones are
 # started, so after killing one by pid, running start.sh again restarts just that one.
@@ -35,10 +36,10 @@ wanted=()
 for arg in "$@"; do
     case $arg in
     -h | --help)
-        sed -n '2,23p' "$0"
+        sed -n '2,25p' "$0"
         exit 0
         ;;
-    rabbitmq | dockerd | token-server | basic-registry | token-registry | tls-registry | "$PF_CLUSTER") wanted+=("$arg") ;;
+    rabbitmq | dockerd | dockerd-b | token-server | basic-registry | token-registry | tls-registry | "$PF_CLUSTER") wanted+=("$arg") ;;
     *) die "unknown component '$arg' (known: ${PF_COMPONENTS[*]} $PF_CLUSTER)" ;;
     esac
 done
@@ -418,37 +419,45 @@ wait_cluster() {
     fi
 }
 
+# Starts the daemon component $1 (dockerd or dockerd-b); each has its own socket, data root,
+# exec root (so its own containerd) and pid file.
 start_dockerd() {
-    [[ -n $(pid_of dockerd) ]] && return 0
-    if [[ -S $PF_DOCKER_SOCK ]] && docker -H "unix://$PF_DOCKER_SOCK" version >/dev/null 2>&1; then
-        die "a docker daemon not started by this stack (no live pid in $PF_PIDS/dockerd.pid) answers on $PF_DOCKER_SOCK"
+    local name=$1 sock data exec_root
+    sock=$(dockerd_sock "$name")
+    data=$(dockerd_data "$name")
+    exec_root=$(dockerd_exec "$name")
+    [[ -n $(pid_of "$name") ]] && return 0
+    if [[ -S $sock ]] && docker -H "unix://$sock" version >/dev/null 2>&1; then
+        die "a docker daemon not started by this stack (no live pid in $PF_PIDS/$name.pid) answers on $sock"
     fi
-    rm -f "$PF_PIDS/dockerd.pid" "$PF_DOCKER_SOCK"
-    log "starting dockerd on unix://$PF_DOCKER_SOCK"
+    rm -f "$PF_PIDS/$name.pid" "$sock"
+    log "starting $name on unix://$sock"
     # --exec-root keeps its runtime state and the containerd it spawns (sockets, pid) apart
     # from a system dockerd; --data-root keeps images (and containerd's root) under the state
     # dir; --config-file avoids /etc/docker/daemon.json; no bridge, iptables, ip_forward or
     # masquerading, so the host network setup is not touched. dockerd writes its own pid file.
-    DOCKERD_LAUNCH_PID=$(launch "$PF_LOGS/dockerd.log" dockerd \
+    DOCKERD_LAUNCH_PIDS[$name]=$(launch "$PF_LOGS/$name.log" dockerd \
         --config-file="$PF_CONFIG/dockerd.json" \
-        --host="unix://$PF_DOCKER_SOCK" \
-        --data-root="$PF_STATE/docker" \
-        --exec-root="$PF_STATE/docker-exec" \
-        --pidfile="$PF_PIDS/dockerd.pid" \
+        --host="unix://$sock" \
+        --data-root="$data" \
+        --exec-root="$exec_root" \
+        --pidfile="$PF_PIDS/$name.pid" \
         --storage-driver=vfs \
         --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
         --userland-proxy=false)
-    STARTED+=(dockerd)
+    STARTED+=("$name")
 }
+declare -A DOCKERD_LAUNCH_PIDS=()
 
-docker_ready() { docker -H "unix://$PF_DOCKER_SOCK" version >/dev/null 2>&1; }
+docker_ready() { docker -H "unix://$(dockerd_sock "$1")" version >/dev/null 2>&1; }
 
 wait_dockerd() {
-    if ! wait_ready "$TIMEOUT" "${DOCKERD_LAUNCH_PID:-}" docker_ready; then
-        tail -n 20 "$PF_LOGS/dockerd.log" >&2
-        die "dockerd did not answer within ${TIMEOUT}s (log: $PF_LOGS/dockerd.log)"
+    local name=$1
+    if ! wait_ready "$TIMEOUT" "${DOCKERD_LAUNCH_PIDS[$name]:-}" docker_ready "$name"; then
+        tail -n 20 "$PF_LOGS/$name.log" >&2
+        die "$name did not answer within ${TIMEOUT}s (log: $PF_LOGS/$name.log)"
     fi
-    [[ -n $(pid_of dockerd) ]] || die "dockerd answers but $PF_PIDS/dockerd.pid does not point to our process"
+    [[ -n $(pid_of "$name") ]] || die "$name answers but $PF_PIDS/$name.pid does not point to our process"
 }
 
 token_server_bin() {
@@ -598,6 +607,7 @@ PUSHFLEET_AMQP_URL=amqp://guest:guest@127.0.0.1:$PF_AMQP_PORT/%2f
 PUSHFLEET_AMQP_PORT=$PF_AMQP_PORT
 PUSHFLEET_RABBITMQ_NODENAME=$PF_RMQ_NODE
 PUSHFLEET_DOCKER_HOST=unix://$PF_DOCKER_SOCK
+PUSHFLEET_DOCKER_B_HOST=unix://$PF_DOCKER_B_SOCK
 PUSHFLEET_BASIC_REGISTRY=127.0.0.1:$PF_BASIC_PORT
 PUSHFLEET_BASIC_USER=$PF_BASIC_USER
 PUSHFLEET_BASIC_PASSWORD_FILE=$s/basic-$PF_BASIC_USER.password
@@ -673,13 +683,15 @@ pf_save_settings
 
 want rabbitmq && start_rabbitmq
 want "$PF_CLUSTER" && start_cluster
-want dockerd && start_dockerd
+want dockerd && start_dockerd dockerd
+want dockerd-b && start_dockerd dockerd-b
 want token-server && start_token_server
 want basic-registry && start_registry basic "$PF_BASIC_PORT" PUSHFLEET_BASIC_PORT
 want token-registry && start_registry token "$PF_TOKEN_REGISTRY_PORT" PUSHFLEET_TOKEN_REGISTRY_PORT
 want tls-registry && start_tls_registry
 
-want dockerd && wait_dockerd
+want dockerd && wait_dockerd dockerd
+want dockerd-b && wait_dockerd dockerd-b
 want token-server && wait_token_server
 want basic-registry && wait_registry basic "http://127.0.0.1:$PF_BASIC_PORT"
 want token-registry && wait_registry token "http://127.0.0.1:$PF_TOKEN_REGISTRY_PORT"

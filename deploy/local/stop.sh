@@ -2,8 +2,8 @@
 # Stops what deploy/local/start.sh started, by pid, and waits for each process to exit.
 #
 # Usage: deploy/local/stop.sh [--purge] [COMPONENT...]
-#   COMPONENT: rabbitmq dockerd token-server basic-registry token-registry tls-registry
-#   rabbitmq-cluster (default: all, the cluster's nodes too, plus RabbitMQ's epmd and any other
+#   COMPONENT: rabbitmq dockerd dockerd-b token-server basic-registry token-registry
+#   tls-registry rabbitmq-cluster (default: all, the cluster's nodes too, plus RabbitMQ's epmd and any other
 #   process carrying this stack's marker: first processes started with lib.sh's `launch` that
 #   are no component (a demo worker), last stragglers such as the containerd of a killed
 #   dockerd)
@@ -28,14 +28,14 @@ for arg in "$@"; do
         sed -n '2,17p' "$0"
         exit 0
         ;;
-    rabbitmq | dockerd | token-server | basic-registry | token-registry | tls-registry | "$PF_CLUSTER") wanted+=("$arg") ;;
+    rabbitmq | dockerd | dockerd-b | token-server | basic-registry | token-registry | tls-registry | "$PF_CLUSTER") wanted+=("$arg") ;;
     *) die "unknown argument '$arg' (--purge, ${PF_COMPONENTS[*]} $PF_CLUSTER)" ;;
     esac
 done
 all=""
 if ((${#wanted[@]} == 0)); then
     all=1
-    wanted=(tls-registry token-registry basic-registry token-server dockerd "$PF_CLUSTER" rabbitmq)
+    wanted=(tls-registry token-registry basic-registry token-server dockerd-b dockerd "$PF_CLUSTER" rabbitmq)
 fi
 if [[ -n $purge && -z $all && ${wanted[*]} != "$PF_CLUSTER" ]]; then
     die "--purge only together with stopping everything, or with $PF_CLUSTER alone"
@@ -114,20 +114,25 @@ purge_cluster() {
     done
 }
 
+# Stops the daemon component $1 (dockerd or dockerd-b).
 stop_dockerd() {
-    local pid
-    pid=$(pid_of dockerd)
+    local name=$1 pid exec_root
+    exec_root=$(dockerd_exec "$name")
+    pid=$(pid_of "$name")
     if [[ -n $pid ]]; then
-        log "stopping dockerd (pid $pid)"
+        log "stopping $name (pid $pid)"
         # dockerd stops its containers (10 s grace each) and its containerd on TERM.
-        end_pid "$pid" 60 || die "could not stop dockerd (pid $pid)"
+        end_pid "$pid" 60 || die "could not stop $name (pid $pid)"
     fi
-    rm -f "$PF_PIDS/dockerd.pid"
+    rm -f "$PF_PIDS/$name.pid"
     # A killed dockerd may leave its containerd (and shims) behind; they carry our marker.
+    # Only this daemon's: its containerd's command line names its exec root (the other
+    # daemon's containerd keeps running).
     local p
     for p in $(pids_with_mark); do
         case $(cat "/proc/$p/comm" 2>/dev/null) in
         containerd*)
+            { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -qF "$exec_root/" || continue
             log "stopping leftover $(cat "/proc/$p/comm") (pid $p)"
             end_pid "$p" 15 || true
             ;;
@@ -136,7 +141,7 @@ stop_dockerd() {
     # dockerd bind-mounts its data root (and mounts below it); a clean exit undoes that, a
     # killed dockerd does not.
     local dir mnt
-    for dir in "$PF_STATE/docker" "$PF_STATE/docker-exec"; do
+    for dir in "$(dockerd_data "$name")" "$exec_root"; do
         while read -r mnt; do
             [[ -n $mnt ]] || continue
             log "unmounting leftover $mnt"
@@ -174,7 +179,7 @@ for c in "${wanted[@]}"; do
     case $c in
     rabbitmq) stop_rabbitmq ;;
     "$PF_CLUSTER") stop_cluster ;;
-    dockerd) stop_dockerd ;;
+    dockerd | dockerd-b) stop_dockerd "$c" ;;
     tls-registry)
         stop_simple "$c" 15
         remove_tls_trust

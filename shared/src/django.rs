@@ -16,6 +16,10 @@
 //!   `production` + `myapp` -> `production/myapp`.
 //! - `registry_id` becomes `target.registry` as a string (`5` -> `"5"`); the worker's catalogue
 //!   lists Django ids as aliases, so the job lands in that registry and no other.
+//! - `build_host`, when given (not null, not empty), becomes the job's `pool`: the job goes to
+//!   the workers on the build host whose daemon holds the image. It must be a pool name
+//!   (lowercase letters, digits, `-`: see [`crate::pool`]); without it the job is in the
+//!   default pool.
 //! - Nothing is lost: every step parameter but the credentials is echoed under
 //!   `metadata.django` (with the project path), beside any caller metadata.
 //! - Credentials never travel: a `docker_config` with credential-like keys is refused.
@@ -42,6 +46,10 @@ pub struct DjangoPushStep {
     /// Django's project id, echoed in metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<Value>,
+    /// The build host (pool) whose Docker daemon holds the image; null or empty: the default
+    /// pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_host: Option<String>,
     /// The old per-step Docker configuration; must not carry credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_config: Option<Value>,
@@ -129,6 +137,9 @@ impl DjangoPushStep {
         if let Some(cfg) = &self.docker_config {
             django.insert("docker_config".into(), cfg.clone());
         }
+        if let Some(host) = &self.build_host {
+            django.insert("build_host".into(), host.clone().into());
+        }
         for (k, v) in &self.other {
             django.insert(k.clone(), v.clone());
         }
@@ -138,6 +149,7 @@ impl DjangoPushStep {
             version: JOB_VERSION,
             job_id: job_id.to_owned(),
             source: source.familiar(),
+            pool: self.build_host.clone().filter(|h| !h.is_empty()),
             target: JobTarget {
                 registry,
                 repository: format!("{project}/{name}"),
@@ -235,6 +247,32 @@ mod tests {
             json!({"image": "myapp", "tag": "0722", "registry_id": 5, "project_id": 5,
                    "project_path": "production", "docker_config": {}, "dockerfile": "Dockerfile"})
         );
+    }
+
+    #[test]
+    fn the_build_host_names_the_pool() {
+        let s =
+            step(json!({"image": "myapp", "tag": "1", "registry_id": 5, "build_host": "build-01"}));
+        let job = s.to_job("team-a", "j", Map::new()).expect("maps");
+        assert_eq!(job.job.pool.as_deref(), Some("build-01"));
+        assert_eq!(job.pool.as_str(), "build-01");
+        assert_eq!(job.job.metadata["django"]["build_host"], "build-01");
+        for absent in [json!(""), Value::Null] {
+            let s =
+                step(json!({"image": "myapp", "tag": "1", "registry_id": 5, "build_host": absent}));
+            let job = s.to_job("team-a", "j", Map::new()).expect("maps");
+            assert_eq!(job.job.pool, None);
+            assert!(job.pool.is_default());
+        }
+        let s = step(
+            json!({"image": "myapp", "tag": "1", "registry_id": 5, "build_host": "Build.example.com"}),
+        );
+        let e = s.to_job("team-a", "j", Map::new()).expect_err("refused");
+        assert!(
+            matches!(e, DjangoMappingError::Job(JobError::InvalidPool(_))),
+            "{e}"
+        );
+        assert_eq!(e.code(), crate::ErrorCode::InvalidMessage);
     }
 
     #[test]

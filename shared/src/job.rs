@@ -8,8 +8,12 @@
 //!   job can never smuggle credentials in a field the worker would not read. New fields come
 //!   with a new `version`.
 //! - **Missing fields**: `version`, `job_id`, `source`, `target.registry`,
-//!   `target.repository` and `target.tags` (non-empty) are required; `options` and each of its
-//!   fields default (see [`JobOptions`]); `metadata` defaults to `{}`.
+//!   `target.repository` and `target.tags` (non-empty) are required; `pool` defaults to the
+//!   default pool (see [`crate::pool`]); `options` and each of its fields default (see
+//!   [`JobOptions`]); `metadata` defaults to `{}`.
+//! - **Optional fields added within version 1** (`pool`) change nothing for a job that leaves
+//!   them out; a worker that does not know one refuses a job that sets it (unknown field),
+//!   which is what it should do: it cannot honour it.
 //! - **No duplicate keys**: a key repeated within one object, at any depth, is refused
 //!   ([`JobError::DuplicateKey`]); parsers disagree on which of the two values counts.
 //! - **No credentials**: a job names a registry of the worker's catalogue; credentials live
@@ -19,7 +23,7 @@
 //!   depth: see [`crate::credential`] and `docs/jobs.md`.
 //! - **Size**: a message over [`MAX_JOB_BYTES`] is refused before it is parsed.
 //! - **Order of checks**: size, JSON syntax, duplicate keys, version, shape (fields and
-//!   types), then the values (job id, tags, timeout, credentials, references). A message gets
+//!   types), then the values (job id, pool, tags, timeout, credentials, references). A message gets
 //!   the error of the first check it fails.
 //! - **Host-independent**: [`PushJob::validate`] checks the repository and tags on their own;
 //!   the 255-character limit of `registry/repository` is applied by
@@ -32,6 +36,7 @@ use serde_json::{Map, Value};
 use crate::credential::{CredentialKind, Finding, find_credential};
 use crate::duplicate_keys::{Scope, first_duplicate_key};
 use crate::error_code::ErrorCode;
+use crate::pool::{InvalidPool, Pool};
 use crate::reference::{ImageRef, ReferenceError};
 
 pub(crate) use crate::credential::find_credential_key;
@@ -63,6 +68,14 @@ pub struct PushJob {
     /// grammar; with no tag it means `:latest`, as in Docker.
     #[schemars(length(min = 1, max = 512))]
     pub source: String,
+    /// The pool whose Docker daemon holds `source` (a build host), e.g. `build-01`: the job is
+    /// published to that pool's queue and only its workers take it. Absent: the default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
+    pub pool: Option<String>,
     /// Where to push.
     pub target: JobTarget,
     /// How to push.
@@ -147,6 +160,9 @@ pub enum JobError {
         "job_id must be 1 to {MAX_JOB_ID_LEN} characters of letters, digits, '.', '_', ':', '-'"
     )]
     InvalidJobId,
+    /// `pool` is not a pool name (see [`crate::pool`]).
+    #[error("{0}")]
+    InvalidPool(#[from] InvalidPool),
     /// `target.tags` is empty.
     #[error("target.tags is empty: name at least one tag to push")]
     NoTags,
@@ -211,6 +227,10 @@ impl JobError {
                  as a credential: docs/jobs.md, \"No credentials in jobs\")"
                     .to_owned()
             }
+            JobError::InvalidPool(_) => "name the pool as the workers' `worker.pools` do \
+                                         (lowercase letters, digits and '-'), or leave `pool` \
+                                         out for the default pool"
+                .to_owned(),
             JobError::DuplicateKey { .. } => "send each key once per object: parsers disagree on \
                                               which of two equal keys counts"
                 .to_owned(),
@@ -226,6 +246,8 @@ pub struct ValidJob {
     pub job: PushJob,
     /// The source image, normalised (`myapp:0722` -> `docker.io/library/myapp:0722`).
     pub source: ImageRef,
+    /// The job's pool (the default pool when the job names none).
+    pub pool: Pool,
 }
 
 impl ValidJob {
@@ -327,6 +349,10 @@ impl PushJob {
         if !is_valid_job_id(&self.job_id) {
             return Err(JobError::InvalidJobId);
         }
+        let pool = match &self.pool {
+            Some(name) => Pool::parse(name)?,
+            None => Pool::default(),
+        };
         let tags = &self.target.tags;
         if tags.is_empty() {
             return Err(JobError::NoTags);
@@ -359,7 +385,11 @@ impl PushJob {
                 }
             })?;
         }
-        Ok(ValidJob { job: self, source })
+        Ok(ValidJob {
+            job: self,
+            source,
+            pool,
+        })
     }
 
     /// Serialises the job as its wire form.
@@ -523,6 +553,23 @@ mod tests {
             targets[0].to_string(),
             "127.0.0.1:5001/production/myapp:0722"
         );
+    }
+
+    #[test]
+    fn the_pool_defaults_and_is_checked() {
+        assert!(parse(&good()).expect("valid").pool.is_default());
+        let named = parse(&with(good(), &["pool"], json!("build-01"))).expect("valid");
+        assert_eq!(named.pool.as_str(), "build-01");
+        assert!(named.job.to_json().starts_with(
+            br#"{"version":1,"job_id":"b7c1-0001","source":"myapp:0722","pool":"build-01","target""#
+        ));
+        for bad in [json!("Build-01"), json!("a.b"), json!(""), json!("-x")] {
+            let err = parse(&with(good(), &["pool"], bad.clone())).expect_err("must fail");
+            assert!(matches!(err, JobError::InvalidPool(_)), "{bad}: {err}");
+            assert_eq!(err.code(), ErrorCode::InvalidMessage);
+        }
+        let err = parse(&with(good(), &["pool"], json!(7))).expect_err("must fail");
+        assert!(matches!(err, JobError::Shape { .. }), "{err}");
     }
 
     #[test]

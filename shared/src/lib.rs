@@ -2,6 +2,7 @@
 //!
 //! - [`job`]: the `PushJob` message Django publishes, and its validation.
 //! - [`credential`]: what counts as a credential in a job (key names and value shapes).
+//! - [`pool`]: pool names (which build host's daemon holds a job's image).
 //! - [`django`]: the mapping from the Django step parameters (`image`, `tag`, `registry_id`,
 //!   project path) to a job.
 //! - [`event`]: the result events workers publish.
@@ -21,6 +22,7 @@ mod duplicate_keys;
 pub mod error_code;
 pub mod event;
 pub mod job;
+pub mod pool;
 pub mod reference;
 pub mod schema;
 pub mod signature;
@@ -30,4 +32,5 @@ pub mod topology;
 pub use error_code::ErrorCode;
 pub use event::{Event, EventError, JobState};
 pub use job::{JobError, PushJob};
+pub use pool::Pool;
 pub use reference::{ImageRef, ReferenceError};

@@ -18,12 +18,28 @@
 //! <p>.dlx     (direct) --"job"--> <p>.dead    (quorum queue: dead letters, kept for replay)
 //! <p>.events  (topic)  --"job.<state>", "registry.checked"--> consumers' own queues
 //! <p>.control (fanout) --> <p>.control (stream, 24 h): every worker reads it from the start
+//!
+//! and for each other pool P (see [`crate::pool`]), declared by the workers that serve it and
+//! by `pushfleet submit` when it publishes a job of P:
+//! <p>.jobs    (direct) --"job.P"--> <p>.jobs.P (quorum queue, as <p>.jobs; DLX <p>.dlx
+//!                                               with key "job.P")
+//! <p>.retry   (direct) --"delay.P.<k>"--> <p>.retry.P.<k> (DLX <p>.jobs with key "job.P")
+//! <p>.dlx     (direct) --"job.P"--> <p>.dead  (the same dead-letter queue, one more binding)
 //! ```
+//!
+//! The default pool's names are those above, so a fleet that never names a pool keeps its
+//! queues. A pool's delay queues are its own because a delay queue sends expired messages back
+//! with its fixed `x-dead-letter-routing-key`: that key, not the message, decides where a retry
+//! lands, so each pool's delay queues carry their pool's key and a retry cannot change pool.
+//! Dead letters keep their pool in their routing key (`job.P`, the key to publish a replay
+//! with), whether the worker put them there or the broker did (delivery limit).
 //!
 //! The module does not depend on an AMQP library: arguments are plain [`QueueArg`] values the
 //! worker converts.
 
 use serde::Serialize;
+
+use crate::pool::Pool;
 
 /// The default name prefix.
 pub const DEFAULT_PREFIX: &str = "pushfleet";
@@ -150,9 +166,73 @@ impl Topology {
         format!("{}.jobs", self.prefix)
     }
 
-    /// The queue workers consume jobs from.
+    /// The queue workers of the default pool consume jobs from.
     pub fn jobs_queue(&self) -> String {
-        format!("{}.jobs", self.prefix)
+        self.pool_queue(&Pool::default())
+    }
+
+    /// The queue of `pool`'s jobs: `<p>.jobs` for the default pool, `<p>.jobs.<pool>` else.
+    pub fn pool_queue(&self, pool: &Pool) -> String {
+        if pool.is_default() {
+            format!("{}.jobs", self.prefix)
+        } else {
+            format!("{}.jobs.{pool}", self.prefix)
+        }
+    }
+
+    /// The routing key of `pool`'s jobs on the jobs, retry-return and dead-letter exchanges:
+    /// [`JOB_ROUTING_KEY`] for the default pool, `job.<pool>` else.
+    pub fn pool_routing_key(pool: &Pool) -> String {
+        if pool.is_default() {
+            JOB_ROUTING_KEY.to_owned()
+        } else {
+            format!("{JOB_ROUTING_KEY}.{pool}")
+        }
+    }
+
+    /// What a worker serving `pool`, or a publisher of one of its jobs, declares beyond
+    /// [`Self::queues`]: the pool's queue, and the dead-letter queue's binding for the pool's
+    /// key. Empty for the default pool (its names are part of [`Self::queues`]).
+    pub fn pool_queues(&self, pool: &Pool) -> Vec<QueueSpec> {
+        if pool.is_default() {
+            return Vec::new();
+        }
+        vec![
+            self.jobs_queue_spec(pool),
+            QueueSpec {
+                name: self.dead_letter_queue(),
+                arguments: self.quorum_arguments(),
+                bound_to: self.dead_letter_exchange(),
+                binding_key: Self::pool_routing_key(pool),
+            },
+        ]
+    }
+
+    fn jobs_queue_spec(&self, pool: &Pool) -> QueueSpec {
+        let s = |v: &str| QueueArg::Str(v.to_owned());
+        let key = Self::pool_routing_key(pool);
+        QueueSpec {
+            name: self.pool_queue(pool),
+            arguments: [
+                self.quorum_arguments(),
+                vec![
+                    (
+                        "x-delivery-limit".to_owned(),
+                        QueueArg::Int(self.delivery_limit),
+                    ),
+                    (
+                        "x-dead-letter-exchange".to_owned(),
+                        s(&self.dead_letter_exchange()),
+                    ),
+                    ("x-dead-letter-routing-key".to_owned(), s(&key)),
+                    ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
+                    ("x-overflow".to_owned(), s("reject-publish")),
+                ],
+            ]
+            .concat(),
+            bound_to: self.jobs_exchange(),
+            binding_key: key,
+        }
     }
 
     /// Where retryable jobs wait out their delay (direct exchange).
@@ -167,22 +247,46 @@ impl Topology {
         (63 - secs.leading_zeros()).min(MAX_RETRY_BUCKET)
     }
 
-    /// The delay queue of `bucket`: messages carry a per-message TTL and dead-letter back to
-    /// the jobs exchange when it expires. Nobody consumes it.
+    /// The default pool's delay queue of `bucket` (see [`Self::pool_retry_queue`]).
     pub fn retry_queue(&self, bucket: u32) -> String {
-        format!("{}.retry.{bucket}", self.prefix)
+        self.pool_retry_queue(&Pool::default(), bucket)
     }
 
-    /// The routing key that reaches the delay queue of `bucket` on the retry exchange.
+    /// The delay queue of `bucket` for `pool`'s jobs: messages carry a per-message TTL and
+    /// dead-letter back to the jobs exchange, with the pool's routing key, when it expires.
+    /// Nobody consumes it. `<p>.retry.<k>` for the default pool, `<p>.retry.<pool>.<k>` else.
+    pub fn pool_retry_queue(&self, pool: &Pool, bucket: u32) -> String {
+        if pool.is_default() {
+            format!("{}.retry.{bucket}", self.prefix)
+        } else {
+            format!("{}.retry.{pool}.{bucket}", self.prefix)
+        }
+    }
+
+    /// The routing key that reaches the default pool's delay queue of `bucket`.
     pub fn retry_routing_key(bucket: u32) -> String {
-        format!("delay.{bucket}")
+        Self::pool_retry_routing_key(&Pool::default(), bucket)
     }
 
-    /// The declaration of the delay queue of `bucket`.
+    /// The routing key that reaches `pool`'s delay queue of `bucket` on the retry exchange.
+    pub fn pool_retry_routing_key(pool: &Pool, bucket: u32) -> String {
+        if pool.is_default() {
+            format!("delay.{bucket}")
+        } else {
+            format!("delay.{pool}.{bucket}")
+        }
+    }
+
+    /// The declaration of the default pool's delay queue of `bucket`.
     pub fn retry_queue_spec(&self, bucket: u32) -> QueueSpec {
+        self.pool_retry_queue_spec(&Pool::default(), bucket)
+    }
+
+    /// The declaration of `pool`'s delay queue of `bucket`.
+    pub fn pool_retry_queue_spec(&self, pool: &Pool, bucket: u32) -> QueueSpec {
         let s = |v: &str| QueueArg::Str(v.to_owned());
         QueueSpec {
-            name: self.retry_queue(bucket),
+            name: self.pool_retry_queue(pool, bucket),
             arguments: [
                 self.quorum_arguments(),
                 vec![
@@ -190,14 +294,17 @@ impl Topology {
                         "x-dead-letter-exchange".to_owned(),
                         s(&self.jobs_exchange()),
                     ),
-                    ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
+                    (
+                        "x-dead-letter-routing-key".to_owned(),
+                        s(&Self::pool_routing_key(pool)),
+                    ),
                     ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
                     ("x-overflow".to_owned(), s("reject-publish")),
                 ],
             ]
             .concat(),
             bound_to: self.retry_exchange(),
-            binding_key: Self::retry_routing_key(bucket),
+            binding_key: Self::pool_retry_routing_key(pool, bucket),
         }
     }
 
@@ -268,28 +375,7 @@ impl Topology {
             ));
         }
         vec![
-            QueueSpec {
-                name: self.jobs_queue(),
-                arguments: [
-                    self.quorum_arguments(),
-                    vec![
-                        (
-                            "x-delivery-limit".to_owned(),
-                            QueueArg::Int(self.delivery_limit),
-                        ),
-                        (
-                            "x-dead-letter-exchange".to_owned(),
-                            s(&self.dead_letter_exchange()),
-                        ),
-                        ("x-dead-letter-routing-key".to_owned(), s(JOB_ROUTING_KEY)),
-                        ("x-dead-letter-strategy".to_owned(), s("at-least-once")),
-                        ("x-overflow".to_owned(), s("reject-publish")),
-                    ],
-                ]
-                .concat(),
-                bound_to: self.jobs_exchange(),
-                binding_key: JOB_ROUTING_KEY.to_owned(),
-            },
+            self.jobs_queue_spec(&Pool::default()),
             QueueSpec {
                 name: self.control_queue(),
                 arguments: stream,
@@ -374,6 +460,62 @@ mod tests {
         assert!(
             !t.queues().iter().any(|q| q.name.starts_with("p.retry")),
             "declared on use"
+        );
+    }
+
+    #[test]
+    fn the_default_pool_keeps_the_original_names() {
+        let t = Topology::new("p");
+        let d = Pool::default();
+        assert_eq!(t.pool_queue(&d), "p.jobs");
+        assert_eq!(Topology::pool_routing_key(&d), "job");
+        assert_eq!(t.pool_retry_queue(&d, 2), "p.retry.2");
+        assert_eq!(Topology::pool_retry_routing_key(&d, 2), "delay.2");
+        assert!(t.pool_queues(&d).is_empty());
+        assert_eq!(t.pool_retry_queue_spec(&d, 2), t.retry_queue_spec(2));
+    }
+
+    #[test]
+    fn a_pool_has_its_own_queue_delay_queues_and_dead_letter_key() {
+        let t = Topology::new("p").with_delivery_limit(3);
+        let b = Pool::parse("build-01").expect("pool");
+        let arg = |q: &QueueSpec, k: &str| {
+            q.arguments
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        let specs = t.pool_queues(&b);
+        let jobs = &specs[0];
+        assert_eq!(jobs.name, "p.jobs.build-01");
+        assert_eq!(
+            (jobs.bound_to.as_str(), jobs.binding_key.as_str()),
+            ("p.jobs", "job.build-01")
+        );
+        assert_eq!(arg(jobs, "x-delivery-limit"), Some(QueueArg::Int(3)));
+        assert_eq!(
+            arg(jobs, "x-dead-letter-routing-key"),
+            Some(QueueArg::Str("job.build-01".into()))
+        );
+        let dead = &specs[1];
+        assert_eq!(dead.name, "p.dead");
+        assert_eq!(
+            (dead.bound_to.as_str(), dead.binding_key.as_str()),
+            ("p.dlx", "job.build-01")
+        );
+        assert_eq!(
+            dead.arguments,
+            t.queues()[3].arguments,
+            "redeclared identically"
+        );
+
+        let retry = t.pool_retry_queue_spec(&b, 4);
+        assert_eq!(retry.name, "p.retry.build-01.4");
+        assert_eq!(retry.binding_key, "delay.build-01.4");
+        assert_eq!(
+            arg(&retry, "x-dead-letter-routing-key"),
+            Some(QueueArg::Str("job.build-01".into())),
+            "an expired retry returns to its pool"
         );
     }
 

@@ -11,6 +11,7 @@ mod hostile;
 mod logs;
 mod metrics;
 mod pipeline;
+mod pools;
 mod properties;
 mod registries;
 mod registry_client;

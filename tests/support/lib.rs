@@ -81,7 +81,13 @@ pub fn unique(prefix: &str) -> String {
 
 /// A bollard client for the stack's Docker daemon.
 pub fn docker(env: &StackEnv) -> Result<bollard::Docker> {
-    let host = env.get("PUSHFLEET_DOCKER_HOST")?;
+    docker_at(env, "PUSHFLEET_DOCKER_HOST")
+}
+
+/// A bollard client for the daemon whose host is the value of `key` in the stack's env file
+/// (`PUSHFLEET_DOCKER_HOST`, or `PUSHFLEET_DOCKER_B_HOST` for the second build host).
+pub fn docker_at(env: &StackEnv, key: &str) -> Result<bollard::Docker> {
+    let host = env.get(key)?;
     let path = host.strip_prefix("unix://").unwrap_or(&host);
     Ok(bollard::Docker::connect_with_unix(
         path,

@@ -16,7 +16,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ExchangeDeleteOptions,
@@ -199,6 +199,33 @@ pub fn worker_toml(
     settings: WorkerSettings,
     registries: &str,
 ) -> Result<String> {
+    worker_toml_in(
+        env,
+        prefix,
+        id,
+        settings,
+        registries,
+        "PUSHFLEET_DOCKER_HOST",
+        &[],
+    )
+}
+
+/// Like [`worker_toml`], for a worker on the daemon whose host is the value of `docker_key` in
+/// the stack's env file, serving `pools` (`worker.pools`; none: the default).
+pub fn worker_toml_in(
+    env: &StackEnv,
+    prefix: &str,
+    id: &str,
+    settings: WorkerSettings,
+    registries: &str,
+    docker_key: &str,
+    pools: &[&str],
+) -> Result<String> {
+    let pools = if pools.is_empty() {
+        String::new()
+    } else {
+        format!("pools = {}", serde_json::to_string(pools)?)
+    };
     let WorkerSettings {
         concurrency,
         job_timeout_s,
@@ -221,13 +248,14 @@ shutdown_grace_s = {shutdown_grace_s}
 max_attempts = {max_attempts}
 retry_min_delay_ms = {retry_min_delay_ms}
 retry_max_delay_s = {retry_max_delay_s}
+{pools}
 
 [docker]
 host = "{docker}"
 {registries}
 "#,
         amqp = env.get("PUSHFLEET_AMQP_URL")?,
-        docker = env.get("PUSHFLEET_DOCKER_HOST")?,
+        docker = env.get(docker_key)?,
     );
     pushfleet_worker::config::load_from_str(&text, Some(HashMap::new()))
         .map_err(|e| anyhow!("fault-test worker config invalid: {e}\n{text}"))?;
@@ -563,13 +591,40 @@ impl EventLog {
 
     /// Publishes a job to the jobs exchange and waits for the broker's confirm.
     pub async fn publish_job(&self, job: &Value) -> Result<()> {
-        let properties = BasicProperties::default().with_content_type("application/json".into());
-        self.publish_raw(&serde_json::to_vec(job)?, properties)
-            .await
+        self.publish_job_with_key(job, JOB_ROUTING_KEY).await
     }
 
-    /// Publishes `body` as it is, with `properties`, to the jobs exchange and waits for the
-    /// broker's confirm.
+    /// Publishes a job with `routing_key` (a pool's key: `job.<pool>`) and waits for the
+    /// broker's confirm. The publish is mandatory: a key no queue is bound for is an error,
+    /// not a job silently dropped.
+    pub async fn publish_job_with_key(&self, job: &Value, routing_key: &str) -> Result<()> {
+        let properties = BasicProperties::default().with_content_type("application/json".into());
+        let confirm = self
+            .publisher
+            .channel()
+            .basic_publish(
+                self.topology.jobs_exchange().as_str().into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &serde_json::to_vec(job)?,
+                properties.with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        let acked = confirm.is_ack();
+        let returned = confirm.take_message().map(|m| m.reply_text.to_string());
+        ensure!(
+            acked && returned.is_none(),
+            "the broker did not take the job with key {routing_key} (acked: {acked}, returned: {returned:?})"
+        );
+        Ok(())
+    }
+
+    /// Publishes `body` as it is, with `properties`, to the jobs exchange (default pool's
+    /// key) and waits for the broker's confirm.
     pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) -> Result<()> {
         self.publisher
             .publish_raw(
@@ -710,31 +765,44 @@ pub async fn queue_counts(conn: &lapin::Connection, name: &str) -> Result<QueueC
     Ok(counts)
 }
 
-/// Deletes every queue and exchange of topology `prefix`, with the delay queues and the
-/// (best effort, on a fresh connection). RabbitMQ answers
-/// the deletion of a queue or exchange that does not exist with success and keeps the channel
-/// open, so one channel serves them all.
+/// Deletes every queue and exchange of topology `prefix`, with the delay queues (best effort,
+/// on a fresh connection). RabbitMQ answers the deletion of a queue or exchange that does not
+/// exist with success and keeps the channel open, so one channel serves them all.
 pub async fn delete_topology(env: &StackEnv, prefix: &str) {
-    let Ok(url) = env.get("PUSHFLEET_AMQP_URL") else {
-        return;
-    };
-    delete_topology_on(&url, prefix).await;
+    delete_pool_queues(env, prefix, &[]).await;
 }
 
 /// [`delete_topology`] through the broker at `url` (e.g. a node of a cluster).
 pub async fn delete_topology_on(url: &str, prefix: &str) {
-    let Ok(conn) = connect(url, "pushfleet-faults cleanup").await else {
+    delete_topology_with_pools(url, prefix, &[]).await;
+}
+
+/// [`delete_topology`], and the queues of `pools` (each pool's queue and delay queues).
+pub async fn delete_pool_queues(env: &StackEnv, prefix: &str, pools: &[&str]) {
+    if let Ok(url) = env.get("PUSHFLEET_AMQP_URL") {
+        delete_topology_with_pools(&url, prefix, pools).await;
+    }
+}
+
+async fn delete_topology_with_pools(url: &str, prefix: &str, pools: &[&str]) {
+    let Ok(conn) = connect(url, "pushfleet-tests cleanup").await else {
         return;
     };
     let Ok(channel) = conn.create_channel().await else {
         return;
     };
     let topology = Topology::new(prefix);
+    let buckets = 0..=pushfleet_shared::topology::MAX_RETRY_BUCKET;
     let mut queues: Vec<String> = topology.queues().into_iter().map(|q| q.name).collect();
     // Delay queues are declared on first use, one per bucket.
-    queues.extend(
-        (0..=pushfleet_shared::topology::MAX_RETRY_BUCKET).map(|k| topology.retry_queue(k)),
-    );
+    queues.extend(buckets.clone().map(|k| topology.retry_queue(k)));
+    for pool in pools
+        .iter()
+        .filter_map(|p| pushfleet_shared::Pool::parse(p).ok())
+    {
+        queues.push(topology.pool_queue(&pool));
+        queues.extend(buckets.clone().map(|k| topology.pool_retry_queue(&pool, k)));
+    }
     for q in queues {
         let _ = channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

@@ -59,6 +59,9 @@ enum Command {
         /// The name prefix.
         #[arg(long, default_value = pushfleet_shared::topology::DEFAULT_PREFIX)]
         prefix: String,
+        /// Also show this pool's names (repeatable); the default pool is always shown.
+        #[arg(long = "pool")]
+        pools: Vec<String>,
     },
 }
 
@@ -91,7 +94,7 @@ pub fn main() -> ExitCode {
             Command::Events(args) => commands::events::run(args).await,
             Command::CheckRegistries(args) => commands::check_registries::run(args).await,
             Command::Schemas { write } => commands::schemas(write.as_deref()),
-            Command::Topology { prefix } => commands::topology(&prefix),
+            Command::Topology { prefix, pools } => commands::topology(&prefix, &pools),
         }
     });
     match result {

@@ -1,5 +1,12 @@
 //! What happens to one delivery: parse, run the pipeline, report, and only then settle it.
 //!
+//! Every delivery comes from the queue of one pool the worker serves, and is settled in that
+//! pool: a retry waits in the pool's delay queues (which return it to the pool's queue) and a
+//! dead letter carries the pool's routing key and [`DEAD_POOL_HEADER`], so a replay goes back
+//! to the same pool. A job that names another pool than the queue it came from was published
+//! with the wrong routing key: it is refused like an invalid job, never pushed from a daemon
+//! that does not hold its image.
+//!
 //! 1. Parse. A message that is not a valid job gets a `failed` event (`invalid_message` or
 //!    `invalid_reference`, with the `job_id` when one can be read), is copied to the
 //!    dead-letter queue with the reason in its headers, and is acked. Nothing crashes, nothing
@@ -17,10 +24,11 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use pushfleet_shared::Pool;
 use pushfleet_shared::event::{JobState, RetryInfo, TraceContext};
 use pushfleet_shared::job::{self, PushJob, ValidJob};
 use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
-use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
+use pushfleet_shared::topology::Topology;
 use pushfleet_shared::{ErrorCode, event::EventError};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -47,6 +55,8 @@ pub const DEAD_CODE_HEADER: &str = "x-pushfleet-error-code";
 pub const DEAD_MESSAGE_HEADER: &str = "x-pushfleet-error-message";
 /// The worker that dead-lettered the job.
 pub const DEAD_WORKER_HEADER: &str = "x-pushfleet-worker";
+/// The pool whose queue a dead-lettered job was taken from (also in its routing key).
+pub const DEAD_POOL_HEADER: &str = "x-pushfleet-pool";
 
 /// What every job task of one broker session shares.
 #[derive(Debug)]
@@ -64,28 +74,29 @@ pub(crate) struct Shared {
     pub(crate) retry: RetryPolicy,
     pub(crate) cancels: Arc<Cancels>,
     pub(crate) signing_key: Option<crate::config::SigningKey>,
-    /// The delay buckets whose queue this session has declared.
-    pub(crate) retry_buckets: std::sync::Mutex<std::collections::HashSet<u32>>,
+    /// The delay queues (pool, bucket) this session has declared.
+    pub(crate) retry_buckets: std::sync::Mutex<std::collections::HashSet<(Pool, u32)>>,
 }
 
 impl Shared {
-    /// Declares the delay queue for `delay` once per session; returns its routing key.
-    async fn retry_route(&self, delay: Duration) -> Result<String, BrokerError> {
+    /// Declares `pool`'s delay queue for `delay` once per session; returns its routing key.
+    async fn retry_route(&self, pool: &Pool, delay: Duration) -> Result<String, BrokerError> {
         let bucket = Topology::retry_bucket(delay);
+        let key = (pool.clone(), bucket);
         let known = self
             .retry_buckets
             .lock()
-            .map(|set| set.contains(&bucket))
+            .map(|set| set.contains(&key))
             .unwrap_or(false);
         if !known {
-            let spec = self.topology.retry_queue_spec(bucket);
+            let spec = self.topology.pool_retry_queue_spec(pool, bucket);
             let publisher = self.publisher.current().await?;
             crate::broker::declare_queue(publisher.channel(), &spec).await?;
             if let Ok(mut set) = self.retry_buckets.lock() {
-                set.insert(bucket);
+                set.insert(key);
             }
         }
-        Ok(Topology::retry_routing_key(bucket))
+        Ok(Topology::pool_retry_routing_key(pool, bucket))
     }
 }
 
@@ -106,8 +117,9 @@ fn attempt_of(delivery: &Delivery) -> u32 {
     u32::try_from(n).unwrap_or(1).max(1)
 }
 
-/// Handles one delivery to the end (see the module doc).
-pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
+/// Handles one delivery, taken from `pool`'s queue, to the end (see the module doc).
+pub(crate) async fn handle(shared: &Shared, delivery: Delivery, pool: Pool) {
+    let pool = &pool;
     let attempt = attempt_of(&delivery);
     let job_id = job::peek_job_id(&delivery.data);
     let trace = JobTrace::from_headers(delivery.properties.headers().as_ref());
@@ -120,20 +132,20 @@ pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
     );
     let trace = trace.map(|t| t.context);
     async move {
-        let settled = match read_job(shared, &delivery) {
+        let settled = match read_job(shared, &delivery, pool) {
             Err(error) => {
                 warn!(code = %error.code, error = %error.message, "refusing a message that is not a valid job");
                 let metadata = job::peek_metadata(&delivery.data);
                 let reporter = shared.reporter(job_id, attempt, metadata, trace);
                 let code = error.code;
                 let event = reporter.error_event(JobState::Failed, error);
-                let settled = finish_failed(shared, &reporter, &delivery, event).await;
+                let settled = finish_failed(shared, &reporter, &delivery, pool, event).await;
                 if settled.is_ok() {
                     shared.metrics.job_finished(JobState::Failed.as_str(), code.as_str(), None);
                 }
                 settled
             }
-            Ok(valid) => run_job(shared, &delivery, valid, attempt, trace).await,
+            Ok(valid) => run_job(shared, &delivery, pool, valid, attempt, trace).await,
         };
         if let Err(e) = settled {
             // The outcome could not be recorded: leave the job to the broker, which redelivers
@@ -148,9 +160,9 @@ pub(crate) async fn handle(shared: &Shared, delivery: Delivery) {
     .await;
 }
 
-/// Checks the properties, the signature (when job signing is configured), the content type
-/// and the body.
-fn read_job(shared: &Shared, delivery: &Delivery) -> Result<ValidJob, EventError> {
+/// Checks the properties, the signature (when job signing is configured), the content type,
+/// the body, and that the job belongs to `pool`, whose queue it was taken from.
+fn read_job(shared: &Shared, delivery: &Delivery, pool: &Pool) -> Result<ValidJob, EventError> {
     properties::check(&delivery.properties).map_err(|e| e.to_event_error())?;
     if let Some(key) = &shared.signing_key {
         let header = delivery
@@ -173,8 +185,25 @@ fn read_job(shared: &Shared, delivery: &Delivery) -> Result<ValidJob, EventError
         .content_type()
         .as_ref()
         .map(|c| c.as_str());
-    PushJob::from_message(&delivery.data, content_type)
-        .map_err(|e| EventError::new(e.code(), e.to_string(), e.hint()))
+    let valid = PushJob::from_message(&delivery.data, content_type)
+        .map_err(|e| EventError::new(e.code(), e.to_string(), e.hint()))?;
+    if &valid.pool != pool {
+        let code = ErrorCode::InvalidMessage;
+        return Err(EventError::new(
+            code,
+            format!(
+                "the job names pool {} but was published to the queue of pool {pool} \
+                 (routing key {:?})",
+                valid.pool,
+                Topology::pool_routing_key(pool)
+            ),
+            format!(
+                "publish it with routing key {:?}, as `pushfleet submit` and the Python client do",
+                Topology::pool_routing_key(&valid.pool)
+            ),
+        ));
+    }
+    Ok(valid)
 }
 
 impl Shared {
@@ -201,6 +230,7 @@ impl Shared {
 async fn run_job(
     shared: &Shared,
     delivery: &Delivery,
+    pool: &Pool,
     valid: ValidJob,
     attempt: u32,
     trace: Option<TraceContext>,
@@ -247,7 +277,7 @@ async fn run_job(
         Ok(p) => p,
         Err(e) => {
             let failure = JobFailure::from(&e);
-            return settle_failure(shared, &reporter, delivery, attempt, failure, None).await;
+            return settle_failure(shared, &reporter, delivery, pool, attempt, failure, None).await;
         }
     };
     info!(source = %plan.source, targets = ?plan.targets, "job accepted");
@@ -300,6 +330,7 @@ async fn run_job(
                 shared,
                 &reporter,
                 delivery,
+                pool,
                 attempt,
                 failure.failure,
                 Some(failure.phases),
@@ -315,7 +346,7 @@ async fn run_job(
                     format!("the job did not finish within {timeout_s} s"),
                 )
             };
-            settle_failure(shared, &reporter, delivery, attempt, failure, None).await
+            settle_failure(shared, &reporter, delivery, pool, attempt, failure, None).await
         }
     }
 }
@@ -350,11 +381,13 @@ async fn run_stages(
 pub const BROKER_ONLY_DIGEST: &str =
     "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Settles a failed attempt: a delayed retry, or a final failure (dead-lettered).
+/// Settles a failed attempt: a delayed retry, or a final failure (dead-lettered), both in
+/// `pool`.
 async fn settle_failure(
     shared: &Shared,
     reporter: &Reporter,
     delivery: &Delivery,
+    pool: &Pool,
     attempt: u32,
     failure: JobFailure,
     phases: Option<pushfleet_shared::event::PhaseTimings>,
@@ -393,7 +426,7 @@ async fn settle_failure(
             let properties =
                 properties::copy_of(&delivery.properties, headers, shared.publisher.frame_max())
                     .with_expiration(delay_ms.to_string().into());
-            let route = shared.retry_route(delay).await?;
+            let route = shared.retry_route(pool, delay).await?;
             shared
                 .publisher
                 .publish_raw(
@@ -420,7 +453,7 @@ async fn settle_failure(
             error!(code = %failure.code(), error = %failure.error.message, state = ?state, "job failed for good; dead-lettered");
             let mut event = reporter.error_event(state, failure.error);
             event.phases = phases;
-            finish_failed(shared, reporter, delivery, event).await?;
+            finish_failed(shared, reporter, delivery, pool, event).await?;
             shared
                 .metrics
                 .job_finished(state.as_str(), code.as_str(), took);
@@ -429,12 +462,13 @@ async fn settle_failure(
     }
 }
 
-/// Copies the message to the dead-letter queue with the reason in its headers, publishes the
-/// terminal error `event`, then acks.
+/// Copies the message to the dead-letter queue with the reason and `pool` in its headers and
+/// `pool`'s routing key, publishes the terminal error `event`, then acks.
 async fn finish_failed(
     shared: &Shared,
     reporter: &Reporter,
     delivery: &Delivery,
+    pool: &Pool,
     event: pushfleet_shared::Event,
 ) -> Result<(), BrokerError> {
     let Some(error) = event.error.clone() else {
@@ -456,13 +490,17 @@ async fn finish_failed(
         DEAD_WORKER_HEADER.into(),
         AMQPValue::LongString(LongString::from(shared.worker_id.as_str())),
     );
+    headers.insert(
+        DEAD_POOL_HEADER.into(),
+        AMQPValue::LongString(LongString::from(pool.as_str())),
+    );
     let properties =
         properties::copy_of(&delivery.properties, headers, shared.publisher.frame_max());
     shared
         .publisher
         .publish_raw(
             &shared.topology.dead_letter_exchange(),
-            JOB_ROUTING_KEY,
+            &Topology::pool_routing_key(pool),
             &delivery.data,
             properties,
         )

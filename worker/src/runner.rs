@@ -2,9 +2,15 @@
 //!
 //! A *session* is one pair of broker connections (one to consume, one to publish: RabbitMQ's
 //! flow control blocks a whole connection, and a throttled publisher must not also stop the
-//! worker from acking), the declared topology, the jobs consumer and this worker's
-//! control-queue consumer. Each delivery runs in its own task (see [`crate::delivery`]); the
-//! prefetch bounds how many run at once.
+//! worker from acking), the declared topology, one jobs consumer per pool the worker serves
+//! (`worker.pools`) and this worker's control-queue consumer. Each delivery runs in its own
+//! task (see [`crate::delivery`]).
+//!
+//! How many jobs run at once is `worker.concurrency`, over all pools. Quorum queues have no
+//! channel-wide prefetch, so each pool's consumer has a prefetch of `concurrency` and a
+//! semaphore of `concurrency` permits, kept across sessions, bounds the jobs that run: with
+//! one pool it never blocks; with several, a delivery beyond the limit waits unacked in this
+//! worker until a running job ends (see `docs/configuration.md` on `consumer_timeout`).
 //!
 //! When the broker goes away, the session ends, the worker reports not-ready, and a new session
 //! is opened with growing delays until the broker answers again: the process never needs a
@@ -22,11 +28,14 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
+use futures_util::stream::{self, SelectAll};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
+use pushfleet_shared::Pool;
 use pushfleet_shared::control::{ControlAction, ControlMessage};
 use secrecy::SecretString;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -136,6 +145,7 @@ async fn run_sessions(
     // away refuses connections until it is back).
     let mut node = 0;
     let cancels = Arc::new(Cancels::default());
+    let slots = Arc::new(Semaphore::new(usize::from(config.worker.concurrency)));
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
 
@@ -158,14 +168,20 @@ async fn run_sessions(
                 let earlier = status.sessions.fetch_add(1, Ordering::Relaxed);
                 status.metrics.broker_session(true, earlier > 0);
                 status.set_ready(true);
+                let queues: Vec<String> = config
+                    .worker
+                    .pools
+                    .iter()
+                    .map(|p| session.shared.topology.pool_queue(p))
+                    .collect();
                 info!(
                     worker = %config.worker.id,
                     node = %session.node_url,
-                    queue = %session.shared.topology.jobs_queue(),
+                    queues = %queues.join(", "),
                     concurrency = config.worker.prefetch(),
                     "worker ready"
                 );
-                let end = session.consume(&tracker, &mut shutdown).await;
+                let end = session.consume(&tracker, &slots, &mut shutdown).await;
                 status.set_ready(false);
                 status.metrics.broker_session(false, false);
                 if matches!(end, SessionEnd::Lost(_)) {
@@ -234,6 +250,18 @@ enum SessionEnd {
     Lost(String),
 }
 
+/// Deliveries of every pool's consumer, each with its pool; `None` when that consumer ended.
+type JobStream = SelectAll<PoolDeliveries>;
+
+/// One pool's deliveries (`Sync` too: the session is held across awaits).
+type PoolDeliveries = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<Item = (Pool, Option<lapin::Result<lapin::message::Delivery>>)>
+            + Send
+            + Sync,
+    >,
+>;
+
 /// One pair of broker connections and the consumers on them.
 struct Session {
     /// The index of the node (in `amqp.urls`) both connections go to.
@@ -245,7 +273,9 @@ struct Session {
     publisher_channel: Channel,
     channel: Channel,
     consumer_tag: String,
-    jobs: Consumer,
+    /// The jobs consumers' tags, one per pool.
+    jobs_tags: Vec<String>,
+    jobs: JobStream,
     control: Consumer,
     /// Registry check requests, on their own channel.
     checks: Consumer,
@@ -273,20 +303,36 @@ impl Session {
             broker::connect_any(urls, node, &format!("{worker_id} publish")).await?;
         let publisher = ConfirmedPublisher::open(&publish_conn).await?;
         broker::declare_topology(publisher.channel(), &topology).await?;
+        for pool in &config.worker.pools {
+            for queue in topology.pool_queues(pool) {
+                broker::declare_queue(publisher.channel(), &queue).await?;
+            }
+        }
 
         let channel = consume_conn.create_channel().await?;
         channel
             .basic_qos(config.worker.prefetch(), BasicQosOptions { global: false })
             .await?;
         let consumer_tag = format!("{worker_id}-{}", uuid::Uuid::new_v4().simple());
-        let jobs = channel
-            .basic_consume(
-                topology.jobs_queue().as_str().into(),
-                consumer_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut jobs = SelectAll::new();
+        let mut jobs_tags = Vec::new();
+        for pool in &config.worker.pools {
+            let tag = if pool.is_default() {
+                consumer_tag.clone()
+            } else {
+                format!("{consumer_tag}-pool-{pool}")
+            };
+            let consumer = channel
+                .basic_consume(
+                    topology.pool_queue(pool).as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            jobs_tags.push(tag);
+            jobs.push(pool_deliveries(pool.clone(), consumer));
+        }
 
         // The control stream, read from its start on every session: cancel requests
         // published while this worker was away still count. Streams need manual acks and a
@@ -351,6 +397,7 @@ impl Session {
             publisher_channel,
             channel,
             consumer_tag,
+            jobs_tags,
             jobs,
             control,
             checks,
@@ -363,6 +410,7 @@ impl Session {
     async fn consume(
         &mut self,
         tracker: &TaskTracker,
+        slots: &Arc<Semaphore>,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> SessionEnd {
         // The publishing connection can die alone (e.g. the broker refuses a frame): without
@@ -380,12 +428,27 @@ impl Session {
                     }
                 }
                 next = self.jobs.next() => match next {
-                    Some(Ok(delivery)) => {
+                    Some((pool, Some(Ok(delivery)))) => {
                         let shared = Arc::clone(&self.shared);
-                        tracker.spawn(async move { delivery::handle(&shared, delivery).await });
+                        let slots = Arc::clone(slots);
+                        let stopping = tracker.clone();
+                        tracker.spawn(async move {
+                            // The semaphore is never closed.
+                            let Ok(_slot) = slots.acquire_owned().await else { return };
+                            // A job still waiting for a slot when shutdown began does not
+                            // start: left unacked, it returns to its queue when the session
+                            // closes, for another worker.
+                            if stopping.is_closed() {
+                                return;
+                            }
+                            delivery::handle(&shared, delivery, pool).await;
+                        });
                     }
-                    Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
-                    None => return SessionEnd::Lost("the broker ended the jobs consumer".into()),
+                    Some((_, Some(Err(e)))) => return SessionEnd::Lost(e.to_string()),
+                    Some((pool, None)) => {
+                        return SessionEnd::Lost(format!("the broker ended the jobs consumer of pool {pool}"));
+                    }
+                    None => return SessionEnd::Lost("no jobs consumer".into()),
                 },
                 next = self.checks.next() => match next {
                     Some(Ok(delivery)) => {
@@ -445,15 +508,14 @@ impl Session {
         {
             warn!(error = %e, "basic.cancel of the checks consumer failed");
         }
-        if let Err(e) = self
-            .channel
-            .basic_cancel(
-                self.consumer_tag.as_str().into(),
-                BasicCancelOptions::default(),
-            )
-            .await
-        {
-            warn!(error = %e, "basic.cancel failed");
+        for tag in &self.jobs_tags {
+            if let Err(e) = self
+                .channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                warn!(error = %e, consumer = %tag, "basic.cancel failed");
+            }
         }
     }
 
@@ -477,6 +539,18 @@ impl Session {
             }
         }
     }
+}
+
+/// `consumer`'s deliveries tagged with `pool`, then one `(pool, None)` when it ends: a
+/// consumer the broker cancels (queue deleted, leader moved) ends the session, which consumes
+/// again.
+fn pool_deliveries(pool: Pool, consumer: Consumer) -> PoolDeliveries {
+    let end = pool.clone();
+    Box::pin(
+        consumer
+            .map(move |d| (pool.clone(), Some(d)))
+            .chain(stream::once(std::future::ready((end, None)))),
+    )
 }
 
 #[cfg(test)]

@@ -236,6 +236,57 @@ fn dry_run_prints_the_exact_plan_or_a_coded_error_and_touches_nothing() {
 }
 
 #[test]
+fn the_pool_of_a_job_is_in_its_plan_and_a_bad_one_is_refused() {
+    let f = Files::new();
+    let config = f.config("");
+    let django = |build_host: &str| {
+        format!(r#"{{"image":"myapp","tag":"0722","registry_id":5,"build_host":"{build_host}"}}"#)
+    };
+    let good = django("build-01");
+    let out = run(&[
+        "submit",
+        "-c",
+        &config,
+        "--dry-run",
+        "--django",
+        &good,
+        "--project",
+        "production",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+    assert_eq!(plan["pool"], "build-01");
+
+    let bad = django("Build01.example.com");
+    let args: [&[&str]; 2] = [
+        &["--django", &bad, "--project", "production"],
+        &[
+            "--source",
+            "myapp:1",
+            "--registry",
+            "5",
+            "--repository",
+            "production/x",
+            "--pool",
+            "build_01",
+        ],
+    ];
+    for args in args {
+        let mut all = vec!["submit", "-c", &config, "--dry-run"];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error[invalid_message]") && stderr.contains("is not a pool name"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("hint: name the pool"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn schemas_and_topology_print_json() {
     let out = run(&["schemas"]);
     assert!(out.status.success());
@@ -244,6 +295,13 @@ fn schemas_and_topology_print_json() {
     let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(t["jobs_queue"], "acme.jobs");
     assert_eq!(t["events_exchange"], "acme.events");
+    let out = run(&["topology", "--prefix", "acme", "--pool", "build-01"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(t["pools"][0]["queue"], "acme.jobs");
+    assert_eq!(t["pools"][1]["queue"], "acme.jobs.build-01");
+    assert_eq!(t["pools"][1]["routing_key"], "job.build-01");
+    let out = run(&["topology", "--pool", "Build.01"]);
+    assert_eq!(out.status.code(), Some(2));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let out = run(&["schemas", "--write", &dir.path().display().to_string()]);
     assert!(out.status.success());

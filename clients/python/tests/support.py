@@ -229,9 +229,10 @@ def delete_topology(url: str, prefix: str, extra_queues: tuple[str, ...] = ()) -
             conn.default_channel.exchange_delete(name)
 
 
-def declare_topology(url: str, topology: Topology) -> None:
+def declare_topology(url: str, topology: Topology, pools: tuple[str, ...] = ()) -> None:
     """Declares a fleet's exchanges and queues exactly as its workers do (the arguments of
-    :class:`pushfleet.topology.Topology`, which a test checks against ``pushfleet topology``)."""
+    :class:`pushfleet.topology.Topology`, which a test checks against ``pushfleet topology``),
+    with the queues of ``pools`` as workers serving them declare them."""
     with Connection(url, connect_timeout=10) as conn:
         channel = conn.default_channel
         exchanges = {
@@ -239,7 +240,7 @@ def declare_topology(url: str, topology: Topology) -> None:
         }
         for exchange in exchanges.values():
             exchange(channel).declare()
-        for spec in topology.queues():
+        for spec in [*topology.queues(), *(q for p in pools for q in topology.pool_queues(p))]:
             Queue(
                 spec.name,
                 exchange=exchanges[spec.bound_to],

@@ -104,6 +104,38 @@ def test_the_topology_mirror_is_what_the_worker_prints() -> None:
     ]
 
 
+def test_the_pool_names_are_what_the_worker_prints() -> None:
+    prefix = "pytest-topology"
+    printed = json.loads(
+        subprocess.run(
+            [str(support.worker_binary()), "topology", "--prefix", prefix, "--pool", "build-01"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        ).stdout
+    )
+    mirror = pushfleet.Topology(prefix)
+    assert [p["name"] for p in printed["pools"]] == [pushfleet.DEFAULT_POOL, "build-01"]
+    for pool in printed["pools"]:
+        name = pool["name"]
+        assert pool["queue"] == mirror.pool_queue(name)
+        assert pool["routing_key"] == mirror.pool_routing_key(name)
+        assert pool["retry_queue_example"] == mirror.pool_retry_queue(name, 2)
+        assert pool["retry_routing_key_example"] == mirror.pool_retry_routing_key(name, 2)
+        assert pool["queues"] == [
+            {
+                "name": q.name,
+                "arguments": [list(a) for a in q.arguments],
+                "bound_to": q.bound_to,
+                "binding_key": q.binding_key,
+            }
+            for q in mirror.pool_queues(name)
+        ]
+    assert printed["pools"][1]["queue"] == f"{prefix}.jobs.build-01"
+    spec = mirror.pool_retry_queue_spec("build-01", 3)
+    assert ("x-dead-letter-routing-key", "job.build-01") in spec.arguments
+
+
 def test_the_cancel_message_is_the_rust_control_message() -> None:
     # shared/src/control.rs, `cancel_round_trips`.
     assert pushfleet.cancel_body("j") == b'{"version":1,"action":"cancel","job_id":"j"}'

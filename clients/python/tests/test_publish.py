@@ -130,6 +130,33 @@ def test_a_publish_nobody_can_receive_raises(amqp_url: str) -> None:
         support.delete_topology(amqp_url, prefix)
 
 
+def test_a_job_of_a_pool_goes_to_that_pool_s_queue_only(amqp_url: str) -> None:
+    topology = pushfleet.Topology(support.unique("pytest-pools"))
+    support.declare_topology(amqp_url, topology, pools=("build-01",))
+    try:
+        client = pushfleet.Client(amqp_url, topology_prefix=topology.prefix)
+        job = from_django_step(
+            {"image": "myapp", "tag": "0722", "registry_id": 5, "build_host": "build-01"},
+            "production",
+        )
+        assert job.pool == "build-01"
+        client.publish(job)
+        assert support.queue_depth(amqp_url, topology.jobs_queue) == 0
+        with Connection(amqp_url) as conn:
+            message = conn.default_channel.basic_get(topology.pool_queue("build-01"), no_ack=True)
+        assert message is not None
+        assert json.loads(message.body)["pool"] == "build-01"
+        assert message.delivery_info["routing_key"] == "job.build-01"
+
+        # A pool no worker ever declared: the broker returns the job instead of dropping it.
+        with pytest.raises(UnroutableJob, match=r"job\.build-02"):
+            client.publish(PushJob.new("myapp:1", "5", "production/myapp", pool="build-02"))
+    finally:
+        support.delete_topology(
+            amqp_url, topology.prefix, extra_queues=(topology.pool_queue("build-01"),)
+        )
+
+
 def test_a_publish_the_broker_refuses_raises(amqp_url: str) -> None:
     """A full queue with ``x-overflow: reject-publish`` (as the jobs queue is declared) makes
     the broker answer ``basic.nack``."""

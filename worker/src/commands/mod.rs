@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use pushfleet_shared::Pool;
 use pushfleet_shared::schema::schema_files;
 use pushfleet_shared::topology::Topology;
 
@@ -95,9 +96,34 @@ pub fn schemas(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `pushfleet topology`: prints the topology for `prefix` as JSON.
-pub fn topology(prefix: &str) -> anyhow::Result<ExitCode> {
+/// `pushfleet topology`: prints the topology for `prefix` as JSON, with the names of each of
+/// `pools` (the default pool's always).
+pub fn topology(prefix: &str, pools: &[String]) -> anyhow::Result<ExitCode> {
     let t = Topology::new(prefix);
+    let mut listed = vec![Pool::default()];
+    for name in pools {
+        match Pool::parse(name) {
+            Ok(pool) if !listed.contains(&pool) => listed.push(pool),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error[invalid_message]: --pool: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    let pools: Vec<_> = listed
+        .iter()
+        .map(|pool| {
+            serde_json::json!({
+                "name": pool.as_str(),
+                "queue": t.pool_queue(pool),
+                "routing_key": Topology::pool_routing_key(pool),
+                "retry_queue_example": t.pool_retry_queue(pool, 2),
+                "retry_routing_key_example": Topology::pool_retry_routing_key(pool, 2),
+                "queues": t.pool_queues(pool),
+            })
+        })
+        .collect();
     let json = serde_json::json!({
         "prefix": t.prefix(),
         "jobs_exchange": t.jobs_exchange(),
@@ -112,6 +138,10 @@ pub fn topology(prefix: &str) -> anyhow::Result<ExitCode> {
         "control_exchange": t.control_exchange(),
         "exchanges": t.exchanges(),
         "queues": t.queues(),
+        "pool_queues": format!("{}.jobs.<pool> (the default pool: {})", t.prefix(), t.jobs_queue()),
+        "pool_routing_keys": "job.<pool> (the default pool: job)",
+        "pool_retry_queues": format!("{}.retry.<pool>.<k> (the default pool: {}.retry.<k>)", t.prefix(), t.prefix()),
+        "pools": pools,
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,10 @@
 //! `pushfleet submit`: build a job (from flags, a JSON file, or the Django step parameters),
 //! then publish it and optionally follow its events, or with `--dry-run` only show the plan.
 //!
+//! The job is published with its pool's routing key into its pool's queue, which `submit`
+//! declares (as the workers of that pool do), so a job of a pool no worker serves yet waits
+//! there, visibly, instead of being dropped; `submit` says so when the queue has no consumer.
+//!
 //! Exit codes: 0 the job succeeded (or, without `--wait`, was published; with `--dry-run`, is
 //! valid); 1 the job failed or could not be published; 2 the job is invalid for this
 //! configuration (dry run) or the command line is; 3 `--wait` gave up before a terminal event.
@@ -16,7 +20,7 @@ use pushfleet_shared::django::DjangoPushStep;
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::job::{JOB_VERSION, JobOptions, JobTarget, PushJob, ValidJob};
 use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
-use pushfleet_shared::topology::JOB_ROUTING_KEY;
+use pushfleet_shared::topology::Topology;
 use serde_json::{Map, Value};
 
 use super::render::{Renderer, Style};
@@ -59,6 +63,10 @@ pub struct SubmitArgs {
     /// The job's time limit in seconds.
     #[arg(long)]
     timeout_s: Option<u32>,
+    /// The pool (build host) whose Docker daemon holds the source image. Default: the default
+    /// pool. (With --file and --django the job's own `pool` / `build_host` says it.)
+    #[arg(long, conflicts_with_all = ["file", "django"])]
+    pool: Option<String>,
     /// The job id (default: a new UUID).
     #[arg(long)]
     job_id: Option<String>,
@@ -155,7 +163,10 @@ fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
             .map_err(|e| BuildError::Invalid {
                 code: e.code(),
                 message: e.to_string(),
-                hint: "check the step's image, tag and registry_id".to_owned(),
+                hint: match &e {
+                    pushfleet_shared::django::DjangoMappingError::Job(job) => job.hint(),
+                    _ => "check the step's image, tag, registry_id and build_host".to_owned(),
+                },
             });
     }
     let (Some(source), Some(registry), Some(repository)) =
@@ -180,6 +191,7 @@ fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
         version: JOB_VERSION,
         job_id,
         source: source.clone(),
+        pool: args.pool.clone(),
         target: JobTarget {
             registry: registry.clone(),
             repository: repository.clone(),
@@ -215,6 +227,7 @@ fn dry_run(job: &ValidJob, config: &Config) -> ExitCode {
             let mut value = serde_json::to_value(&plan).unwrap_or_default();
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("dry_run".into(), true.into());
+                obj.insert("pool".into(), job.pool.as_str().into());
                 let creds = match registry.credentials() {
                     Ok(Some(_)) => "resolved",
                     Ok(None) => "anonymous",
@@ -235,6 +248,24 @@ fn dry_run(job: &ValidJob, config: &Config) -> ExitCode {
     }
 }
 
+/// How many consumers `queue` has (a passive declare, on a channel of its own: a failed
+/// passive declare closes its channel).
+async fn consumers(conn: &lapin::Connection, queue: &str) -> anyhow::Result<u32> {
+    let channel = conn.create_channel().await?;
+    let state = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "done".into()).await;
+    Ok(state.consumer_count())
+}
+
 /// Publishes `job`; with `wait` (how to show events, how long to wait), follows it to its end.
 async fn publish(
     job: &ValidJob,
@@ -245,6 +276,9 @@ async fn publish(
     let conn = super::connect_broker(config, "pushfleet submit").await?;
     let publisher = ConfirmedPublisher::open(&conn).await?;
     broker::declare_topology(publisher.channel(), &topology).await?;
+    for queue in topology.pool_queues(&job.pool) {
+        broker::declare_queue(publisher.channel(), &queue).await?;
+    }
 
     // Subscribe before publishing, so no event can be missed.
     let events = if wait.is_some() {
@@ -269,19 +303,26 @@ async fn publish(
         );
         properties = properties.with_headers(headers);
     }
+    let routing_key = Topology::pool_routing_key(&job.pool);
     publisher
-        .publish_json(
-            &topology.jobs_exchange(),
-            JOB_ROUTING_KEY,
-            &body,
-            properties,
-        )
+        .publish_json(&topology.jobs_exchange(), &routing_key, &body, properties)
         .await?;
+    let queue = topology.pool_queue(&job.pool);
     eprintln!(
-        "published job {} to {}",
+        "published job {} to {} (pool {}, queue {queue})",
         job.job.job_id,
-        topology.jobs_exchange()
+        topology.jobs_exchange(),
+        job.pool
     );
+    match consumers(&conn, &queue).await {
+        Ok(0) => eprintln!(
+            "warning: no worker consumes {queue}: the job waits there until a worker with pool \
+             {} in its worker.pools starts",
+            job.pool
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot tell whether a worker consumes {queue}: {e:#}"),
+    }
     let (Some(mut consumer), Some((style, wait_timeout))) = (events, wait) else {
         return Ok(ExitCode::SUCCESS);
     };

@@ -51,6 +51,8 @@ impl fmt::Display for Description<'_> {
             c.worker.concurrency,
             c.worker.prefetch()
         )?;
+        let pools: Vec<&str> = c.worker.pools.iter().map(|p| p.as_str()).collect();
+        writeln!(f, "  pools:            {}", pools.join(", "))?;
         writeln!(f, "  job timeout:      {} s", c.worker.job_timeout_s)?;
         writeln!(f, "  shutdown grace:   {} s", c.worker.shutdown_grace_s)?;
         writeln!(

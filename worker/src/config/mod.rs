@@ -30,6 +30,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pushfleet_shared::Pool;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -265,9 +266,13 @@ pub struct WorkerConfig {
     /// The worker's name in events and consumer tags (default `<hostname>-<pid>`).
     #[serde(deserialize_with = "de::worker_id")]
     pub id: String,
-    /// How many jobs run at once; also the AMQP prefetch.
+    /// How many jobs run at once, over all of `pools`; also the AMQP prefetch of each pool's
+    /// consumer.
     #[serde(deserialize_with = "de::within::<_, _, 1, { MAX_CONCURRENCY as u64 }>")]
     pub concurrency: u16,
+    /// The pools whose jobs this worker takes (their queues; see `pushfleet_shared::pool`):
+    /// the build hosts whose images its Docker daemon holds. Default: the default pool only.
+    pub pools: Vec<Pool>,
     /// How long one job may run, in seconds.
     #[serde(deserialize_with = "de::job_timeout")]
     pub job_timeout_s: u64,
@@ -291,6 +296,7 @@ impl WorkerConfig {
         Self {
             id: String::new(),
             concurrency: DEFAULT_CONCURRENCY,
+            pools: vec![Pool::default()],
             job_timeout_s: DEFAULT_JOB_TIMEOUT_S,
             shutdown_grace_s: DEFAULT_SHUTDOWN_GRACE_S,
             max_attempts: DEFAULT_MAX_ATTEMPTS,

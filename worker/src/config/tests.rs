@@ -201,6 +201,7 @@ namespaces = ["scratch"]
         WorkerConfig {
             id: "worker-1".into(),
             concurrency: 8,
+            pools: vec![pushfleet_shared::Pool::default()],
             job_timeout_s: 600,
             shutdown_grace_s: 30,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -679,6 +680,40 @@ namespaces = ["team-a/", "Team"]
             .message
             .contains("team-a/")
     );
+}
+
+#[test]
+fn pools_default_to_the_default_pool_and_are_checked() {
+    let fx = Fixture::new();
+    let base = minimal(&fx);
+    let names = |c: &Config| {
+        c.worker
+            .pools
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&load_ok(&fx.config(&base), env(&[]))), ["default"]);
+    let listed = fx.config(&format!(
+        "[worker]\npools = [\"default\", \"build-01\"]\n{base}"
+    ));
+    assert_eq!(names(&load_ok(&listed, env(&[]))), ["default", "build-01"]);
+    let from_env = load_ok(
+        &fx.config(&base),
+        env(&[("PUSHFLEET__WORKER__POOLS", "build-01,build-02")]),
+    );
+    assert_eq!(names(&from_env), ["build-01", "build-02"]);
+
+    for (pools, says) in [
+        ("[]", "empty"),
+        ("[\"a\", \"a\"]", "listed twice"),
+        ("[\"Build.01\"]", "not a pool name"),
+    ] {
+        let path = fx.config(&format!("[worker]\npools = {pools}\n{base}"));
+        let errors = load_err(&path, env(&[]));
+        let problem = problem_for(&errors, "worker.pools");
+        assert!(problem.message.contains(says), "{pools}: {problem}");
+    }
 }
 
 #[test]

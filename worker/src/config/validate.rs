@@ -80,6 +80,7 @@ pub(super) fn validate(loader: &mut Loader, raw: RawConfig) -> Option<Config> {
     if worker.id.is_empty() {
         worker.id = default_worker_id(&loader.env);
     }
+    check_pools(loader, &worker.pools);
     let registries = catalogue(loader, raw.registries.unwrap_or_default());
     Some(Config {
         amqp: amqp?,
@@ -87,6 +88,24 @@ pub(super) fn validate(loader: &mut Loader, raw: RawConfig) -> Option<Config> {
         docker: raw.docker,
         registries,
     })
+}
+
+/// `worker.pools`: at least one, each once (each name is checked when it deserializes).
+fn check_pools(loader: &mut Loader, pools: &[pushfleet_shared::Pool]) {
+    if loader.reported("worker.pools") {
+        return;
+    }
+    if pools.is_empty() {
+        loader.report(
+            "worker.pools",
+            "the list is empty: name at least one pool (\"default\" for jobs that name none)",
+        );
+    }
+    for (i, pool) in pools.iter().enumerate() {
+        if pools[..i].contains(pool) {
+            loader.report("worker.pools", format!("pool {pool} is listed twice"));
+        }
+    }
 }
 
 fn amqp(loader: &mut Loader, raw: RawAmqp) -> Option<AmqpConfig> {

@@ -39,6 +39,7 @@ from .events import (
 )
 from .job import JobError, JobOptions, JobTarget, PushJob
 from .mapping import DjangoMappingError, from_django_step
+from .pool import DEFAULT_POOL, is_valid_pool
 from .reference import ImageRef, ReferenceError
 from .signing import SigningKey, sign
 from .topology import Topology
@@ -46,6 +47,7 @@ from .topology import Topology
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_POOL",
     "BrokerUnavailable",
     "Client",
     "ConfirmTimeout",
@@ -81,5 +83,6 @@ __all__ = [
     "__version__",
     "cancel_body",
     "from_django_step",
+    "is_valid_pool",
     "sign",
 ]

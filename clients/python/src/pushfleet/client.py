@@ -54,7 +54,7 @@ from .events import Event, EventDeduper, InvalidEvent
 from .job import MAX_JOB_ID_LEN, PushJob
 from .schema import validate_job_data
 from .signing import SIGNATURE_HEADER, SigningKey
-from .topology import CONTENT_TYPE_JSON, JOB_ROUTING_KEY, Topology
+from .topology import CONTENT_TYPE_JSON, Topology
 
 log = logging.getLogger("pushfleet")
 
@@ -153,7 +153,8 @@ class Client:
     # -- publishing ----------------------------------------------------------------------
 
     def publish(self, job: PushJob) -> str:
-        """Publishes ``job`` to ``<prefix>.jobs`` and returns its ``job_id`` once the broker
+        """Publishes ``job`` to ``<prefix>.jobs`` with its pool's routing key (``job``, or
+        ``job.<pool>`` when the job names a pool) and returns its ``job_id`` once the broker
         confirmed it.
 
         The job is checked first as a worker will check it and against
@@ -174,12 +175,17 @@ class Client:
         self._publish(
             exchange=self.topology.jobs_exchange,
             kind="direct",
-            routing_key=JOB_ROUTING_KEY,
+            routing_key=Topology.pool_routing_key(job.pool_name),
             body=body,
             headers=headers,
             message_id=job.job_id,
         )
-        log.info("published job %s to %s", job.job_id, self.topology.jobs_exchange)
+        log.info(
+            "published job %s to %s (pool %s)",
+            job.job_id,
+            self.topology.jobs_exchange,
+            job.pool_name,
+        )
         return job.job_id
 
     def cancel(self, job_id: str) -> None:

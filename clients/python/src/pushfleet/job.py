@@ -1,7 +1,7 @@
 """The push job (v1): building it, checking it exactly as a worker will, and its wire form.
 
 A port of ``PushJob::validate`` in ``shared/src/job.rs``: the same checks in the same order
-(version, job id, tags, timeout, credentials in ``metadata``, source reference, target
+(version, job id, pool, tags, timeout, credentials in ``metadata``, source reference, target
 repository and tags) with the same messages. A job that passes here is one the worker accepts;
 one that fails is refused before anything is published, with the code a failed event would
 carry. :meth:`PushJob.to_json` writes the bytes ``pushfleet submit`` would write.
@@ -16,6 +16,7 @@ from typing import Any
 from . import _json, _text
 from .credential import CredentialKind, find_credential
 from .errors import ErrorCode, PushfleetError
+from .pool import DEFAULT_POOL, INVALID_POOL_HINT, invalid_pool_message, is_valid_pool
 from .reference import ImageRef, ReferenceError
 
 JOB_VERSION = 1
@@ -104,7 +105,9 @@ class PushJob:
     """A request to push one local image to one registry under one or more tags.
 
     Build one with :meth:`new` (or :func:`pushfleet.from_django_step`); :meth:`validate`
-    checks it as a worker will, :meth:`to_json` gives its wire form.
+    checks it as a worker will, :meth:`to_json` gives its wire form. ``pool`` names the build
+    host whose Docker daemon holds ``source`` (None: the default pool); the job is published
+    to that pool's queue.
     """
 
     job_id: str
@@ -113,6 +116,12 @@ class PushJob:
     options: JobOptions = JobOptions()
     metadata: Mapping[str, Any] = field(default_factory=dict)
     version: int = JOB_VERSION
+    pool: str | None = None
+
+    @property
+    def pool_name(self) -> str:
+        """The job's pool: ``pool``, or the default pool when it names none."""
+        return self.pool if self.pool is not None else DEFAULT_POOL
 
     @classmethod
     def new(
@@ -126,6 +135,7 @@ class PushJob:
         remove_local_tag: bool = False,
         timeout_s: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        pool: str | None = None,
     ) -> "PushJob":
         """A job with a fresh UUID ``job_id`` unless one is given; without ``tags``, the
         source's own tag (``latest`` when it has none), as ``pushfleet submit`` does. The job
@@ -143,6 +153,7 @@ class PushJob:
             target=JobTarget(registry, repository, tuple(tag_list)),
             options=JobOptions(remove_local_tag, timeout_s),
             metadata=dict(metadata or {}),
+            pool=pool,
         )
         job.validate()
         return job
@@ -163,6 +174,8 @@ class PushJob:
                 f"job_id must be 1 to {MAX_JOB_ID_LEN} characters of letters, digits, '.', '_', "
                 "':', '-'",
             )
+        if self.pool is not None and not is_valid_pool(self.pool):
+            raise JobError("InvalidPool", invalid_pool_message(self.pool), hint=INVALID_POOL_HINT)
         tags = self.target.tags
         if not tags:
             raise JobError("NoTags", "target.tags is empty: name at least one tag to push")
@@ -218,11 +231,16 @@ class PushJob:
         options: list[tuple[str, object]] = [("remove_local_tag", self.options.remove_local_tag)]
         if self.options.timeout_s is not None:
             options.append(("timeout_s", self.options.timeout_s))
+        head: list[tuple[str, object]] = [
+            ("version", self.version),
+            ("job_id", self.job_id),
+            ("source", self.source),
+        ]
+        if self.pool is not None:
+            head.append(("pool", self.pool))
         wire = _json.Fields(
             [
-                ("version", self.version),
-                ("job_id", self.job_id),
-                ("source", self.source),
+                *head,
                 (
                     "target",
                     _json.Fields(
@@ -267,6 +285,7 @@ class PushJob:
             ),
             metadata=dict(data.get("metadata") or {}),
             version=data["version"],
+            pool=data.get("pool"),
         )
         job.validate()
         return job

@@ -8,6 +8,8 @@ gives, errors included. Both are tested against ``schemas/vectors/django.json``.
 - With no (or an empty) ``tag``, the source's own tag is the target tag (``latest`` if none).
 - The target repository is ``<project path>/<last component of the image name>``.
 - ``registry_id`` (a non-negative integer or a non-empty string) becomes ``target.registry``.
+- ``build_host``, when given (not null, not empty), becomes the job's ``pool``: the job goes to
+  the workers on that build host, whose daemon holds the image.
 - Every parameter is echoed under ``metadata.django`` with ``project_path``; ``tag``,
   ``project_id`` and ``docker_config`` given as ``null`` are left out, as in Rust.
 - A ``docker_config`` (or any parameter) holding credentials is refused.
@@ -24,7 +26,7 @@ from .job import JOB_VERSION, JobError, JobOptions, JobTarget, PushJob
 from .reference import ReferenceError, source_reference
 
 _U64_MAX = 2**64 - 1
-_KNOWN = ("image", "tag", "registry_id", "project_id", "docker_config")
+_KNOWN = ("image", "tag", "registry_id", "project_id", "docker_config", "build_host")
 
 
 class DjangoMappingError(PushfleetError, ValueError):
@@ -120,6 +122,9 @@ def from_django_step(
     raw_tag = params.get("tag")
     if raw_tag is not None and not isinstance(raw_tag, str):
         raise _params_error(f"`tag` must be a string, not {_json_type(raw_tag)}")
+    build_host = params.get("build_host")
+    if build_host is not None and not isinstance(build_host, str):
+        raise _params_error(f"`build_host` must be a string, not {_json_type(build_host)}")
     if "registry_id" not in params:
         raise _params_error("missing field `registry_id`")
     registry_id = params["registry_id"]
@@ -170,6 +175,8 @@ def from_django_step(
     django["project_path"] = project
     if docker_config is not None:
         django["docker_config"] = docker_config
+    if build_host is not None:
+        django["build_host"] = build_host
     for key, value in params.items():
         if key not in _KNOWN:
             django[key] = value
@@ -183,6 +190,7 @@ def from_django_step(
         options=JobOptions(),
         metadata=job_metadata,
         version=JOB_VERSION,
+        pool=build_host if build_host else None,
     )
     try:
         job.validate()

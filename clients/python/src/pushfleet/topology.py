@@ -8,7 +8,16 @@
 <p>.dlx     (direct) --"job"--> <p>.dead    (quorum queue: dead letters)
 <p>.events  (topic)  --"job.<state>", "registry.checked"--> consumers' own queues
 <p>.control (fanout) --> <p>.control (stream, 24 h)
+
+and for each other pool P (declared by the workers that serve it):
+<p>.jobs    (direct) --"job.P"--> <p>.jobs.P (quorum queue, DLX <p>.dlx with key "job.P")
+<p>.retry   (direct) --"delay.P.<k>"--> <p>.retry.P.<k> (DLX <p>.jobs with key "job.P")
+<p>.dlx     (direct) --"job.P"--> <p>.dead
 ```
+
+A job of pool P is published with routing key ``job.P`` (the default pool's is ``job``): if
+no worker of P ever declared its queue, the mandatory publish comes back and
+:meth:`~pushfleet.Client.publish` raises :class:`~pushfleet.UnroutableJob`.
 
 The client declares none of the workers' queues; it declares exchanges only passively, so a
 wrong prefix is an error instead of a new, empty topology. The specs are here so tests (and
@@ -16,6 +25,8 @@ operators) can declare the workers' topology identically, e.g. before any worker
 """
 
 from dataclasses import dataclass
+
+from .pool import DEFAULT_POOL
 
 DEFAULT_PREFIX = "pushfleet"
 JOB_ROUTING_KEY = "job"
@@ -61,14 +72,38 @@ class Topology:
 
     @property
     def jobs_queue(self) -> str:
-        return f"{self.prefix}.jobs"
+        return self.pool_queue(DEFAULT_POOL)
+
+    def pool_queue(self, pool: str) -> str:
+        """The queue of ``pool``'s jobs (``<p>.jobs`` for the default pool)."""
+        if pool == DEFAULT_POOL:
+            return f"{self.prefix}.jobs"
+        return f"{self.prefix}.jobs.{pool}"
+
+    @staticmethod
+    def pool_routing_key(pool: str) -> str:
+        """The routing key of ``pool``'s jobs (``job`` for the default pool)."""
+        if pool == DEFAULT_POOL:
+            return JOB_ROUTING_KEY
+        return f"{JOB_ROUTING_KEY}.{pool}"
 
     @property
     def retry_exchange(self) -> str:
         return f"{self.prefix}.retry"
 
     def retry_queue(self, bucket: int) -> str:
-        return f"{self.prefix}.retry.{bucket}"
+        return self.pool_retry_queue(DEFAULT_POOL, bucket)
+
+    def pool_retry_queue(self, pool: str, bucket: int) -> str:
+        if pool == DEFAULT_POOL:
+            return f"{self.prefix}.retry.{bucket}"
+        return f"{self.prefix}.retry.{pool}.{bucket}"
+
+    @staticmethod
+    def pool_retry_routing_key(pool: str, bucket: int) -> str:
+        if pool == DEFAULT_POOL:
+            return f"delay.{bucket}"
+        return f"delay.{pool}.{bucket}"
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -120,19 +155,7 @@ class Topology:
         if self.replicas is not None:
             stream.append(("x-initial-cluster-size", self.replicas))
         return [
-            QueueSpec(
-                self.jobs_queue,
-                (
-                    *self._quorum_arguments(),
-                    ("x-delivery-limit", self.delivery_limit),
-                    ("x-dead-letter-exchange", self.dead_letter_exchange),
-                    ("x-dead-letter-routing-key", JOB_ROUTING_KEY),
-                    ("x-dead-letter-strategy", "at-least-once"),
-                    ("x-overflow", "reject-publish"),
-                ),
-                self.jobs_exchange,
-                JOB_ROUTING_KEY,
-            ),
+            self._jobs_queue_spec(DEFAULT_POOL),
             QueueSpec(self.control_queue, tuple(stream), self.control_exchange, ""),
             QueueSpec(
                 self.checks_queue,
@@ -148,17 +171,52 @@ class Topology:
             ),
         ]
 
-    def retry_queue_spec(self, bucket: int) -> QueueSpec:
-        """The delay queue of ``bucket`` (declared by workers on first use)."""
+    def _jobs_queue_spec(self, pool: str) -> QueueSpec:
+        key = self.pool_routing_key(pool)
         return QueueSpec(
-            self.retry_queue(bucket),
+            self.pool_queue(pool),
+            (
+                *self._quorum_arguments(),
+                ("x-delivery-limit", self.delivery_limit),
+                ("x-dead-letter-exchange", self.dead_letter_exchange),
+                ("x-dead-letter-routing-key", key),
+                ("x-dead-letter-strategy", "at-least-once"),
+                ("x-overflow", "reject-publish"),
+            ),
+            self.jobs_exchange,
+            key,
+        )
+
+    def pool_queues(self, pool: str) -> list[QueueSpec]:
+        """What the workers of ``pool`` declare beyond :meth:`queues`: its queue and the
+        dead-letter queue's binding for its key (nothing for the default pool)."""
+        if pool == DEFAULT_POOL:
+            return []
+        return [
+            self._jobs_queue_spec(pool),
+            QueueSpec(
+                self.dead_letter_queue,
+                tuple(self._quorum_arguments()),
+                self.dead_letter_exchange,
+                self.pool_routing_key(pool),
+            ),
+        ]
+
+    def retry_queue_spec(self, bucket: int) -> QueueSpec:
+        """The default pool's delay queue of ``bucket`` (declared by workers on first use)."""
+        return self.pool_retry_queue_spec(DEFAULT_POOL, bucket)
+
+    def pool_retry_queue_spec(self, pool: str, bucket: int) -> QueueSpec:
+        """``pool``'s delay queue of ``bucket``: expired messages return to ``pool``'s queue."""
+        return QueueSpec(
+            self.pool_retry_queue(pool, bucket),
             (
                 *self._quorum_arguments(),
                 ("x-dead-letter-exchange", self.jobs_exchange),
-                ("x-dead-letter-routing-key", JOB_ROUTING_KEY),
+                ("x-dead-letter-routing-key", self.pool_routing_key(pool)),
                 ("x-dead-letter-strategy", "at-least-once"),
                 ("x-overflow", "reject-publish"),
             ),
             self.retry_exchange,
-            f"delay.{bucket}",
+            self.pool_retry_routing_key(pool, bucket),
         )
