@@ -5,6 +5,7 @@
 mod broker;
 mod check_registries;
 mod cli;
+mod container;
 mod contract;
 mod daemon;
 mod hostile;
