@@ -10,6 +10,7 @@ mod contract;
 mod daemon;
 mod hostile;
 mod logs;
+mod manifests;
 mod metrics;
 mod pipeline;
 mod properties;
