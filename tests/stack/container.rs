@@ -25,9 +25,9 @@ use futures_util::StreamExt;
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::fleet::{
-    Broker, basic_auth, delete_topology, job, make_image, registry_digest, registry_toml, terminal,
+    Broker, basic_auth, job, make_image, registry_digest, registry_toml, terminal,
 };
-use pushfleet_tests::process::{WorkerSettings, pushfleet_binary, worker_toml};
+use pushfleet_tests::process::{WorkerSettings, delete_topology, pushfleet_binary, worker_toml};
 use pushfleet_tests::{StackEnv, docker, unique};
 
 /// The image's user and group (deploy/Dockerfile, deploy/image/build.sh).
@@ -340,7 +340,7 @@ impl Setup {
         Ok(())
     }
 
-    /// Removes the image and the topology (best effort, saying what failed).
+    /// Removes the image and the topology (best effort).
     async fn clean_up(&self) {
         if let Err(e) = self
             .docker
@@ -349,14 +349,7 @@ impl Setup {
         {
             eprintln!("could not remove image {}: {e}", self.tag);
         }
-        match self.env.get("PUSHFLEET_AMQP_URL") {
-            Ok(url) => {
-                if let Err(e) = delete_topology(&url, &self.topology()).await {
-                    eprintln!("could not delete topology {}: {e:#}", self.prefix);
-                }
-            }
-            Err(e) => eprintln!("{e}"),
-        }
+        delete_topology(&self.env, &self.prefix).await;
     }
 }
 
