@@ -54,7 +54,7 @@ while (($#)); do
     esac
 done
 
-for tool in docker apt-get apt-cache dpkg-deb sha256sum tar ldd; do
+for tool in docker apt-get apt-cache dpkg-deb sha256sum tar ldd flock; do
     command -v "$tool" >/dev/null || die "$tool not found (this script needs a Debian host with docker.io)"
 done
 
@@ -128,11 +128,15 @@ make_rootfs() {
     mv "$dir" "$rootfs"
 }
 
+# One maker at a time: parallel builds (the test suite runs two) share the cache.
+exec 8>"$cache/base.lock"
+flock 8
 if [[ -f $rootfs/etc/pushfleet-base-packages ]]; then
     log "reusing the base root filesystem $rootfs (${versions[*]})"
 else
     make_rootfs
 fi
+flock -u 8
 
 # Every shared library the binary loads must come from those packages.
 missing=()
