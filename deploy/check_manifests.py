@@ -30,6 +30,9 @@ KUBERNETES_VERSION = "1.33"
 # The worker's `worker.shutdown_grace_s` when its environment does not set it.
 DEFAULT_SHUTDOWN_GRACE_S = 60
 GRACE_ENV = "PUSHFLEET__WORKER__SHUTDOWN_GRACE_S"
+# The worker's `worker.concurrency` when its environment does not set it.
+DEFAULT_CONCURRENCY = 4
+CONCURRENCY_ENV = "PUSHFLEET__WORKER__CONCURRENCY"
 # After the grace the worker still returns unfinished jobs and closes its connections.
 STOP_MARGIN_S = 10
 # KEDA's CRDs, from kedacore/keda (see schemas/README.md).
@@ -234,12 +237,30 @@ def check_deployment(doc: Doc, where: str, problems: Problems) -> None:
         )
 
 
+def worker_env(deployment: Doc) -> dict[str, str]:
+    """The literal environment values of a Deployment's `worker` container."""
+    for container in deployment["spec"]["template"]["spec"].get("containers", []):
+        if container.get("name") == "worker":
+            return {
+                e["name"]: str(e["value"])
+                for e in container.get("env", [])
+                if "value" in e
+            }
+    return {}
+
+
 def check_scaled_object(
-    doc: Doc, where: str, deployments: set[str], problems: Problems
+    doc: Doc, where: str, deployments: dict[str, Doc], problems: Problems
 ) -> None:
     target = doc["spec"]["scaleTargetRef"]["name"]
+    concurrency = DEFAULT_CONCURRENCY
     if target not in deployments:
         problems.add(where, f"scales {target!r}, which is no Deployment here")
+    else:
+        raw = worker_env(deployments[target]).get(
+            CONCURRENCY_ENV, str(DEFAULT_CONCURRENCY)
+        )
+        concurrency = int(raw) if raw.isdigit() else DEFAULT_CONCURRENCY
     for trigger in doc["spec"].get("triggers", []):
         if trigger.get("type") != "rabbitmq":
             continue
@@ -255,6 +276,18 @@ def check_scaled_object(
             problems.add(where, "excludeUnacknowledged would not count running jobs")
         if not JOBS_QUEUE.match(str(meta.get("queueName", ""))):
             problems.add(where, f"queueName {meta.get('queueName')!r} is no jobs queue")
+        # Jobs per worker above the concurrency would let KEDA ask for fewer workers than are
+        # busy (each holds `concurrency` unacknowledged jobs).
+        try:
+            value = float(meta.get("value", "nan"))
+        except ValueError:
+            value = float("nan")
+        if not 0 < value <= concurrency:
+            problems.add(
+                where,
+                f"value {meta.get('value')!r} must be a number of jobs per worker from 1 to the "
+                f"workers' concurrency ({concurrency}), or busy workers are scaled away",
+            )
 
 
 def check_k8s(directory: Path, problems: Problems) -> None:
@@ -292,7 +325,7 @@ def check_k8s(directory: Path, problems: Problems) -> None:
             ):
                 problems.add(where, "no ScaledObject scales it")
         for where, doc in by_kind.get("ScaledObject", []):
-            check_scaled_object(doc, where, set(deployments), problems)
+            check_scaled_object(doc, where, deployments, problems)
     except (KeyError, TypeError) as e:
         # A manifest too broken for the rules; the schema problems above say why.
         problems.add(str(directory), f"rules not checked: missing {e}")

@@ -76,6 +76,12 @@ const MISTAKES: &[Mistake] = &[
     },
     Mistake {
         file: "k8s/scaledobject.yaml",
+        from: "        value: \"4\"\n",
+        to: "        value: \"8\"\n",
+        expect: "value '8' must be a number of jobs per worker from 1 to the workers' concurrency (4)",
+    },
+    Mistake {
+        file: "k8s/scaledobject.yaml",
         from: "cooldownPeriod: 300",
         to: "cooldownPeriod: soon",
         expect: "spec.cooldownPeriod: 'soon' is not of type 'integer'",
