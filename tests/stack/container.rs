@@ -223,7 +223,16 @@ impl Setup {
         let docker = docker(&env)?;
         let binary = tokio::task::spawn_blocking(pushfleet_binary).await??;
         let tag = format!("{}:test", unique(&format!("pushfleet-{label}")));
-        let image = build_image(&env, &binary, &tag).await?;
+        let image = match build_image(&env, &binary, &tag).await {
+            Ok(id) => id,
+            Err(e) => {
+                // The script may have failed after tagging.
+                let _ = docker
+                    .remove_image(&tag, Some(RemoveImageOptions::default()), None)
+                    .await;
+                return Err(e);
+            }
+        };
 
         let prefix = unique(&format!("t-{label}"));
         let worker_id = format!("{prefix}-worker");
