@@ -1,5 +1,5 @@
 # Everyday commands. The README and .ci/run call the same scripts.
-.PHONY: demo test stack stop status build lint fmt schemas
+.PHONY: demo test stack stop status build lint fmt schemas image check-deploy
 
 demo:           ## the stack, a worker, the seed 000 job and its result
 	bash deploy/local/demo.sh
@@ -18,6 +18,12 @@ status:
 
 build:
 	cargo build --workspace
+
+image:          ## the worker image pushfleet:dev, built by the local Docker daemon without pulls
+	bash deploy/image/build.sh
+
+check-deploy:   ## the compose file and the Kubernetes manifests: schemas (Kubernetes, KEDA) and rules
+	bash deploy/check.sh
 
 lint:           ## formatting and clippy, warnings as errors
 	cargo fmt --all -- --check

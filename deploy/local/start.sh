@@ -69,6 +69,10 @@ ensure_packages() {
         [curl]=/usr/bin/curl
         # For the metrics tests: a real Prometheus scrapes a worker; promtool checks the rules.
         [prometheus]=/usr/bin/prometheus
+        # For deploy/check.sh: the compose file's check, and the virtual environment of the
+        # Kubernetes manifests' validator (python3-venv ships only a dependency: check python3).
+        [docker-compose]=/usr/bin/docker-compose
+        [python3-venv]=/usr/bin/python3
     )
     local missing=() pkg
     for pkg in "${!need[@]}"; do

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite against the real local stack: starts what is missing (installing
 # Debian packages on a fresh machine), then runs every test of the workspace, then the Python
-# client's lint, types and tests.
+# client's lint, types and tests. The stack suite also builds the worker image with the stack's
+# daemon (deploy/image/build.sh, Debian packages, no pulls) and runs a job through it, and
+# checks the compose file and the Kubernetes manifests (deploy/check.sh, whose Python tools
+# come from PyPI).
 # This is the README's test command and what CI runs.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

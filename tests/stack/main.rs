@@ -5,10 +5,12 @@
 mod broker;
 mod check_registries;
 mod cli;
+mod container;
 mod contract;
 mod daemon;
 mod hostile;
 mod logs;
+mod manifests;
 mod metrics;
 mod pipeline;
 mod pools;
