@@ -1,9 +1,10 @@
 //! Cancel requests: which jobs this worker was asked to cancel.
 //!
-//! Cancel messages go to the fanout control exchange, so every worker hears every request. A
-//! worker running the job cancels it at once; every worker also remembers the id for a while,
-//! so a job still queued fails as `cancelled` when it is delivered, without being pushed.
-//! A worker started after the request was published does not know about it.
+//! Cancel messages go through the fanout control exchange into the control stream, which
+//! every worker reads from its start at each broker session (see `runner`), so every worker
+//! hears every request kept by the stream (24 hours), also one started after the request. A
+//! worker running the job cancels it at once; every worker also remembers the id, so a job
+//! still queued fails as `cancelled` when it is delivered, without being pushed.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
