@@ -416,6 +416,11 @@ async fn the_image_runs_a_job_as_non_root_and_drains_on_sigterm() -> Result<()> 
         docker.start_container(&container, None).await?;
         let took = wait_ready(docker, &container, setup.health).await?;
         println!("container {name} ready in {took:?}");
+        let health = exec(docker, &container, &["/usr/local/bin/pushfleet", "health"]).await?;
+        ensure!(
+            health.0 == 0 && health.1.contains("/readyz: 200"),
+            "the image's health check command inside the container: {health:?}"
+        );
         setup.check_user(&container).await?;
         let pushed = setup.push_one_job(&mut broker).await?;
 
@@ -453,6 +458,39 @@ async fn the_image_runs_a_job_as_non_root_and_drains_on_sigterm() -> Result<()> 
     }
     setup.clean_up().await;
     result
+}
+
+/// Runs `cmd` inside the running container `id` (as the image's user); returns its exit code
+/// and output. At most 30 s.
+async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, String)> {
+    let config = bollard::models::ExecConfig {
+        cmd: Some(cmd.iter().map(|c| (*c).to_owned()).collect()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let created = docker.create_exec(id, config).await?;
+    let mut output = String::new();
+    let run = async {
+        if let bollard::exec::StartExecResults::Attached {
+            output: mut out, ..
+        } = docker.start_exec(&created.id, None).await?
+        {
+            while let Some(chunk) = out.next().await {
+                output.push_str(&chunk?.to_string());
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .context("the command in the container did not finish within 30 s")??;
+    let code = docker
+        .inspect_exec(&created.id)
+        .await?
+        .exit_code
+        .context("no exit code")?;
+    Ok((code, output))
 }
 
 /// Runs `docker-compose -p <project> -f deploy/compose.yaml -f <override> ARGS` against the

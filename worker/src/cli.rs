@@ -48,6 +48,9 @@ enum Command {
     /// Test each catalogue registry for real: DNS, TCP, TLS, login, pull and push rights, the
     /// daemon's view.
     CheckRegistries(commands::check_registries::CheckRegistriesArgs),
+    /// Ask a running worker's health listener whether it is ready (exit 0) or not (exit 1):
+    /// a container health check.
+    Health(commands::health::HealthArgs),
     /// Print the JSON Schemas of jobs and events, or write them into a folder.
     Schemas {
         /// Write `job.schema.json` and `event.schema.json` into this folder.
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
             Command::Submit(args) => commands::submit::run(*args).await,
             Command::Events(args) => commands::events::run(args).await,
             Command::CheckRegistries(args) => commands::check_registries::run(args).await,
+            Command::Health(args) => commands::health::run(args).await,
             Command::Schemas { write } => commands::schemas(write.as_deref()),
             Command::Topology { prefix, pools } => commands::topology(&prefix, &pools),
         }

@@ -12,6 +12,7 @@ use crate::config;
 
 pub mod check_registries;
 pub mod events;
+pub mod health;
 pub mod render;
 pub mod submit;
 pub mod worker;
