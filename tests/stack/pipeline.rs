@@ -6,6 +6,7 @@ use pushfleet_shared::PushJob;
 use pushfleet_shared::django::DjangoPushStep;
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::topology::Topology;
+use pushfleet_tests::config::WorkerSettings;
 use pushfleet_tests::fleet::{
     Broker, TestWorker, base_registries, basic_auth, bearer_auth, expect_failed, job, make_image,
     registry_digest, registry_toml, terminal, worker_config_with,
@@ -22,14 +23,14 @@ struct Harness {
 
 impl Harness {
     async fn start(extra_registries: &str) -> Result<Self> {
-        Self::start_with(extra_registries, "").await
+        Self::start_with(extra_registries, WorkerSettings::default()).await
     }
 
-    async fn start_with(extra_registries: &str, worker_extra: &str) -> Result<Self> {
+    async fn start_with(extra_registries: &str, settings: WorkerSettings) -> Result<Self> {
         let env = StackEnv::load()?;
         let prefix = unique("pipe");
         let registries = format!("{}\n{extra_registries}", base_registries(&env)?);
-        let config = worker_config_with(&env, &prefix, &registries, worker_extra)?;
+        let config = worker_config_with(&env, &prefix, &registries, settings)?;
         let broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
         let worker = TestWorker::start(config).await?;
         Ok(Self {
@@ -386,7 +387,12 @@ async fn seed_002_an_unreachable_registry_is_retried_through_the_delay_queue_the
         &pw,
         &["production"],
     );
-    let retries = "max_attempts = 3\nretry_min_delay_ms = 200\nretry_max_delay_s = 1";
+    let retries = WorkerSettings {
+        max_attempts: 3,
+        retry_min_delay_ms: 200,
+        retry_max_delay_s: 1,
+        ..WorkerSettings::default()
+    };
     let mut h = Harness::start_with(&extra, retries).await?;
     let name = unique("myapp");
     make_image(&docker(&h.env)?, &[&format!("{name}:1")]).await?;

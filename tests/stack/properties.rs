@@ -13,6 +13,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::topology::JOB_ROUTING_KEY;
+use pushfleet_tests::config::WorkerSettings;
 use pushfleet_tests::fleet::{
     Broker, TestWorker, base_registries, expect_failed, job, make_image, registry_toml, terminal,
     worker_config, worker_config_with,
@@ -291,7 +292,12 @@ async fn a_dead_letter_copy_keeps_every_property_through_a_retry() -> Result<()>
         &env,
         &prefix,
         &registries,
-        "max_attempts = 2\nretry_min_delay_ms = 200\nretry_max_delay_s = 1",
+        WorkerSettings {
+            max_attempts: 2,
+            retry_min_delay_ms: 200,
+            retry_max_delay_s: 1,
+            ..WorkerSettings::default()
+        },
     )?;
     let worker = TestWorker::start(config).await?;
     let mut broker = Broker::connect(&env, &worker.topology).await?;

@@ -7,11 +7,11 @@ use lapin::types::{AMQPValue, FieldTable};
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::signature::{SIGNATURE_HEADER, sign};
 use pushfleet_shared::topology::Topology;
+use pushfleet_tests::config::TestConfig;
 use pushfleet_tests::fleet::{
-    Broker, TestWorker, base_registries, expect_failed, make_image, terminal, worker_config_text,
+    Broker, TestWorker, base_registries, expect_failed, make_image, terminal,
 };
 use pushfleet_tests::{StackEnv, docker, unique};
-use pushfleet_worker::config::load_from_str;
 use serde_json::json;
 
 fn signed(key: &[u8], body: &[u8]) -> BasicProperties {
@@ -33,13 +33,9 @@ async fn only_jobs_signed_with_the_fleet_key_are_pushed() -> Result<()> {
     let key_file = dir.path().join("signing.key");
     std::fs::write(&key_file, &key)?;
     let prefix = unique("sign");
-    let text = worker_config_text(&env, &prefix, &base_registries(&env)?, "")?.replacen(
-        "[amqp]\n",
-        &format!("[amqp]\nsigning_key_file = \"{}\"\n", key_file.display()),
-        1,
-    );
-    let config = load_from_str(&text, Some(Default::default()))
-        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    let mut config = TestConfig::new(&env, &prefix, &base_registries(&env)?)?;
+    config.signing_key_file = Some(key_file.clone());
+    let config = config.load()?;
     let mut broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
     let worker = TestWorker::start(config).await?;
 

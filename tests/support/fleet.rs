@@ -1,7 +1,6 @@
 //! Running workers and jobs in tests: a worker in this process on its own topology prefix,
 //! images made in the stack's daemon, jobs published and their events collected.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +9,13 @@ use futures_util::StreamExt;
 use lapin::{BasicProperties, Connection};
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::topology::Topology;
-use pushfleet_worker::config::{Config, load_from_str};
+use pushfleet_worker::config::Config;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{TestConfig, WorkerSettings};
 use crate::process::EventLog;
 use crate::{StackEnv, unique};
 
@@ -89,49 +89,22 @@ pub fn registry_toml(
     )
 }
 
-/// A worker configuration on a fresh topology prefix, with `registries` as its catalogue.
+/// A worker configuration on topology `prefix`, with `registries` as its catalogue (see
+/// [`TestConfig`] for more settings).
 pub fn worker_config(env: &StackEnv, prefix: &str, registries: &str) -> Result<Config> {
-    worker_config_with(env, prefix, registries, "")
+    TestConfig::new(env, prefix, registries)?.load()
 }
 
-/// Like [`worker_config`], with extra `[worker]` lines (e.g. `max_attempts = 2`).
+/// Like [`worker_config`], with `settings`.
 pub fn worker_config_with(
     env: &StackEnv,
     prefix: &str,
     registries: &str,
-    worker_extra: &str,
+    settings: WorkerSettings,
 ) -> Result<Config> {
-    let text = worker_config_text(env, prefix, registries, worker_extra)?;
-    load_from_str(&text, Some(HashMap::new())).map_err(|e| anyhow!("test config invalid: {e}"))
-}
-
-/// The TOML text behind [`worker_config_with`], for tests that need to change more.
-pub fn worker_config_text(
-    env: &StackEnv,
-    prefix: &str,
-    registries: &str,
-    worker_extra: &str,
-) -> Result<String> {
-    Ok(format!(
-        r#"
-[amqp]
-url = "{amqp}"
-topology_prefix = "{prefix}"
-
-[worker]
-id = "{prefix}-worker"
-concurrency = 4
-job_timeout_s = 120
-shutdown_grace_s = 10
-{worker_extra}
-
-[docker]
-host = "{docker}"
-{registries}
-"#,
-        amqp = env.get("PUSHFLEET_AMQP_URL")?,
-        docker = env.get("PUSHFLEET_DOCKER_HOST")?,
-    ))
+    TestConfig::new(env, prefix, registries)?
+        .with_settings(settings)
+        .load()
 }
 
 /// A worker running in this process until dropped or stopped.

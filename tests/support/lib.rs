@@ -96,6 +96,7 @@ pub fn docker_at(env: &StackEnv, key: &str) -> Result<bollard::Docker> {
     )?)
 }
 
+pub mod config;
 pub mod fleet;
 pub mod forward;
 pub mod process;

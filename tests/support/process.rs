@@ -10,7 +10,7 @@
 //! set. Cargo builds a package's binaries before its integration tests, so a test never runs
 //! a stale worker.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +32,8 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::config::TestConfig;
+pub use crate::config::WorkerSettings;
 use crate::fleet::{basic_auth, registry_digest};
 use crate::{StackEnv, unique};
 
@@ -157,37 +159,6 @@ impl Logs {
 // ---------------------------------------------------------------------------------------------
 // Worker configuration
 
-/// The `[worker]` settings of a fault-test worker. The defaults keep the tests short: retries
-/// after 0.5 s doubling to 8 s, ten attempts, one-minute jobs, a ten-second drain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerSettings {
-    /// `concurrency` (= prefetch).
-    pub concurrency: u16,
-    /// `job_timeout_s`.
-    pub job_timeout_s: u64,
-    /// `shutdown_grace_s`.
-    pub shutdown_grace_s: u64,
-    /// `max_attempts`.
-    pub max_attempts: u32,
-    /// `retry_min_delay_ms`.
-    pub retry_min_delay_ms: u64,
-    /// `retry_max_delay_s`.
-    pub retry_max_delay_s: u64,
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            concurrency: 4,
-            job_timeout_s: 60,
-            shutdown_grace_s: 10,
-            max_attempts: 10,
-            retry_min_delay_ms: 500,
-            retry_max_delay_s: 8,
-        }
-    }
-}
-
 /// A worker's TOML configuration: the stack's broker and daemon, topology `prefix`, worker
 /// `id`, `settings`, and `registries` (`[registries.*]` tables, e.g.
 /// [`crate::fleet::base_registries`]). Validated with the worker's own loader before it is
@@ -221,45 +192,12 @@ pub fn worker_toml_in(
     docker_key: &str,
     pools: &[&str],
 ) -> Result<String> {
-    let pools = if pools.is_empty() {
-        String::new()
-    } else {
-        format!("pools = {}", serde_json::to_string(pools)?)
-    };
-    let WorkerSettings {
-        concurrency,
-        job_timeout_s,
-        shutdown_grace_s,
-        max_attempts,
-        retry_min_delay_ms,
-        retry_max_delay_s,
-    } = settings;
-    let text = format!(
-        r#"
-[amqp]
-url = "{amqp}"
-topology_prefix = "{prefix}"
-
-[worker]
-id = "{id}"
-concurrency = {concurrency}
-job_timeout_s = {job_timeout_s}
-shutdown_grace_s = {shutdown_grace_s}
-max_attempts = {max_attempts}
-retry_min_delay_ms = {retry_min_delay_ms}
-retry_max_delay_s = {retry_max_delay_s}
-{pools}
-
-[docker]
-host = "{docker}"
-{registries}
-"#,
-        amqp = env.get("PUSHFLEET_AMQP_URL")?,
-        docker = env.get(docker_key)?,
-    );
-    pushfleet_worker::config::load_from_str(&text, Some(HashMap::new()))
-        .map_err(|e| anyhow!("fault-test worker config invalid: {e}\n{text}"))?;
-    Ok(text)
+    let mut config = TestConfig::new(env, prefix, registries)?
+        .with_id(id)
+        .with_settings(settings);
+    config.docker_host = env.get(docker_key)?;
+    config.pools = pools.iter().map(|p| (*p).to_owned()).collect();
+    config.toml()
 }
 
 /// A push job as JSON.
