@@ -64,13 +64,9 @@ namespaces = ["team-a"]
 
 /// A v1 job with a fresh `job_id` and the seed's metadata (`pipeline_run` 812, `step` 129).
 pub fn job(source: &str, registry: &str, repository: &str, tags: &[&str]) -> Value {
-    serde_json::json!({
-        "version": 1,
-        "job_id": unique("job"),
-        "source": source,
-        "target": {"registry": registry, "repository": repository, "tags": tags},
-        "metadata": {"pipeline_run": 812, "step": 129}
-    })
+    let mut job = crate::process::job_json(&unique("job"), source, registry, repository, tags);
+    job["metadata"] = serde_json::json!({"pipeline_run": 812, "step": 129});
+    job
 }
 
 /// One `[registries.<key>]` table with a password file, for a test's extra catalogue entries.

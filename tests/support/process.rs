@@ -213,7 +213,7 @@ pub fn job_json(
         "job_id": job_id,
         "source": source,
         "target": {"registry": registry, "repository": repository, "tags": tags},
-        "metadata": {"suite": "faults"}
+        "metadata": {"suite": "pushfleet-tests"}
     })
 }
 
