@@ -17,6 +17,7 @@
 //! itself shaped like a credential value is shown as `<withheld>`.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 
@@ -72,38 +73,23 @@ pub(crate) enum Finding {
     },
 }
 
-/// Terms that mark a key as a credential when one of its words, or a run of consecutive words,
+/// Terms (from `schemas/credential-terms.json`, shared with the Python client) that mark a key
+/// as a credential when one of its words, or a run of consecutive words,
 /// spells one: `docker_password`, `accessToken`, `ssh_private_key`, `id_rsa`,
 /// `.dockerconfigjson`, `KUBECONFIG`. Words are split at anything that is not a letter or digit
 /// and at camelCase humps, and lowercased. Terms of [`LONG_TERM_LEN`] characters or more also
 /// count with a plural `s` (`passwords`, `tokens`) and at the end of the words run together
 /// (`registrytoken`, `dockerpassword`, `mykubeconfig`).
-const CREDENTIAL_TERMS: [&str; 24] = [
-    "password",
-    "passwd",
-    "pwd",
-    "passphrase",
-    "secret",
-    "token",
-    "auth",
-    "authorization",
-    "bearer",
-    "credential",
-    "credentials",
-    "identitytoken",
-    "registrytoken",
-    "apikey",
-    "privatekey",
-    "privkey",
-    "sshkey",
-    "idrsa",
-    "iddsa",
-    "idecdsa",
-    "ided25519",
-    "dockercfg",
-    "dockerconfigjson",
-    "kubeconfig",
-];
+static CREDENTIAL_TERMS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    #[derive(serde::Deserialize)]
+    struct Terms {
+        terms: Vec<String>,
+    }
+    // The file is part of this crate's source (compiled in); a test parses it.
+    serde_json::from_str::<Terms>(include_str!("../../schemas/credential-terms.json"))
+        .map(|t| t.terms)
+        .unwrap_or_default()
+});
 
 /// Terms this long also count in the plural and at the end of a run-together word; shorter ones
 /// (`auth`, `pwd`) only as they are, so that `oauth`, `cwd` and a Docker config's `auths` map
@@ -136,11 +122,11 @@ fn key_words(key: &str) -> Vec<String> {
 }
 
 fn is_term(run: &str) -> bool {
-    CREDENTIAL_TERMS.contains(&run) || run.strip_suffix('s').is_some_and(is_long_term)
+    CREDENTIAL_TERMS.iter().any(|t| t == run) || run.strip_suffix('s').is_some_and(is_long_term)
 }
 
 fn is_long_term(word: &str) -> bool {
-    word.len() >= LONG_TERM_LEN && CREDENTIAL_TERMS.contains(&word)
+    word.len() >= LONG_TERM_LEN && CREDENTIAL_TERMS.iter().any(|t| t == word)
 }
 
 /// Whether a key's name marks it as a credential. Keys that are not plain ASCII count too: a
@@ -480,4 +466,16 @@ pub(crate) fn find_credential_key(map: &Map<String, Value>, prefix: &str) -> Opt
             in_value(value, &path)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CREDENTIAL_TERMS;
+
+    #[test]
+    fn the_terms_file_is_read() {
+        assert_eq!(CREDENTIAL_TERMS.len(), 24);
+        assert!(CREDENTIAL_TERMS.iter().any(|t| t == "password"));
+        assert!(CREDENTIAL_TERMS.iter().any(|t| t == "kubeconfig"));
+    }
 }

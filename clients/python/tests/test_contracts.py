@@ -20,8 +20,8 @@ PACKAGE_SCHEMAS = Path(pushfleet.__file__).parent / "schemas"
 
 
 def test_the_shipped_schemas_are_byte_identical_to_the_repository_s() -> None:
-    repository = sorted(p.name for p in SCHEMAS.glob("*.schema.json"))
-    shipped = sorted(p.name for p in PACKAGE_SCHEMAS.glob("*.schema.json"))
+    repository = sorted(p.name for p in SCHEMAS.glob("*.json"))
+    shipped = sorted(p.name for p in PACKAGE_SCHEMAS.glob("*.json"))
     assert repository == shipped
     assert {"control.schema.json", "event.schema.json", "job.schema.json"} <= set(shipped)
     for name in repository:
@@ -32,7 +32,7 @@ def test_the_shipped_schemas_are_byte_identical_to_the_repository_s() -> None:
 
 def test_the_source_tree_copies_are_the_installed_ones() -> None:
     source_tree = Path(__file__).resolve().parents[1] / "src" / "pushfleet" / "schemas"
-    for path in source_tree.glob("*.schema.json"):
+    for path in source_tree.glob("*.json"):
         assert path.read_bytes() == schema_text(path.name)
 
 

@@ -11,8 +11,10 @@ name the same first finding.
 """
 
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 from . import _text
 
@@ -42,32 +44,9 @@ class Finding:
 
 
 _CREDENTIAL_TERMS = frozenset(
-    [
-        "password",
-        "passwd",
-        "pwd",
-        "passphrase",
-        "secret",
-        "token",
-        "auth",
-        "authorization",
-        "bearer",
-        "credential",
-        "credentials",
-        "identitytoken",
-        "registrytoken",
-        "apikey",
-        "privatekey",
-        "privkey",
-        "sshkey",
-        "idrsa",
-        "iddsa",
-        "idecdsa",
-        "ided25519",
-        "dockercfg",
-        "dockerconfigjson",
-        "kubeconfig",
-    ]
+    json.loads(
+        resources.files("pushfleet").joinpath("schemas", "credential-terms.json").read_bytes()
+    )["terms"]
 )
 _LONG_TERM_LEN = 5
 _LONGEST_RUN = max(len(t) for t in _CREDENTIAL_TERMS) + 1
