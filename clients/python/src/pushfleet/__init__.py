@@ -35,6 +35,7 @@ from .events import (
     PhaseTimings,
     Progress,
     RetryInfo,
+    TagPath,
     TraceContext,
 )
 from .job import JobError, JobOptions, JobTarget, PushJob
@@ -73,6 +74,7 @@ __all__ = [
     "SigningKey",
     "SigningKeyError",
     "SubscriptionLost",
+    "TagPath",
     "Topology",
     "TopologyMissing",
     "TraceContext",
