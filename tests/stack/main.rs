@@ -14,6 +14,7 @@ mod pipeline;
 mod properties;
 mod registries;
 mod registry_client;
+mod retag;
 mod secrets;
 mod signing;
 mod tls;
