@@ -228,7 +228,8 @@ pub struct Event {
     /// The manifest digest in the registry (`succeeded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
-    /// The manifest size in bytes as the daemon reported it (`succeeded`).
+    /// The manifest size in bytes, as the daemon reported it or as read from the registry
+    /// (`succeeded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// Bytes uploaded by this attempt (`succeeded`).
