@@ -210,10 +210,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| workload | c | run | publish → accepted | resolve | preflight | tag | push | \
-             verify | untag | pipeline total | outside | latency |"
+            "| workload | c | run | publish → accepted | resolve | preflight | retag | tag | \
+             push | verify | untag | pipeline total | outside | latency |"
         );
-        let _ = writeln!(out, "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(
+            out,
+            "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        );
         for cell in &self.cells {
             for side in [Side::Worker, Side::Floor] {
                 let mut sums = crate::run::PhaseSums::default();
@@ -229,7 +232,7 @@ impl Report {
                     .iter()
                     .enumerate()
                     .map(|(i, v)| match side {
-                        Side::Floor if !matches!(i, 3 | 4 | 7) => "-".to_owned(),
+                        Side::Floor if !matches!(i, 4 | 5 | 8) => "-".to_owned(),
                         _ => format!("{v:.1}"),
                     })
                     .collect();

@@ -82,6 +82,8 @@ pub(crate) struct PhaseSums {
     pub(crate) resolve_ms: f64,
     /// `preflight`.
     pub(crate) preflight_ms: f64,
+    /// `retag` (registry-side tags).
+    pub(crate) retag_ms: f64,
     /// `tag`.
     pub(crate) tag_ms: f64,
     /// `push`.
@@ -104,6 +106,7 @@ impl PhaseSums {
         self.to_accepted_ms += to_accepted.as_secs_f64() * 1000.0;
         self.resolve_ms += ms(phases.resolve_ms);
         self.preflight_ms += ms(phases.preflight_ms);
+        self.retag_ms += ms(phases.retag_ms);
         self.tag_ms += ms(phases.tag_ms);
         self.push_ms += ms(phases.push_ms);
         self.verify_ms += ms(phases.verify_ms);
@@ -128,6 +131,7 @@ impl PhaseSums {
         self.to_accepted_ms += other.to_accepted_ms;
         self.resolve_ms += other.resolve_ms;
         self.preflight_ms += other.preflight_ms;
+        self.retag_ms += other.retag_ms;
         self.tag_ms += other.tag_ms;
         self.push_ms += other.push_ms;
         self.verify_ms += other.verify_ms;
@@ -136,9 +140,9 @@ impl PhaseSums {
         self.latency_ms += other.latency_ms;
     }
 
-    /// Per-job means, or `None` without jobs: `[to_accepted, resolve, preflight, tag, push,
-    /// verify, untag, total, outside (latency - total: queue, events, acks)]`.
-    pub(crate) fn means(&self) -> Option<[f64; 9]> {
+    /// Per-job means, or `None` without jobs: `[to_accepted, resolve, preflight, retag, tag,
+    /// push, verify, untag, total, outside (latency - total: queue, events, acks)]`.
+    pub(crate) fn means(&self) -> Option<[f64; 10]> {
         if self.jobs == 0 {
             return None;
         }
@@ -148,6 +152,7 @@ impl PhaseSums {
             self.to_accepted_ms / n,
             self.resolve_ms / n,
             self.preflight_ms / n,
+            self.retag_ms / n,
             self.tag_ms / n,
             self.push_ms / n,
             self.verify_ms / n,

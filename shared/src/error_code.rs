@@ -54,11 +54,14 @@ pub enum ErrorCode {
     Cancelled,
     /// The push failed for a reason not covered by a more specific code.
     PushFailed,
+    /// The registry refused to move or overwrite a tag its policy makes immutable (Harbor's
+    /// tag immutability rules, ECR's immutable repositories).
+    TagImmutable,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidMessage,
         ErrorCode::InvalidSignature,
         ErrorCode::InvalidReference,
@@ -80,6 +83,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Cancelled,
         ErrorCode::PushFailed,
+        ErrorCode::TagImmutable,
     ];
 
     /// The wire form, e.g. `"registry_unreachable"`.
@@ -106,6 +110,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::PushFailed => "push_failed",
+            ErrorCode::TagImmutable => "tag_immutable",
         }
     }
 
@@ -187,6 +192,9 @@ impl ErrorCode {
             ErrorCode::Cancelled => "the job was cancelled on request",
             ErrorCode::PushFailed => {
                 "the push failed for an unclassified reason: read the message, then retry"
+            }
+            ErrorCode::TagImmutable => {
+                "the registry keeps this tag immutable: push under a new tag (e.g. the next version), or ask the registry's admins to exempt it from the immutability rule"
             }
         }
     }

@@ -6,6 +6,8 @@
 //! `accepted` -> `progress`* -> one terminal state: `succeeded`, `failed` or `dead`;
 //! `retrying` ends one attempt and announces the next.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -54,6 +56,41 @@ impl JobState {
             self,
             JobState::Succeeded | JobState::Failed | JobState::Dead
         )
+    }
+}
+
+/// How a target tag came to hold the image (`succeeded` events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TagPath {
+    /// The Docker daemon pushed the image under the tag.
+    Push,
+    /// The target repository already held the image's manifest: the worker put the same
+    /// manifest bytes under the tag (`PUT /v2/<repo>/manifests/<tag>`), without the daemon.
+    Retag,
+    /// The tag already pointed at the image's manifest: nothing was written.
+    Noop,
+}
+
+impl TagPath {
+    /// The wire form, e.g. `"retag"` (also the `path` label of the tag metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagPath::Push => "push",
+            TagPath::Retag => "retag",
+            TagPath::Noop => "noop",
+        }
+    }
+
+    /// The path of a whole job from the paths of its tags: `push` when the daemon pushed any
+    /// tag, else `retag` when any tag was written registry-side, else `noop`.
+    pub fn of_job(tags: impl IntoIterator<Item = TagPath>) -> TagPath {
+        tags.into_iter()
+            .fold(TagPath::Noop, |job, tag| match (job, tag) {
+                (TagPath::Push, _) | (_, TagPath::Push) => TagPath::Push,
+                (TagPath::Retag, _) | (_, TagPath::Retag) => TagPath::Retag,
+                (TagPath::Noop, TagPath::Noop) => TagPath::Noop,
+            })
     }
 }
 
@@ -117,9 +154,13 @@ pub struct PhaseTimings {
     /// Tagging the source with the target references.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag_ms: Option<u64>,
-    /// The daemon's push, all tags.
+    /// The daemon's push, all tags it pushed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push_ms: Option<u64>,
+    /// Tags written registry-side: reading the manifest the repository holds, checking each
+    /// tag and putting the manifest under the tags that lacked it (no daemon involved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retag_ms: Option<u64>,
     /// Checking the manifest digest in the registry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify_ms: Option<u64>,
@@ -179,15 +220,25 @@ pub struct Event {
     /// The manifest digest in the registry (`succeeded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
-    /// The manifest size in bytes as the daemon reported it (`succeeded`).
+    /// The manifest size in bytes, as the daemon reported it or as read from the registry
+    /// (`succeeded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// Bytes uploaded by this attempt (`succeeded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
-    /// The targets already held the expected digest, so nothing was pushed (`succeeded`).
+    /// The targets already held the expected digest, so nothing was pushed or written
+    /// (`succeeded`; true exactly when `path` is `noop`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub already_present: Option<bool>,
+    /// How the job's tags got there (`succeeded`): `push` when the daemon pushed (at least one
+    /// tag), `retag` when the repository already held the manifest and the worker only wrote
+    /// tags, `noop` when every tag already pointed at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<TagPath>,
+    /// Per target reference (as in `targets`), how that tag got there (`succeeded`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag_paths: BTreeMap<String, TagPath>,
     /// Upload progress (`progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -241,6 +292,8 @@ impl Event {
             size: None,
             bytes: None,
             already_present: None,
+            path: None,
+            tag_paths: BTreeMap::new(),
             progress: None,
             phases: None,
             retry: None,
@@ -331,6 +384,18 @@ mod tests {
             EventError::new(ErrorCode::Timeout, "short", "h").message,
             "short"
         );
+    }
+
+    #[test]
+    fn the_job_path_is_the_heaviest_tag_path() {
+        use TagPath::*;
+        assert_eq!(TagPath::of_job([]), Noop);
+        assert_eq!(TagPath::of_job([Noop, Noop]), Noop);
+        assert_eq!(TagPath::of_job([Noop, Retag]), Retag);
+        assert_eq!(TagPath::of_job([Retag, Push, Noop]), Push);
+        assert_eq!(TagPath::of_job([Push, Retag]), Push);
+        let json = serde_json::to_string(&[Push, Retag, Noop]).expect("serialises");
+        assert_eq!(json, r#"["push","retag","noop"]"#);
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod pools;
 mod properties;
 mod registries;
 mod registry_client;
+mod retag;
 mod secrets;
 mod signing;
 mod tls;

@@ -200,12 +200,26 @@ async fn prometheus_scrapes_the_counts_of_a_loaded_worker() -> Result<()> {
                 good,
             )
             .await?;
+        // Every good job has a new tag of one image: the first ones are pushed by the daemon,
+        // those started once the repository holds the image are written registry-side.
         prometheus
             .expect(
-                r#"sum(pushfleet_phase_duration_seconds_count{phase="push"})"#,
+                r#"sum(pushfleet_tags_total{path=~"push|retag"})"#,
                 good,
             )
             .await?;
+        let pushed = prometheus
+            .value(r#"sum(pushfleet_phase_duration_seconds_count{phase="push"})"#)
+            .await?
+            .unwrap_or(0.0);
+        let retagged = prometheus
+            .value(r#"sum(pushfleet_tags_total{path="retag"})"#)
+            .await?
+            .unwrap_or(0.0);
+        ensure!(
+            pushed >= 1.0 && retagged >= 1.0 && pushed + retagged >= good,
+            "{pushed} pushes and {retagged} registry-side tags for {GOOD} jobs"
+        );
         prometheus.expect("pushfleet_jobs_in_progress", 0.0).await?;
         prometheus.expect("pushfleet_broker_connected", 1.0).await?;
         prometheus

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use pushfleet_shared::PushJob;
 use pushfleet_shared::django::DjangoPushStep;
-use pushfleet_shared::event::JobState;
+use pushfleet_shared::event::{JobState, TagPath};
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::config::WorkerSettings;
 use pushfleet_tests::fleet::{
@@ -99,6 +99,13 @@ async fn happy_path_to_the_basic_auth_registry() -> Result<()> {
         phases.push_ms.is_some() && phases.preflight_ms.is_some() && phases.verify_ms.is_some()
     );
     assert_eq!(done.already_present, Some(false));
+    // A fresh image: the daemon pushes the first tag, the second is written registry-side.
+    assert_eq!(done.path, Some(TagPath::Push));
+    assert_eq!(
+        done.tag_paths.values().copied().collect::<Vec<_>>(),
+        [TagPath::Push, TagPath::Retag],
+        "{done:#?}"
+    );
 
     // The registry itself, asked without the worker, holds the reported digest under both tags.
     let digest = done.digest.clone().context("digest")?;
@@ -143,19 +150,22 @@ async fn happy_path_to_the_token_registry_then_redelivery_pushes_nothing() -> Re
         "the registry holds the digest the event reports"
     );
 
-    // The same job as a first delivery: pushed again (no "already present?" request first).
+    // The same job as a first delivery: the daemon knows the image's digest in this
+    // repository and the tag already points at it, so nothing is pushed or written.
     let fresh = h
         .run(&job(&format!("{name}:1.0"), "token", &repo, &["1.0"]))
         .await?;
     let done_fresh = terminal(&fresh)?;
     assert_eq!(done_fresh.state, JobState::Succeeded, "{done_fresh:#?}");
-    assert_eq!(done_fresh.already_present, Some(false));
+    assert_eq!(done_fresh.already_present, Some(true));
+    assert_eq!(done_fresh.path, Some(TagPath::Noop));
+    assert_eq!(done_fresh.digest, done.digest);
     assert!(
         done_fresh
             .phases
             .as_ref()
-            .is_some_and(|p| p.push_ms.is_some()),
-        "pushed: {done_fresh:#?}"
+            .is_some_and(|p| p.push_ms.is_none()),
+        "nothing was pushed: {done_fresh:#?}"
     );
 
     // The same job as a retry (attempt 2; after a crash before the ack the broker marks it
@@ -179,6 +189,7 @@ async fn happy_path_to_the_token_registry_then_redelivery_pushes_nothing() -> Re
     let done_again = terminal(&again)?;
     assert_eq!(done_again.state, JobState::Succeeded, "{done_again:#?}");
     assert_eq!(done_again.already_present, Some(true));
+    assert_eq!(done_again.path, Some(TagPath::Noop));
     assert_eq!(done_again.digest, done.digest);
     assert!(
         done_again

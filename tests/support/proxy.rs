@@ -1,8 +1,9 @@
-//! A reverse proxy in front of a real registry that answers the first manifest read of each
-//! path with a 500, the way a registry under concurrent pushes of one manifest sometimes does
-//! ("invalid checksum digest format"). Everything else (the daemon's uploads, the worker's
-//! other requests) is streamed through unchanged, `Host` included, so the registry's
-//! `Location` headers point back at the proxy.
+//! A reverse proxy in front of a real registry that injects one kind of answer ([`Fault`]):
+//! a 500 to the first manifest read of each path, the way a registry under concurrent pushes of
+//! one manifest sometimes does ("invalid checksum digest format"); or Harbor's refusal of a
+//! manifest `PUT` on an immutable tag (distribution has no immutable tags). Everything else
+//! (the daemon's uploads, the worker's other requests) is streamed through unchanged, `Host`
+//! included, so the registry's `Location` headers point back at the proxy.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -27,9 +28,23 @@ const HOP_BY_HOP: [&str; 6] = [
     "proxy-connection",
 ];
 
+/// What the proxy injects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// A 500 to the first `HEAD`/`GET` of each manifest path.
+    FirstManifestRead500,
+    /// Harbor's answer to a manifest `PUT` on an immutable tag, for every `PUT` of
+    /// `/v2/<any repository>/manifests/<tag>`: HTTP 412 with
+    /// `{"errors":[{"code":"PRECONDITION","message":"Failed to process request due to
+    /// '<repo>:<tag>' configured as immutable."}]}`.
+    ImmutableTag(String),
+}
+
 #[derive(Debug)]
 struct Shared {
     upstream: String,
+    fault: Fault,
+    manifest_puts: Mutex<Vec<String>>,
     client: reqwest::Client,
     failed_once: Mutex<HashSet<String>>,
     injected: AtomicUsize,
@@ -46,10 +61,18 @@ pub struct FlakyRegistry {
 }
 
 impl FlakyRegistry {
-    /// Starts a proxy to the registry at `upstream` (`host:port`, plain HTTP).
+    /// Starts a proxy to the registry at `upstream` (`host:port`, plain HTTP) that answers
+    /// the first manifest read of each path with a 500.
     pub async fn start(upstream: &str) -> Result<Self> {
+        Self::start_with(upstream, Fault::FirstManifestRead500).await
+    }
+
+    /// Starts a proxy to the registry at `upstream` that injects `fault`.
+    pub async fn start_with(upstream: &str, fault: Fault) -> Result<Self> {
         let shared = Arc::new(Shared {
             upstream: upstream.to_owned(),
+            fault,
+            manifest_puts: Mutex::new(Vec::new()),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
@@ -68,7 +91,16 @@ impl FlakyRegistry {
         Ok(Self { addr, shared, task })
     }
 
-    /// How many 500s it has injected.
+    /// The paths of every manifest `PUT` it received (injected or forwarded), in order.
+    pub fn manifest_puts(&self) -> Vec<String> {
+        self.shared
+            .manifest_puts
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many answers it has injected.
     pub fn injected(&self) -> usize {
         self.shared.injected.load(Ordering::Relaxed)
     }
@@ -97,7 +129,33 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
-    if is_manifest_read(request.method(), &path) {
+    let manifest_path = path.starts_with("/v2/") && path.contains("/manifests/");
+    if request.method() == Method::PUT
+        && manifest_path
+        && let Ok(mut puts) = shared.manifest_puts.lock()
+    {
+        puts.push(path.clone());
+    }
+    if let Fault::ImmutableTag(tag) = &shared.fault
+        && request.method() == Method::PUT
+        && let Some((repository, put_tag)) = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.split_once("/manifests/"))
+        && put_tag == tag
+    {
+        shared.injected.fetch_add(1, Ordering::Relaxed);
+        let body = serde_json::json!({"errors": [{
+            "code": "PRECONDITION",
+            "message": format!("Failed to process request due to '{repository}:{tag}' configured as immutable."),
+        }]});
+        let mut response = status(StatusCode::PRECONDITION_FAILED, &body.to_string());
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        return response;
+    }
+    if shared.fault == Fault::FirstManifestRead500 && is_manifest_read(request.method(), &path) {
         let first = shared
             .failed_once
             .lock()

@@ -445,6 +445,11 @@ pub fn classify_push_error(message: &str) -> ErrorCode {
         ErrorCode::PayloadTooLarge
     } else if has("blob upload invalid") || has("blob upload unknown") {
         ErrorCode::BlobUploadInvalid
+    } else if has("configured as immutable")
+        || has("immutable tag")
+        || has("repository is immutable")
+    {
+        ErrorCode::TagImmutable
     } else if has("insufficient_scope") {
         ErrorCode::RegistryInsufficientScope
     } else if has("denied:") || has("requested access to the resource is denied") {
@@ -582,6 +587,10 @@ mod tests {
                 ErrorCode::SourceImageMissing,
             ),
             ("something else entirely", ErrorCode::PushFailed),
+            (
+                "unknown: Failed to process request due to 'team-a/app:1.0' configured as immutable.",
+                ErrorCode::TagImmutable,
+            ),
         ];
         for (text, code) in cases {
             assert_eq!(classify_push_error(text), code, "{text}");

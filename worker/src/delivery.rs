@@ -294,13 +294,12 @@ async fn run_job(
         valid.timeout_s_or(u32::try_from(shared.job_timeout.as_secs()).unwrap_or(u32::MAX));
     let limit = Duration::from_secs(u64::from(timeout_s));
     let cancel = shared.cancels.register(&valid.job.job_id);
-    let may_have_run = attempt > 1 || delivery.redelivered;
     // Dropping the pipeline future (time limit, cancel) drops the daemon's push stream, which
     // ends the push; the outcome is a failure either way, never a success.
     let result = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
-        r = tokio::time::timeout(limit, run_stages(shared, &valid, &plan, registry, may_have_run, &progress_tx)) => r.ok(),
+        r = tokio::time::timeout(limit, run_stages(shared, &valid, &plan, registry, &progress_tx)) => r.ok(),
     };
     shared.cancels.finish(&valid.job.job_id);
     stop_progress.cancel();
@@ -314,8 +313,10 @@ async fn run_job(
             event.bytes = Some(success.bytes);
             event.phases = Some(success.phases.clone());
             event.already_present = Some(success.already_present);
+            event.path = Some(success.path);
+            event.tag_paths = success.tag_paths.clone();
             reporter.publish(&event).await?;
-            info!(digest = %success.digest, already_present = success.already_present, "job succeeded");
+            info!(digest = %success.digest, path = success.path.as_str(), "job succeeded");
             delivery.ack(BasicAckOptions::default()).await?;
             let took = success.phases.total_ms.map(Duration::from_millis);
             shared
@@ -323,6 +324,7 @@ async fn run_job(
                 .job_finished(JobState::Succeeded.as_str(), "", took);
             shared.metrics.phases(&success.phases);
             shared.metrics.pushed(success.bytes);
+            shared.metrics.tags(success.tag_paths.values().copied());
             Ok(())
         }
         Some(Err(failure)) => {
@@ -358,21 +360,22 @@ async fn run_stages(
     valid: &ValidJob,
     plan: &crate::plan::Plan,
     registry: &crate::config::Registry,
-    may_have_run: bool,
     progress: &watch::Sender<Option<pushfleet_shared::event::Progress>>,
 ) -> Result<Success, crate::pipeline::Failure> {
     match &shared.pipeline {
-        Some(pipeline) => {
-            pipeline
-                .run(valid, plan, registry, may_have_run, progress)
-                .await
-        }
+        Some(pipeline) => pipeline.run(valid, plan, registry, progress).await,
         None => Ok(Success {
             digest: BROKER_ONLY_DIGEST.to_owned(),
             size: None,
             bytes: 0,
             phases: Default::default(),
             already_present: false,
+            path: pushfleet_shared::event::TagPath::Push,
+            tag_paths: plan
+                .targets
+                .iter()
+                .map(|t| (t.clone(), pushfleet_shared::event::TagPath::Push))
+                .collect(),
         }),
     }
 }

@@ -7,9 +7,11 @@
 //! - [`runner`]: broker sessions, reconnection, shutdown; [`delivery`]: what happens to
 //!   each delivery; [`properties`]: the AMQP properties a job may carry and how copies keep
 //!   them; [`cancel`]: cancel requests.
-//! - [`pipeline`]: one job, stage by stage; [`plan`] is its I/O-free first stage.
+//! - [`pipeline`]: one job, stage by stage; [`plan`] is its I/O-free first stage; [`retag`]
+//!   decides when a tag is written registry-side instead of pushed.
 //! - [`daemon`]: the Docker daemon stages (source, tag, push, untag).
-//! - [`registry`]: the registry stages (preflight, manifest digest); [`check`]: testing a
+//! - [`registry`]: the registry stages (preflight, manifest digest, manifest read and write);
+//!   [`check`]: testing a
 //!   catalogue registry's connection and rights.
 //! - [`failure`], [`retry`]: stable error codes for every stage's errors, and what follows a
 //!   failed attempt.
@@ -34,6 +36,7 @@ pub mod plan;
 pub mod properties;
 pub mod registry;
 pub mod report;
+pub mod retag;
 pub mod retry;
 pub mod runner;
 pub mod telemetry;

@@ -8,10 +8,11 @@
 //! |---|---|---|
 //! | `pushfleet_jobs_total` | counter | `outcome` (succeeded, failed, dead, retrying), `code` (error code; empty on success) |
 //! | `pushfleet_job_duration_seconds` | histogram | `outcome` |
-//! | `pushfleet_phase_duration_seconds` | histogram | `phase` (resolve, preflight, tag, push, verify, untag) |
+//! | `pushfleet_phase_duration_seconds` | histogram | `phase` (resolve, preflight, retag, tag, push, verify, untag) |
 //! | `pushfleet_queue_wait_seconds` | histogram | - (publish time, the AMQP `timestamp`, to start) |
 //! | `pushfleet_jobs_in_progress` | gauge | - |
 //! | `pushfleet_pushed_bytes_total` | counter | - |
+//! | `pushfleet_tags_total` | counter | `path` (push, retag, noop): how each target tag of a succeeded job got there |
 //! | `pushfleet_registry_requests_total` | counter | `registry` (catalogue key), `class` (2xx, 3xx, 4xx, 5xx, error) |
 //! | `pushfleet_preflight_total` | counter | `cache` (hit, miss) |
 //! | `pushfleet_broker_connected` | gauge | - (1 while a broker session is open) |
@@ -28,7 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use pushfleet_shared::event::PhaseTimings;
+use pushfleet_shared::event::{PhaseTimings, TagPath};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -67,6 +68,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: &'static str,
 }
@@ -85,6 +91,7 @@ pub struct Metrics {
     queue_wait: Histogram,
     in_progress: Gauge,
     pushed_bytes: Counter,
+    tags: Family<PathLabels, Counter>,
     registry_requests: RegistryRequests,
     preflight: Family<CacheLabels, Counter>,
     broker_connected: Gauge,
@@ -136,6 +143,12 @@ impl Default for Metrics {
             Unit::Bytes,
             pushed_bytes.clone(),
         );
+        let tags = Family::<PathLabels, Counter>::default();
+        registry.register(
+            "pushfleet_tags",
+            "Target tags of succeeded jobs, by how they got there: daemon push, registry-side retag, or already in place",
+            tags.clone(),
+        );
         let registry_requests = RegistryRequests::default();
         registry.register(
             "pushfleet_registry_requests",
@@ -173,6 +186,7 @@ impl Default for Metrics {
             queue_wait,
             in_progress,
             pushed_bytes,
+            tags,
             registry_requests,
             preflight,
             broker_connected,
@@ -215,6 +229,7 @@ impl Metrics {
         let stages = [
             ("resolve", phases.resolve_ms),
             ("preflight", phases.preflight_ms),
+            ("retag", phases.retag_ms),
             ("tag", phases.tag_ms),
             ("push", phases.push_ms),
             ("verify", phases.verify_ms),
@@ -244,6 +259,17 @@ impl Metrics {
     /// Adds uploaded bytes.
     pub fn pushed(&self, bytes: u64) {
         self.pushed_bytes.inc_by(bytes);
+    }
+
+    /// Counts the target tags of a succeeded job by path.
+    pub fn tags(&self, paths: impl IntoIterator<Item = TagPath>) {
+        for path in paths {
+            self.tags
+                .get_or_create(&PathLabels {
+                    path: path.as_str(),
+                })
+                .inc();
+        }
     }
 
     /// The counter registry clients record their requests into.
@@ -315,6 +341,7 @@ mod tests {
         });
         metrics.queue_wait(100, 103);
         metrics.pushed(2048);
+        metrics.tags([TagPath::Push, TagPath::Retag, TagPath::Retag]);
         metrics.registry_requests().record("harbor", Some(401));
         metrics.registry_requests().record("harbor", None);
         metrics.preflight(true);
@@ -329,6 +356,8 @@ mod tests {
             "pushfleet_queue_wait_seconds_sum 3.0",
             "pushfleet_jobs_in_progress 1",
             "pushfleet_pushed_bytes_total 2048",
+            "pushfleet_tags_total{path=\"retag\"} 2",
+            "pushfleet_tags_total{path=\"push\"} 1",
             "pushfleet_registry_requests_total{registry=\"harbor\",class=\"4xx\"} 1",
             "pushfleet_registry_requests_total{registry=\"harbor\",class=\"error\"} 1",
             "pushfleet_preflight_total{cache=\"hit\"} 1",

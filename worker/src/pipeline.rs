@@ -1,5 +1,6 @@
-//! One planned job, stage by stage: source -> credentials -> preflight -> tag -> push ->
-//! verify -> untag (the plan, the I/O-free first stage, is made before: see [`crate::plan`]). Each stage returns its own typed error; every error becomes a
+//! One planned job, stage by stage: source -> credentials -> preflight -> registry-side tags,
+//! or tag -> push -> verify -> untag (the plan, the I/O-free first stage, is made before: see
+//! [`crate::plan`]). Each stage returns its own typed error; every error becomes a
 //! [`JobFailure`] carrying a stable code, so the runner never inspects error text.
 //!
 //! The order puts the cheap, local, certain checks first: a job naming an unknown registry, a
@@ -7,16 +8,20 @@
 //! is touched; a missing source image fails before the registry is bothered; missing push
 //! rights fail before a byte is uploaded.
 //!
-//! Redelivery is harmless: when a job that may have run before (redelivered, or retried) finds
-//! that the daemon already knows the manifest digest this image has in the target repository
-//! and the registry's tags already point at it, nothing is pushed and the job succeeds with
-//! `already_present`.
+//! A tag for an image the target repository already holds is a registry-side operation: when
+//! the daemon knows the manifest digest this image has in the target repository and the
+//! registry serves that manifest (checked by [`crate::retag`]), each tag is `HEAD`ed and, when
+//! it does not point at the manifest yet, the exact manifest bytes are put under it; the daemon
+//! pushes nothing (path `retag`, or `noop` when every tag already pointed at it, which also
+//! makes redelivery harmless: `already_present`). Otherwise the daemon pushes the first tag
+//! (path `push`) and the other tags are written registry-side from the manifest that push
+//! produced. Any doubt sends a tag through the daemon instead.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pushfleet_shared::event::{PhaseTimings, Progress};
+use pushfleet_shared::event::{PhaseTimings, Progress, TagPath};
 use pushfleet_shared::job::ValidJob;
 use pushfleet_shared::{ErrorCode, ImageRef};
 use tokio::sync::{Semaphore, watch};
@@ -24,25 +29,30 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::{Config, Registry};
 
 use crate::credentials::Credentials;
-use crate::daemon::{Daemon, DaemonError, PushProgress};
+use crate::daemon::{Daemon, DaemonError, PushOutcome, PushProgress};
 use crate::failure::{Coded, JobFailure};
 use crate::metrics::Metrics;
 use crate::plan::Plan;
-use crate::registry::{RegistryClient, RegistryEndpoint, RegistryError};
+use crate::registry::{Manifest, RegistryClient, RegistryEndpoint, RegistryError};
+use crate::retag::{self, HeldDigest};
 
 /// A finished job.
 #[derive(Debug, Clone)]
 pub struct Success {
     /// The manifest digest now in the registry under every target tag.
     pub digest: String,
-    /// The manifest size, when a push reported it.
+    /// The manifest size, as a push reported it or as read from the registry.
     pub size: Option<u64>,
     /// Bytes uploaded (approximate).
     pub bytes: u64,
     /// Time per stage.
     pub phases: PhaseTimings,
-    /// The registry already had it; nothing was pushed.
+    /// The registry already had it under every tag; nothing was pushed or written.
     pub already_present: bool,
+    /// How the job's tags got there (see [`TagPath::of_job`]).
+    pub path: TagPath,
+    /// Per exact target reference, how that tag got there.
+    pub tag_paths: BTreeMap<String, TagPath>,
 }
 
 /// A failed job attempt, with the time its stages took until it failed.
@@ -162,31 +172,37 @@ impl Pipeline {
     }
 
     /// Runs one attempt of `job` as `plan` (made by [`crate::plan::plan`] against this
-    /// pipeline's catalogue) says, publishing upload progress into `progress`.
-    /// `may_have_run` (a redelivery, or a retry) asks the registry first whether the job's
-    /// tags already hold the image: a first delivery skips that request.
+    /// pipeline's catalogue), publishing upload progress into `progress`.
     pub async fn run(
         &self,
         job: &ValidJob,
         plan: &Plan,
         registry: &Registry,
-        may_have_run: bool,
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<Success, Failure> {
         let mut phases = PhaseTimings::default();
         let started = Instant::now();
         match self
-            .run_planned(job, plan, registry, may_have_run, progress, &mut phases)
+            .run_planned(job, plan, registry, progress, &mut phases)
             .await
         {
-            Ok((digest, size, bytes, already_present)) => {
+            Ok(outcome) => {
                 phases.total_ms = ms(started);
+                let path = TagPath::of_job(outcome.paths.iter().copied());
+                let tag_paths = plan
+                    .targets
+                    .iter()
+                    .cloned()
+                    .zip(outcome.paths.iter().copied())
+                    .collect();
                 Ok(Success {
-                    digest,
-                    size,
-                    bytes,
+                    digest: outcome.digest,
+                    size: outcome.size,
+                    bytes: outcome.bytes,
                     phases,
-                    already_present,
+                    already_present: path == TagPath::Noop,
+                    path,
+                    tag_paths,
                 })
             }
             Err(failure) => {
@@ -201,10 +217,9 @@ impl Pipeline {
         job: &ValidJob,
         plan: &Plan,
         registry: &Registry,
-        may_have_run: bool,
         progress: &watch::Sender<Option<Progress>>,
         phases: &mut PhaseTimings,
-    ) -> Result<(String, Option<u64>, u64, bool), JobFailure> {
+    ) -> Result<Outcome, JobFailure> {
         let repository = &job.job.target.repository;
         let client = self.registries.get(&registry.key).ok_or_else(|| {
             JobFailure::new(ErrorCode::UnknownRegistry, "registry client missing")
@@ -225,100 +240,124 @@ impl Pipeline {
                 format!("registry {}: {e}", registry.key),
             )
         })?;
+        let login = login.as_ref();
         let access = client
-            .preflight_push(repository, login.as_ref())
+            .preflight_push(repository, login)
             .await
             .map_err(|e| coded(&e))?;
         self.metrics.preflight(access.cached);
         phases.preflight_ms = ms(t);
 
-        // Redelivery: if the job may have run before, the daemon knows this image's digest in
-        // the target repository and every target tag already points at it, there is nothing
-        // to push. A first delivery goes straight to the push (cheap when the registry has the
-        // layers), saving a registry request.
         let targets = plan.target_refs();
-        let target_name = targets.first().map(|t| t.name()).unwrap_or_default();
-        let earlier_pushes = source.repo_digests.iter().filter(|_| may_have_run);
-        let mut known_digests = earlier_pushes.filter_map(|d| {
-            let (name, digest) = d.rsplit_once('@')?;
-            (ImageRef::parse(name).ok()?.name() == target_name).then(|| digest.to_owned())
-        });
-        if let Some(expected) = known_digests.next() {
-            let t = Instant::now();
-            let mismatch =
-                first_mismatch(client, repository, targets, login.as_ref(), &expected).await?;
-            phases.verify_ms = ms(t);
-            if mismatch.is_none() {
-                return Ok((expected, None, 0, true));
-            }
-        }
-
-        let t = Instant::now();
-        for target in targets {
-            self.daemon
-                .tag(&source.id, target)
-                .await
-                .map_err(|e| coded(&e))?;
-        }
-        phases.tag_ms = ms(t);
-
-        // A registry with `max_concurrent_pushes` takes that many pushes from this worker at
-        // once; the others wait here (waiting counts as push time: it is what the job waited
-        // for). The slot is given back as soon as the pushes are done.
-        let t = Instant::now();
-        let slot = match self.push_slots.get(&registry.key) {
-            Some(slots) => Some(Arc::clone(slots).acquire_owned().await.map_err(|_| {
-                JobFailure::new(ErrorCode::PushFailed, "the worker is shutting down")
-            })?),
-            None => None,
+        let Some((first, rest)) = targets.split_first() else {
+            return Err(JobFailure::new(
+                ErrorCode::PushFailed,
+                "the job has no target tag to push",
+            ));
         };
-        let mut pushed: Option<(String, u64)> = None;
-        let mut bytes = 0;
-        for target in targets {
-            let report = |p: PushProgress| {
-                progress.send_replace(Some(Progress {
-                    phase: "push".to_owned(),
-                    bytes_done: p.bytes_done,
-                    bytes_total: p.bytes_total,
-                }));
-            };
-            let outcome = match self.daemon.push(target, login.as_ref(), report).await {
-                Ok(o) => o,
-                Err(e) => {
-                    if matches!(
-                        e.code(),
-                        ErrorCode::RegistryAuthFailed
-                            | ErrorCode::RegistryDenied
-                            | ErrorCode::RegistryInsufficientScope
-                    ) {
-                        client.invalidate(repository);
-                    }
-                    return Err(coded(&e));
-                }
-            };
-            bytes += outcome.bytes_uploaded;
-            if let Some((digest, _)) = &pushed
-                && *digest != outcome.digest
-            {
-                return Err(JobFailure::new(
-                    ErrorCode::DigestMismatch,
-                    format!(
-                        "{target} was pushed as {} but an earlier tag of the same job as {digest}",
-                        outcome.digest
-                    ),
-                ));
-            }
-            pushed = Some((outcome.digest, outcome.size));
-        }
-        drop(slot);
-        phases.push_ms = ms(t);
-        let (digest, size) = pushed.ok_or_else(|| {
-            JobFailure::new(ErrorCode::PushFailed, "the job has no target tag to push")
-        })?;
+        let tags = RegistryTags {
+            client,
+            repository,
+            image_id: &source.id,
+            login,
+        };
 
+        // The repository already holds this image's manifest (the daemon pushed it there
+        // before): every tag is written registry-side, or already points at it. This also
+        // makes a redelivered or retried job harmless: its tags are `noop`.
         let t = Instant::now();
+        let held_digest = retag::held_digest(&source.repo_digests, &first.name());
+        let looked = held_digest != HeldDigest::None;
+        let held = match held_digest {
+            HeldDigest::One(digest) => tags.usable_manifest(&digest).await?,
+            HeldDigest::Several => {
+                tracing::debug!("several digests of this image for the target repository; pushing");
+                None
+            }
+            HeldDigest::None => None,
+        };
+        if let Some(manifest) = held {
+            let paths = tags.write(targets, &manifest).await?;
+            phases.retag_ms = ms(t);
+            return Ok(Outcome {
+                size: Some(u64::try_from(manifest.body.len()).unwrap_or(u64::MAX)),
+                digest: manifest.digest,
+                bytes: 0,
+                paths,
+            });
+        }
+        if looked {
+            phases.retag_ms = ms(t);
+        }
+
+        // The daemon pushes the first tag.
+        let mut tagged: Vec<&ImageRef> = Vec::new();
+        let t = Instant::now();
+        self.daemon
+            .tag(&source.id, first)
+            .await
+            .map_err(|e| coded(&e))?;
+        tagged.push(first);
+        phases.tag_ms = ms(t);
+        let t = Instant::now();
+        let pushed = self
+            .daemon_push(client, registry, repository, first, login, progress)
+            .await?;
+        phases.push_ms = ms(t);
+        let digest = pushed.digest;
+        let mut bytes = pushed.bytes_uploaded;
+        let mut paths = vec![TagPath::Push];
+
+        // The other tags: registry-side from the manifest that push produced; through the
+        // daemon only if that manifest cannot be used.
+        if !rest.is_empty() {
+            let t = Instant::now();
+            match tags.usable_manifest(&digest).await? {
+                Some(manifest) => {
+                    paths.extend(tags.write(rest, &manifest).await?);
+                    add_ms(&mut phases.retag_ms, t);
+                }
+                None => {
+                    for target in rest {
+                        let t = Instant::now();
+                        self.daemon
+                            .tag(&source.id, target)
+                            .await
+                            .map_err(|e| coded(&e))?;
+                        tagged.push(target);
+                        add_ms(&mut phases.tag_ms, t);
+                        let t = Instant::now();
+                        let outcome = self
+                            .daemon_push(client, registry, repository, target, login, progress)
+                            .await?;
+                        add_ms(&mut phases.push_ms, t);
+                        bytes += outcome.bytes_uploaded;
+                        if outcome.digest != digest {
+                            return Err(JobFailure::new(
+                                ErrorCode::DigestMismatch,
+                                format!(
+                                    "{target} was pushed as {} but an earlier tag of the same job as {digest}",
+                                    outcome.digest
+                                ),
+                            ));
+                        }
+                        paths.push(TagPath::Push);
+                    }
+                }
+            }
+        }
+
+        // The daemon's word is checked where it matters: the tags it pushed, in the registry.
+        // (A registry-side tag was checked by the registry's own answer to its PUT.)
+        let t = Instant::now();
+        let pushed_tags: Vec<ImageRef> = targets
+            .iter()
+            .zip(&paths)
+            .filter(|(_, p)| **p == TagPath::Push)
+            .map(|(t, _)| t.clone())
+            .collect();
         if let Some((target, found)) =
-            first_mismatch(client, repository, targets, login.as_ref(), &digest).await?
+            first_mismatch(client, repository, &pushed_tags, login, &digest).await?
         {
             return Err(JobFailure::new(
                 ErrorCode::DigestMismatch,
@@ -332,7 +371,7 @@ impl Pipeline {
 
         if job.job.options.remove_local_tag {
             let t = Instant::now();
-            for target in targets {
+            for target in tagged {
                 if target.name() == job.source.name() && target.tag() == job.source.tag() {
                     continue; // never remove the source itself
                 }
@@ -343,7 +382,161 @@ impl Pipeline {
             }
             phases.untag_ms = ms(t);
         }
-        Ok((digest, Some(size), bytes, false))
+        Ok(Outcome {
+            digest,
+            size: Some(pushed.size),
+            bytes,
+            paths,
+        })
+    }
+
+    /// Pushes `target` through the daemon, within the registry's push slots. A refusal of the
+    /// login drops the registry client's cached authorisation for the repository.
+    async fn daemon_push(
+        &self,
+        client: &RegistryClient,
+        registry: &Registry,
+        repository: &str,
+        target: &ImageRef,
+        login: Option<&Credentials>,
+        progress: &watch::Sender<Option<Progress>>,
+    ) -> Result<PushOutcome, JobFailure> {
+        // A registry with `max_concurrent_pushes` takes that many pushes from this worker at
+        // once; the others wait here (waiting counts as push time: it is what the job waited
+        // for). The slot is given back as soon as the push is done.
+        let _slot = match self.push_slots.get(&registry.key) {
+            Some(slots) => Some(Arc::clone(slots).acquire_owned().await.map_err(|_| {
+                JobFailure::new(ErrorCode::PushFailed, "the worker is shutting down")
+            })?),
+            None => None,
+        };
+        let report = |p: PushProgress| {
+            progress.send_replace(Some(Progress {
+                phase: "push".to_owned(),
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
+            }));
+        };
+        self.daemon.push(target, login, report).await.map_err(|e| {
+            if matches!(
+                e.code(),
+                ErrorCode::RegistryAuthFailed
+                    | ErrorCode::RegistryDenied
+                    | ErrorCode::RegistryInsufficientScope
+            ) {
+                client.invalidate(repository);
+            }
+            coded(&e)
+        })
+    }
+}
+
+/// What the stages produced.
+#[derive(Debug)]
+struct Outcome {
+    digest: String,
+    size: Option<u64>,
+    bytes: u64,
+    /// Per target, in the plan's order.
+    paths: Vec<TagPath>,
+}
+
+/// Adds the time since `start` to a phase that may have run before.
+fn add_ms(slot: &mut Option<u64>, start: Instant) {
+    let now = ms(start).unwrap_or(0);
+    *slot = Some(slot.unwrap_or(0).saturating_add(now));
+}
+
+/// The registry-side tag operations of one job (see [`crate::retag`]).
+struct RegistryTags<'a> {
+    client: &'a RegistryClient,
+    repository: &'a str,
+    image_id: &'a str,
+    login: Option<&'a Credentials>,
+}
+
+impl RegistryTags<'_> {
+    /// The manifest the repository holds under `digest`, when it may be written under other
+    /// tags as this image; `None` (push instead) when the registry does not have it, or when
+    /// [`retag::check_manifest`] or the registry's answer leaves any doubt.
+    async fn usable_manifest(&self, digest: &str) -> Result<Option<Manifest>, JobFailure> {
+        let found = match self
+            .client
+            .manifest_by_digest(self.repository, digest, self.login)
+            .await
+        {
+            Ok(found) => found,
+            // An answer that does not follow the API (a registry or proxy that cannot serve
+            // manifests by digest) is a doubt, not a failure: the daemon's push is always right.
+            Err(e @ RegistryError::Protocol { .. }) => {
+                tracing::info!(error = %e, "cannot read the manifest the repository holds; pushing");
+                return Ok(None);
+            }
+            Err(e) => return Err(coded(&e)),
+        };
+        let Some(manifest) = found else {
+            tracing::debug!(
+                digest,
+                "the repository does not hold this image's manifest; pushing"
+            );
+            return Ok(None);
+        };
+        match retag::check_manifest(&manifest, self.image_id) {
+            Ok(()) => Ok(Some(manifest)),
+            Err(why) => {
+                tracing::info!(digest, reason = %why, "the manifest the repository holds is not written under new tags; pushing");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes every tag of `targets` point at `manifest`: `noop` when it already does, else the
+    /// manifest's exact bytes are put under it (`retag`) and the registry's answer must name
+    /// the same digest.
+    async fn write(
+        &self,
+        targets: &[ImageRef],
+        manifest: &Manifest,
+    ) -> Result<Vec<TagPath>, JobFailure> {
+        let mut paths = Vec::with_capacity(targets.len());
+        for target in targets {
+            let tag = target.tag_or_latest();
+            let now = self
+                .client
+                .manifest_digest(self.repository, tag, self.login)
+                .await
+                .map_err(|e| coded(&e))?;
+            if now.as_deref() == Some(manifest.digest.as_str()) {
+                paths.push(TagPath::Noop);
+                continue;
+            }
+            let stored = self
+                .client
+                .put_manifest(self.repository, tag, manifest, self.login)
+                .await
+                .map_err(|e| coded(&e))?;
+            let stored = match stored {
+                Some(d) => Some(d),
+                // No digest in the answer: ask the registry what the tag holds now.
+                None => self
+                    .client
+                    .manifest_digest(self.repository, tag, self.login)
+                    .await
+                    .map_err(|e| coded(&e))?,
+            };
+            if stored.as_deref() != Some(manifest.digest.as_str()) {
+                return Err(JobFailure::new(
+                    ErrorCode::DigestMismatch,
+                    format!(
+                        "{target} was written with the manifest {}, but the registry holds {}",
+                        manifest.digest,
+                        stored.as_deref().unwrap_or("no manifest under that tag")
+                    ),
+                ));
+            }
+            paths.push(TagPath::Retag);
+        }
+        Ok(paths)
     }
 }
 

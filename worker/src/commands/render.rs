@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pushfleet_shared::event::{Event, JobState};
+use pushfleet_shared::event::{Event, JobState, TagPath};
 
 /// How events are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,10 +158,11 @@ pub fn lines(event: &Event, with_job_id: bool) -> Vec<String> {
                 .and_then(|p| p.total_ms)
                 .map(|ms| format!(" in {}", seconds(ms)))
                 .unwrap_or_default();
-            let how = if event.already_present == Some(true) {
-                " (already there: nothing pushed)"
-            } else {
-                ""
+            let how = match event.path {
+                Some(TagPath::Noop) => " (already there: nothing pushed)",
+                Some(TagPath::Retag) => " (tagged in the registry: nothing pushed)",
+                _ if event.already_present == Some(true) => " (already there: nothing pushed)",
+                _ => "",
             };
             out.push(format!("{id}{state:<10} {digest}{took}{how}"));
             if !targets.is_empty() {

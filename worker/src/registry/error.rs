@@ -143,6 +143,23 @@ pub enum RegistryError {
         /// What the server said.
         detail: String,
     },
+    /// The registry refused to write a tag its policy keeps immutable (Harbor: HTTP 412
+    /// `PRECONDITION` "... configured as immutable").
+    #[error(
+        "{target}: {request}: the tag `{tag}` is immutable in this registry (HTTP {status}): {detail}"
+    )]
+    TagImmutable {
+        /// Registry and repository.
+        target: Box<Target>,
+        /// The request that was refused.
+        request: String,
+        /// The tag.
+        tag: String,
+        /// The HTTP status.
+        status: u16,
+        /// What the server said.
+        detail: String,
+    },
     /// 429: the registry or its token server asks the client to slow down.
     #[error("{target}: {request}: rate limited (HTTP 429){}", retry_after_text(.retry_after))]
     RateLimited {
@@ -226,6 +243,7 @@ impl RegistryError {
             | Self::AuthFailed { target, .. }
             | Self::InsufficientScope { target, .. }
             | Self::Denied { target, .. }
+            | Self::TagImmutable { target, .. }
             | Self::RateLimited { target, .. }
             | Self::Protocol { target, .. }
             | Self::InsecureRealm { target, .. } => target,
@@ -257,6 +275,7 @@ impl Coded for RegistryError {
             Self::AuthFailed { .. } => ErrorCode::RegistryAuthFailed,
             Self::InsufficientScope { .. } => ErrorCode::RegistryInsufficientScope,
             Self::Denied { .. } => ErrorCode::RegistryDenied,
+            Self::TagImmutable { .. } => ErrorCode::TagImmutable,
             Self::RateLimited { .. } => ErrorCode::RegistryRateLimited,
         }
     }

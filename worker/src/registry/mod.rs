@@ -58,6 +58,7 @@ mod base_url;
 mod cache;
 mod challenge;
 mod error;
+mod manifest;
 mod names;
 mod probe;
 
@@ -78,6 +79,7 @@ pub use self::base_url::check_base_url;
 use self::cache::{AccessEntry, AccessKey, Authorization, Cache};
 use self::error::from_transport;
 pub use self::error::{RegistryError, Right, Target};
+pub use self::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use self::names::{validate_reference, validate_repository};
 use self::probe::ProbeFailure;
 pub use crate::credentials::Credentials;
@@ -371,6 +373,24 @@ impl RegistryClient {
         reference: &str,
         login: Option<&Credentials>,
     ) -> Result<Option<String>, RegistryError> {
+        self.with_read_retries(repository, || {
+            self.manifest_digest_once(repository, reference, login)
+        })
+        .await
+    }
+
+    /// Runs `once` until it succeeds, fails for good, or has been sent [`READ_ATTEMPTS`]
+    /// times; only transient failures ([`RegistryError::is_transient`]) are sent again, after
+    /// short growing pauses. For idempotent requests only.
+    async fn with_read_retries<T, F, Fut>(
+        &self,
+        repository: &str,
+        mut once: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
         let mut pauses = ExponentialBuilder::default()
             .with_min_delay(READ_RETRY_MIN_DELAY)
             .with_factor(4.0)
@@ -378,19 +398,95 @@ impl RegistryClient {
             .with_max_times(READ_ATTEMPTS - 1)
             .build();
         loop {
-            match self
-                .manifest_digest_once(repository, reference, login)
-                .await
-            {
+            match once().await {
                 Err(e) if e.is_transient() => match pauses.next() {
                     Some(pause) => {
-                        tracing::debug!(registry = %self.key, repository, error = %e, ?pause, "transient answer to a manifest read; asking again");
+                        tracing::debug!(registry = %self.key, repository, error = %e, ?pause, "transient answer to an idempotent request; asking again");
                         tokio::time::sleep(pause).await;
                     }
                     None => return Err(e),
                 },
                 other => return other,
             }
+        }
+    }
+
+    /// The authorisation for reading `repository`: the cached one (pull or push), else a
+    /// fresh pull authorisation, cached for its validity.
+    async fn read_authorization(
+        &self,
+        target: &Target,
+        repository: &str,
+        key: &AccessKey,
+        login: Option<&Credentials>,
+    ) -> Result<Authorization, RegistryError> {
+        if let Some(entry) = self.lock().access(key, false, Instant::now()) {
+            return Ok(entry.authorization);
+        }
+        let (challenge, _) = self.challenge(target).await?;
+        let obtained_at = Instant::now();
+        let (authorization, validity) = self
+            .authorize(
+                target,
+                repository,
+                login,
+                challenge.as_ref(),
+                Actions::Pull,
+                false,
+            )
+            .await?;
+        if !validity.is_zero() {
+            let entry = AccessEntry {
+                authorization: authorization.clone(),
+                push: false,
+                expires_at: obtained_at + validity,
+            };
+            self.lock().put_access(key.clone(), entry, Instant::now());
+        }
+        Ok(authorization)
+    }
+
+    /// Drops what a 401 proved stale: the key's authorisation and the cached challenge.
+    fn forget_after_401(&self, key: &AccessKey) {
+        let mut cache = self.lock();
+        cache.invalidate_key(key);
+        cache.drop_ping();
+    }
+
+    /// The error of a request answered 401 even with fresh authentication, for `right`.
+    fn unauthorized(
+        &self,
+        target: &Target,
+        request: String,
+        headers: &HeaderMap,
+        login: Option<&Credentials>,
+        authorization: &Authorization,
+        right: Right,
+    ) -> RegistryError {
+        let bearer_error = challenge::bearer_error(www_authenticate(headers));
+        let detail = match &bearer_error {
+            Some(e) => format!("HTTP 401 ({e})"),
+            None => "HTTP 401".to_owned(),
+        };
+        match (login, bearer_error.as_deref()) {
+            (None, _) => RegistryError::CredentialsMissing {
+                target: target.boxed(),
+                request,
+                scheme: scheme_name(authorization),
+            },
+            (Some(l), Some("insufficient_scope")) => RegistryError::InsufficientScope {
+                target: target.boxed(),
+                request,
+                username: l.username.clone(),
+                action: right,
+                detail,
+            },
+            (Some(l), _) => RegistryError::AuthFailed {
+                target: target.boxed(),
+                request,
+                username: l.username.clone(),
+                detail,
+            },
         }
     }
 
@@ -409,33 +505,9 @@ impl RegistryClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let cached = self.lock().access(&key, false, Instant::now());
-            let authorization = match cached {
-                Some(entry) => entry.authorization,
-                None => {
-                    let (challenge, _) = self.challenge(&target).await?;
-                    let obtained_at = Instant::now();
-                    let (authorization, validity) = self
-                        .authorize(
-                            &target,
-                            repository,
-                            login,
-                            challenge.as_ref(),
-                            Actions::Pull,
-                            false,
-                        )
-                        .await?;
-                    if !validity.is_zero() {
-                        let entry = AccessEntry {
-                            authorization: authorization.clone(),
-                            push: false,
-                            expires_at: obtained_at + validity,
-                        };
-                        self.lock().put_access(key.clone(), entry, Instant::now());
-                    }
-                    authorization
-                }
-            };
+            let authorization = self
+                .read_authorization(&target, repository, &key, login)
+                .await?;
             let mut builder = self
                 .http
                 .head(url.clone())
@@ -447,14 +519,8 @@ impl RegistryClient {
             let status = response.status();
             match status {
                 s if s.is_success() => {
-                    let digest = response
-                        .headers()
-                        .get("docker-content-digest")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::trim)
-                        .filter(|d| !d.is_empty());
-                    return match digest {
-                        Some(d) => Ok(Some(d.to_owned())),
+                    return match content_digest(response.headers()) {
+                        Some(d) => Ok(Some(d)),
                         None => Err(RegistryError::Protocol {
                             target: target.boxed(),
                             request,
@@ -467,41 +533,19 @@ impl RegistryClient {
                 }
                 StatusCode::NOT_FOUND => return Ok(None),
                 StatusCode::UNAUTHORIZED => {
-                    {
-                        let mut cache = self.lock();
-                        cache.invalidate_key(&key);
-                        cache.drop_ping();
-                    }
+                    self.forget_after_401(&key);
                     if attempt < 2 {
                         tracing::debug!(registry = %self.key, repository, "401 on manifest HEAD; retrying with fresh auth");
                         continue;
                     }
-                    let bearer_error =
-                        challenge::bearer_error(www_authenticate(response.headers()));
-                    let detail = match &bearer_error {
-                        Some(e) => format!("HTTP 401 ({e})"),
-                        None => "HTTP 401".to_owned(),
-                    };
-                    return Err(match (login, bearer_error.as_deref()) {
-                        (None, _) => RegistryError::CredentialsMissing {
-                            target: target.boxed(),
-                            request,
-                            scheme: scheme_name(&authorization),
-                        },
-                        (Some(l), Some("insufficient_scope")) => RegistryError::InsufficientScope {
-                            target: target.boxed(),
-                            request,
-                            username: l.username.clone(),
-                            action: Right::Pull,
-                            detail,
-                        },
-                        (Some(l), _) => RegistryError::AuthFailed {
-                            target: target.boxed(),
-                            request,
-                            username: l.username.clone(),
-                            detail,
-                        },
-                    });
+                    return Err(self.unauthorized(
+                        &target,
+                        request,
+                        response.headers(),
+                        login,
+                        &authorization,
+                        Right::Pull,
+                    ));
                 }
                 StatusCode::FORBIDDEN => {
                     return Err(RegistryError::Denied {
@@ -598,6 +642,16 @@ fn redirect_policy() -> reqwest::redirect::Policy {
             attempt.follow()
         }
     })
+}
+
+/// The non-empty `Docker-Content-Digest` of an answer.
+fn content_digest(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
 }
 
 fn www_authenticate(headers: &HeaderMap) -> impl Iterator<Item = &str> {

@@ -35,6 +35,7 @@ from .events import (
     PhaseTimings,
     Progress,
     RetryInfo,
+    TagPath,
     TraceContext,
 )
 from .job import JobError, JobOptions, JobTarget, PushJob
@@ -75,6 +76,7 @@ __all__ = [
     "SigningKey",
     "SigningKeyError",
     "SubscriptionLost",
+    "TagPath",
     "Topology",
     "TopologyMissing",
     "TraceContext",

@@ -35,6 +35,7 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     PUSH_FAILED = "push_failed"
+    TAG_IMMUTABLE = "tag_immutable"
 
     @property
     def retryable(self) -> bool:
@@ -129,6 +130,10 @@ _DEFAULT_HINTS = {
     ErrorCode.CANCELLED: "the job was cancelled on request",
     ErrorCode.PUSH_FAILED: (
         "the push failed for an unclassified reason: read the message, then retry"
+    ),
+    ErrorCode.TAG_IMMUTABLE: (
+        "the registry keeps this tag immutable: push under a new tag (e.g. the next version), or "
+        "ask the registry's admins to exempt it from the immutability rule"
     ),
 }
 

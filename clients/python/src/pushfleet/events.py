@@ -40,6 +40,17 @@ class JobState(enum.StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD)
 
 
+class TagPath(enum.StrEnum):
+    """How a target tag came to hold the image (``succeeded``)."""
+
+    PUSH = "push"
+    """The Docker daemon pushed the image under the tag."""
+    RETAG = "retag"
+    """The repository already held the manifest: the worker put its exact bytes under the tag."""
+    NOOP = "noop"
+    """The tag already pointed at the manifest: nothing was written."""
+
+
 class InvalidEvent(PushfleetError, ValueError):
     """A message on the events exchange that is not a v1 event."""
 
@@ -71,6 +82,7 @@ class PhaseTimings:
     preflight_ms: int | None = None
     tag_ms: int | None = None
     push_ms: int | None = None
+    retag_ms: int | None = None
     verify_ms: int | None = None
     untag_ms: int | None = None
     total_ms: int | None = None
@@ -112,6 +124,8 @@ class Event:
     size: int | None = None
     bytes: int | None = None
     already_present: bool | None = None
+    path: TagPath | None = None
+    tag_paths: dict[str, TagPath] = field(default_factory=dict)
     progress: Progress | None = None
     phases: PhaseTimings | None = None
     retry: RetryInfo | None = None
@@ -166,6 +180,8 @@ class Event:
             size=d.get("size"),
             bytes=d.get("bytes"),
             already_present=d.get("already_present"),
+            path=TagPath(d["path"]) if d.get("path") else None,
+            tag_paths={k: TagPath(v) for k, v in (d.get("tag_paths") or {}).items()},
             progress=Progress(**progress) if progress else None,
             phases=PhaseTimings(**phases) if phases else None,
             retry=RetryInfo(

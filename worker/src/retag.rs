@@ -1,0 +1,344 @@
+//! Registry-side tags: when may a tag be written by putting the manifest the target
+//! repository already holds under it (`PUT /v2/<repo>/manifests/<tag>`, no daemon push)?
+//! The decisions here are pure; the pipeline does the I/O.
+//!
+//! Correctness comes first, so every doubt sends the job to the daemon's push, which is
+//! always right, and never to a silent wrong tag:
+//!
+//! 1. [`held_digest`]: the daemon's `RepoDigests` of the source image must name exactly one
+//!    digest for the target repository (the manifest a push of this image there produced).
+//!    None, or several different ones, and the job pushes.
+//! 2. The registry must serve that digest (`GET` by digest; 404 pushes), and
+//!    [`check_manifest`] must accept the answer: its bytes hash to the digest (byte-identical),
+//!    its media type is a single-image Docker v2 or OCI manifest (schema 1, manifest lists
+//!    and indexes, anything unknown push), its body agrees with that type, and its config
+//!    digest is the source image's id (so the manifest is this very image, not just a
+//!    manifest the daemon once saw).
+//! 3. Each tag is then `HEAD`ed: already at the digest is `noop`; otherwise the exact bytes
+//!    are put under it with that media type, and the registry's `Docker-Content-Digest`
+//!    answer must be the digest.
+//!
+//! A multi-tag job whose image the repository does not hold yet pushes its first tag through
+//! the daemon and writes the others this way, from the manifest that push produced.
+
+use std::fmt;
+
+use pushfleet_shared::ImageRef;
+use sha2::{Digest, Sha256};
+
+use crate::registry::Manifest;
+
+/// Docker image manifest, schema 2.
+pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker schema 1 (unsigned), never written registry-side.
+pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+/// Docker schema 1, signed, never written registry-side.
+pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// What the daemon's repo digests say about the target repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldDigest {
+    /// No push of this image to the repository is known.
+    None,
+    /// Exactly this digest.
+    One(String),
+    /// Several different digests: which one the repository holds is uncertain.
+    Several,
+}
+
+/// The digest of the manifest the target repository `target_name` (`host/repo`, as
+/// [`ImageRef::name`]) holds for this image, from the daemon's `RepoDigests`
+/// (`<name>@sha256:...`).
+pub fn held_digest(repo_digests: &[String], target_name: &str) -> HeldDigest {
+    let mut found: Option<&str> = None;
+    for entry in repo_digests {
+        let Some((name, digest)) = entry.rsplit_once('@') else {
+            continue;
+        };
+        let same_repository = ImageRef::parse(name)
+            .ok()
+            .is_some_and(|r| r.name() == target_name);
+        if !same_repository {
+            continue;
+        }
+        match found {
+            Some(d) if d != digest => return HeldDigest::Several,
+            _ => found = Some(digest),
+        }
+    }
+    match found {
+        Some(d) => HeldDigest::One(d.to_owned()),
+        None => HeldDigest::None,
+    }
+}
+
+/// Why a manifest is not written registry-side (the job pushes instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsure {
+    /// The bytes do not hash to the digest they were asked by.
+    BytesDiffer {
+        /// `sha256:` of the bytes received.
+        computed: String,
+    },
+    /// A Docker schema 1 manifest: its signature names the repository and tag, so it cannot
+    /// be copied to another tag byte for byte.
+    SchemaOne,
+    /// A manifest list or image index: not the single image the daemon has.
+    Index(String),
+    /// Any other media type (or none).
+    UnknownMediaType(String),
+    /// The body is not a manifest of its media type (unreadable, `schemaVersion` not 2, or a
+    /// `mediaType` field that contradicts the `Content-Type`).
+    Malformed(String),
+    /// The manifest describes another image than the source (its config digest differs from
+    /// the image id).
+    OtherImage {
+        /// The manifest's config digest.
+        config: String,
+    },
+}
+
+impl fmt::Display for Unsure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unsure::BytesDiffer { computed } => {
+                write!(f, "the manifest's bytes hash to {computed}")
+            }
+            Unsure::SchemaOne => f.write_str("a schema 1 manifest"),
+            Unsure::Index(t) => write!(f, "a manifest list or index ({t})"),
+            Unsure::UnknownMediaType(t) if t.is_empty() => f.write_str("no media type"),
+            Unsure::UnknownMediaType(t) => write!(f, "media type {t:?} is not handled"),
+            Unsure::Malformed(why) => write!(f, "not a well-formed manifest: {why}"),
+            Unsure::OtherImage { config } => {
+                write!(f, "the manifest's config {config} is not the source image")
+            }
+        }
+    }
+}
+
+/// Whether `manifest` (as served for its digest) may be put under other tags as the image
+/// whose id is `image_id`; see the module documentation.
+pub fn check_manifest(manifest: &Manifest, image_id: &str) -> Result<(), Unsure> {
+    let computed = format!("sha256:{:x}", Sha256::digest(&manifest.body));
+    if computed != manifest.digest {
+        return Err(Unsure::BytesDiffer { computed });
+    }
+    let media_type = manifest.media_type.as_str();
+    match media_type {
+        DOCKER_MANIFEST_V2 | OCI_MANIFEST => {}
+        DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED => return Err(Unsure::SchemaOne),
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+        | "application/vnd.oci.image.index.v1+json" => {
+            return Err(Unsure::Index(media_type.to_owned()));
+        }
+        other => return Err(Unsure::UnknownMediaType(other.to_owned())),
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body {
+        schema_version: u32,
+        #[serde(default)]
+        media_type: Option<String>,
+        config: Descriptor,
+    }
+    #[derive(serde::Deserialize)]
+    struct Descriptor {
+        digest: String,
+    }
+    let body: Body = serde_json::from_slice(&manifest.body).map_err(|e| {
+        Unsure::Malformed(format!(
+            "line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            e.classify_name()
+        ))
+    })?;
+    if body.schema_version != 2 {
+        return Err(Unsure::Malformed(format!(
+            "schemaVersion {}",
+            body.schema_version
+        )));
+    }
+    match body.media_type.as_deref() {
+        Some(declared) if declared != media_type => {
+            return Err(Unsure::Malformed(format!(
+                "the body says mediaType {declared:?}, the registry {media_type:?}"
+            )));
+        }
+        // Docker v2 manifests always carry their type; OCI manifests may leave it out.
+        None if media_type == DOCKER_MANIFEST_V2 => {
+            return Err(Unsure::Malformed(
+                "no mediaType in a Docker v2 manifest".to_owned(),
+            ));
+        }
+        _ => {}
+    }
+    if body.config.digest != image_id {
+        return Err(Unsure::OtherImage {
+            config: body.config.digest,
+        });
+    }
+    Ok(())
+}
+
+/// A short name of a serde_json error's category, without the input.
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "missing or mistyped field",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn manifest(media_type: &str, body: &str) -> Manifest {
+        Manifest {
+            digest: format!("sha256:{:x}", Sha256::digest(body.as_bytes())),
+            media_type: media_type.to_owned(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn v2_body(media_type: &str, config: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{media_type}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"{config}"}},"layers":[]}}"#
+        )
+    }
+
+    #[test]
+    fn held_digest_reads_only_the_target_repository() {
+        let a = "sha256:aaaa";
+        let b = "sha256:bbbb";
+        let digests = vec![
+            format!("127.0.0.1:5001/production/app@{a}"),
+            format!("127.0.0.1:5002/team-a/app@{b}"),
+            "garbage-without-at".to_owned(),
+        ];
+        assert_eq!(
+            held_digest(&digests, "127.0.0.1:5001/production/app"),
+            HeldDigest::One(a.to_owned())
+        );
+        assert_eq!(
+            held_digest(&digests, "127.0.0.1:5002/team-a/app"),
+            HeldDigest::One(b.to_owned())
+        );
+        assert_eq!(
+            held_digest(&digests, "127.0.0.1:5001/production/other"),
+            HeldDigest::None
+        );
+        assert_eq!(held_digest(&[], "x/y"), HeldDigest::None);
+        // The same digest twice is one; two different ones are uncertain.
+        let twice = vec![
+            format!("127.0.0.1:5001/production/app@{a}"),
+            format!("127.0.0.1:5001/production/app@{a}"),
+        ];
+        assert_eq!(
+            held_digest(&twice, "127.0.0.1:5001/production/app"),
+            HeldDigest::One(a.to_owned())
+        );
+        let two = vec![
+            format!("127.0.0.1:5001/production/app@{a}"),
+            format!("127.0.0.1:5001/production/app@{b}"),
+        ];
+        assert_eq!(
+            held_digest(&two, "127.0.0.1:5001/production/app"),
+            HeldDigest::Several
+        );
+    }
+
+    #[test]
+    fn docker_v2_and_oci_manifests_of_the_image_are_accepted() {
+        let m = manifest(DOCKER_MANIFEST_V2, &v2_body(DOCKER_MANIFEST_V2, IMAGE));
+        assert_eq!(check_manifest(&m, IMAGE), Ok(()));
+        let m = manifest(OCI_MANIFEST, &v2_body(OCI_MANIFEST, IMAGE));
+        assert_eq!(check_manifest(&m, IMAGE), Ok(()));
+        // OCI without a mediaType field is fine.
+        let oci = format!(r#"{{"schemaVersion":2,"config":{{"digest":"{IMAGE}"}},"layers":[]}}"#);
+        assert_eq!(check_manifest(&manifest(OCI_MANIFEST, &oci), IMAGE), Ok(()));
+    }
+
+    #[test]
+    fn schema_one_never_takes_the_registry_side_path() {
+        let body = r#"{"schemaVersion":1,"name":"production/app","tag":"1","fsLayers":[],"signatures":[]}"#;
+        for media_type in [DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED] {
+            assert_eq!(
+                check_manifest(&manifest(media_type, body), IMAGE),
+                Err(Unsure::SchemaOne)
+            );
+        }
+        // A schema 1 body served under a v2 content type is caught by its schemaVersion.
+        let err = check_manifest(&manifest(DOCKER_MANIFEST_V2, body), IMAGE).unwrap_err();
+        assert!(matches!(err, Unsure::Malformed(_)), "{err:?}");
+    }
+
+    #[test]
+    fn indexes_unknown_types_and_other_images_push() {
+        let index = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        let err = check_manifest(
+            &manifest("application/vnd.oci.image.index.v1+json", index),
+            IMAGE,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Unsure::Index(_)), "{err:?}");
+        let err = check_manifest(
+            &manifest(
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+                index,
+            ),
+            IMAGE,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Unsure::Index(_)), "{err:?}");
+        let err =
+            check_manifest(&manifest("", &v2_body(DOCKER_MANIFEST_V2, IMAGE)), IMAGE).unwrap_err();
+        assert!(matches!(err, Unsure::UnknownMediaType(_)), "{err:?}");
+        assert_eq!(err.to_string(), "no media type");
+
+        let other = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        let m = manifest(DOCKER_MANIFEST_V2, &v2_body(DOCKER_MANIFEST_V2, other));
+        assert_eq!(
+            check_manifest(&m, IMAGE),
+            Err(Unsure::OtherImage {
+                config: other.to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn bytes_must_hash_to_the_digest_and_agree_with_the_content_type() {
+        let mut m = manifest(DOCKER_MANIFEST_V2, &v2_body(DOCKER_MANIFEST_V2, IMAGE));
+        m.body.push(b' ');
+        assert!(matches!(
+            check_manifest(&m, IMAGE),
+            Err(Unsure::BytesDiffer { .. })
+        ));
+        let m = manifest(OCI_MANIFEST, &v2_body(DOCKER_MANIFEST_V2, IMAGE));
+        assert!(matches!(
+            check_manifest(&m, IMAGE),
+            Err(Unsure::Malformed(_))
+        ));
+        let m = manifest(DOCKER_MANIFEST_V2, "not json");
+        let err = check_manifest(&m, IMAGE).unwrap_err();
+        assert!(!err.to_string().contains("not json"), "{err}");
+        let no_type = format!(r#"{{"schemaVersion":2,"config":{{"digest":"{IMAGE}"}}}}"#);
+        assert!(matches!(
+            check_manifest(&manifest(DOCKER_MANIFEST_V2, &no_type), IMAGE),
+            Err(Unsure::Malformed(_))
+        ));
+    }
+}
