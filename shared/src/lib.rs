@@ -27,6 +27,6 @@ pub mod signature;
 pub mod topology;
 
 pub use error_code::ErrorCode;
-pub use event::{Event, EventError, JobState};
+pub use event::{Event, EventError, JobState, PreflightInfo, PreflightMethod};
 pub use job::{JobError, PushJob};
 pub use reference::{ImageRef, ReferenceError};

@@ -3,6 +3,10 @@
 //! ("invalid checksum digest format"). Everything else (the daemon's uploads, the worker's
 //! other requests) is streamed through unchanged, `Host` included, so the registry's
 //! `Location` headers point back at the proxy.
+//!
+//! [`FlakyRegistry::passthrough`] injects nothing: it only records every request's method and
+//! path, so a test can count what a client really sent to the registry (upload sessions
+//! opened, completed, cancelled).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -31,7 +35,9 @@ const HOP_BY_HOP: [&str; 6] = [
 struct Shared {
     upstream: String,
     client: reqwest::Client,
+    inject: bool,
     failed_once: Mutex<HashSet<String>>,
+    seen: Mutex<Vec<(Method, String)>>,
     injected: AtomicUsize,
     forwarded: AtomicUsize,
 }
@@ -48,12 +54,23 @@ pub struct FlakyRegistry {
 impl FlakyRegistry {
     /// Starts a proxy to the registry at `upstream` (`host:port`, plain HTTP).
     pub async fn start(upstream: &str) -> Result<Self> {
+        Self::spawn(upstream, true).await
+    }
+
+    /// Starts a proxy to `upstream` that passes everything through unchanged.
+    pub async fn passthrough(upstream: &str) -> Result<Self> {
+        Self::spawn(upstream, false).await
+    }
+
+    async fn spawn(upstream: &str, inject: bool) -> Result<Self> {
         let shared = Arc::new(Shared {
             upstream: upstream.to_owned(),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            inject,
             failed_once: Mutex::new(HashSet::new()),
+            seen: Mutex::new(Vec::new()),
             injected: AtomicUsize::new(0),
             forwarded: AtomicUsize::new(0),
         });
@@ -71,6 +88,15 @@ impl FlakyRegistry {
     /// How many 500s it has injected.
     pub fn injected(&self) -> usize {
         self.shared.injected.load(Ordering::Relaxed)
+    }
+
+    /// How many requests with `method` had a path (query included) starting with `prefix`.
+    pub fn count(&self, method: &Method, prefix: &str) -> usize {
+        self.shared.seen.lock().map_or(0, |seen| {
+            seen.iter()
+                .filter(|(m, p)| m == method && p.starts_with(prefix))
+                .count()
+        })
     }
 
     /// How many requests it has passed to the registry.
@@ -97,7 +123,10 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
-    if is_manifest_read(request.method(), &path) {
+    if let Ok(mut seen) = shared.seen.lock() {
+        seen.push((request.method().clone(), path.clone()));
+    }
+    if shared.inject && is_manifest_read(request.method(), &path) {
         let first = shared
             .failed_once
             .lock()

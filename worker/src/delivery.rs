@@ -17,7 +17,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use pushfleet_shared::event::{JobState, RetryInfo, TraceContext};
+use pushfleet_shared::event::{JobState, PreflightInfo, RetryInfo, TraceContext};
 use pushfleet_shared::job::{self, PushJob, ValidJob};
 use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
 use pushfleet_shared::topology::{JOB_ROUTING_KEY, Topology};
@@ -284,6 +284,7 @@ async fn run_job(
             event.bytes = Some(success.bytes);
             event.phases = Some(success.phases.clone());
             event.already_present = Some(success.already_present);
+            event.preflight = success.preflight.map(|method| PreflightInfo { method });
             reporter.publish(&event).await?;
             info!(digest = %success.digest, already_present = success.already_present, "job succeeded");
             delivery.ack(BasicAckOptions::default()).await?;
@@ -342,6 +343,7 @@ async fn run_stages(
             bytes: 0,
             phases: Default::default(),
             already_present: false,
+            preflight: None,
         }),
     }
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use pushfleet_shared::event::{PhaseTimings, Progress};
 use pushfleet_shared::job::ValidJob;
-use pushfleet_shared::{ErrorCode, ImageRef};
+use pushfleet_shared::{ErrorCode, ImageRef, PreflightMethod};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, Registry};
@@ -43,6 +43,8 @@ pub struct Success {
     pub phases: PhaseTimings,
     /// The registry already had it; nothing was pushed.
     pub already_present: bool,
+    /// How the preflight established the push right.
+    pub preflight: Option<PreflightMethod>,
 }
 
 /// A failed job attempt, with the time its stages took until it failed.
@@ -174,9 +176,18 @@ impl Pipeline {
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<Success, Failure> {
         let mut phases = PhaseTimings::default();
+        let mut preflight = None;
         let started = Instant::now();
         match self
-            .run_planned(job, plan, registry, may_have_run, progress, &mut phases)
+            .run_planned(
+                job,
+                plan,
+                registry,
+                may_have_run,
+                progress,
+                &mut phases,
+                &mut preflight,
+            )
             .await
         {
             Ok((digest, size, bytes, already_present)) => {
@@ -187,6 +198,7 @@ impl Pipeline {
                     bytes,
                     phases,
                     already_present,
+                    preflight,
                 })
             }
             Err(failure) => {
@@ -196,6 +208,10 @@ impl Pipeline {
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the attempt's outputs besides the result are filled in as stages pass"
+    )]
     async fn run_planned(
         &self,
         job: &ValidJob,
@@ -204,6 +220,7 @@ impl Pipeline {
         may_have_run: bool,
         progress: &watch::Sender<Option<Progress>>,
         phases: &mut PhaseTimings,
+        preflight: &mut Option<PreflightMethod>,
     ) -> Result<(String, Option<u64>, u64, bool), JobFailure> {
         let repository = &job.job.target.repository;
         let client = self.registries.get(&registry.key).ok_or_else(|| {
@@ -229,7 +246,8 @@ impl Pipeline {
             .preflight_push(repository, login.as_ref())
             .await
             .map_err(|e| coded(&e))?;
-        self.metrics.preflight(access.cached);
+        self.metrics.preflight(access.cached());
+        *preflight = Some(access.method);
         phases.preflight_ms = ms(t);
 
         // Redelivery: if the job may have run before, the daemon knows this image's digest in

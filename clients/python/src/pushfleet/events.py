@@ -112,6 +112,9 @@ class Event:
     size: int | None = None
     bytes: int | None = None
     already_present: bool | None = None
+    #: How the preflight established the push right (``succeeded``): ``token_claims``,
+    #: ``upload_probe`` or ``cached``.
+    preflight_method: str | None = None
     progress: Progress | None = None
     phases: PhaseTimings | None = None
     retry: RetryInfo | None = None
@@ -166,6 +169,7 @@ class Event:
             size=d.get("size"),
             bytes=d.get("bytes"),
             already_present=d.get("already_present"),
+            preflight_method=(d.get("preflight") or {}).get("method"),
             progress=Progress(**progress) if progress else None,
             phases=PhaseTimings(**phases) if phases else None,
             retry=RetryInfo(
