@@ -62,11 +62,11 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
 }
 
 /// Like [`connect`], asking for frames of at most `frame_max` bytes when given (the broker
-/// may negotiate it lower; lapin never goes below 8 KiB). The publishing connection asks for
-/// small frames: its messages are small, and a copy it publishes is kept within the frame
-/// size it negotiated (see [`crate::properties::copy_of`]). The consuming connection must take
-/// the broker's offer, since a content header larger than its frame size cannot be delivered
-/// to it.
+/// may negotiate it lower; lapin never goes below 8 KiB). Only the publishing connection may
+/// be given one (`amqp.publish_frame_max`): a copy it publishes is kept within the frame size
+/// it negotiated (see [`crate::properties::copy_of`]). The consuming connection must take the
+/// broker's offer, since a content header larger than its frame size cannot be delivered to
+/// it.
 pub async fn connect_with_frame_max(
     url: &str,
     name: &str,

@@ -273,7 +273,7 @@ impl Session {
             urls,
             node,
             &format!("{worker_id} publish"),
-            Some(config.amqp.publish_frame_max),
+            config.amqp.publish_frame_max,
         )
         .await?;
         let publisher = ConfirmedPublisher::open(&publish_conn).await?;

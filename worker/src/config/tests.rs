@@ -96,11 +96,7 @@ fn a_signing_key_is_read_at_load_and_never_printed() {
         "one trailing newline removed"
     );
     assert!(config.describe().contains("job signatures:   required"));
-    assert_eq!(
-        config.amqp.publish_frame_max,
-        crate::config::DEFAULT_PUBLISH_FRAME_MAX,
-        "the default"
-    );
+    assert_eq!(config.amqp.publish_frame_max, None, "the broker's offer");
     assert!(!config.describe().contains(&key) && !format!("{config:?}").contains(&key));
 
     let short = fx.file("short.key", b"too-short\n");
@@ -929,7 +925,7 @@ fn amqp_urls_name_the_nodes_of_a_cluster_in_order() {
         ]
     );
     assert_eq!(config.amqp.quorum_replicas, Some(3));
-    assert_eq!(config.amqp.publish_frame_max, 32768);
+    assert_eq!(config.amqp.publish_frame_max, Some(32768));
     let described = config.describe();
     assert!(described.contains("n2:5672"), "{described}");
     assert!(!described.contains("s3cret"), "{described}");

@@ -13,9 +13,9 @@ use url::Url;
 
 use super::load::Loader;
 use super::{
-    AmqpConfig, AmqpUrl, Catalogue, Config, DEFAULT_AMQP_URL, DEFAULT_PUBLISH_FRAME_MAX,
-    DockerConfig, ENV_PREFIX, ENV_SEPARATOR, MAX_CONCURRENCY, MAX_PUBLISH_FRAME_MAX,
-    MAX_QUORUM_REPLICAS, MIN_PUBLISH_FRAME_MAX, Registry, WorkerConfig, read_signing_key,
+    AmqpConfig, AmqpUrl, Catalogue, Config, DEFAULT_AMQP_URL, DockerConfig, ENV_PREFIX,
+    ENV_SEPARATOR, MAX_CONCURRENCY, MAX_PUBLISH_FRAME_MAX, MAX_QUORUM_REPLICAS,
+    MIN_PUBLISH_FRAME_MAX, Registry, WorkerConfig, read_signing_key,
 };
 use crate::credentials::{
     CredentialError, DockerConfigSource, EnvSource, Login, PasswordSource, docker_credential_key,
@@ -140,7 +140,7 @@ fn amqp(loader: &mut Loader, raw: RawAmqp) -> Option<AmqpConfig> {
         ),
         quorum_replicas: raw.quorum_replicas,
         signing_key,
-        publish_frame_max: raw.publish_frame_max.unwrap_or(DEFAULT_PUBLISH_FRAME_MAX),
+        publish_frame_max: raw.publish_frame_max,
     })
 }
 
