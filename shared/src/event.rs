@@ -172,6 +172,40 @@ pub struct PhaseTimings {
     pub total_ms: Option<u64>,
 }
 
+/// How the preflight established the right to push (`succeeded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PreflightMethod {
+    /// The registry's token service granted `push` on the repository, as the `access` claim of
+    /// the Bearer token it issued says; no upload was started.
+    TokenClaims,
+    /// A tiny blob upload to the repository was accepted (Basic-auth and anonymous
+    /// registries, tokens that are not Docker-format JWTs).
+    UploadProbe,
+    /// A recent preflight for the same repository and credential proved it, possibly one
+    /// that ran concurrently for another job; no request was sent.
+    Cached,
+}
+
+impl PreflightMethod {
+    /// The wire form, e.g. `"token_claims"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreflightMethod::TokenClaims => "token_claims",
+            PreflightMethod::UploadProbe => "upload_probe",
+            PreflightMethod::Cached => "cached",
+        }
+    }
+}
+
+/// What the preflight of an attempt did (`succeeded`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightInfo {
+    /// How the right to push was established.
+    pub method: PreflightMethod,
+}
+
 /// When the next attempt of a `retrying` job is due.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -239,6 +273,9 @@ pub struct Event {
     /// Per target reference (as in `targets`), how that tag got there (`succeeded`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tag_paths: BTreeMap<String, TagPath>,
+    /// What the preflight did (`succeeded`, when this attempt ran one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<PreflightInfo>,
     /// Upload progress (`progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -294,6 +331,7 @@ impl Event {
             already_present: None,
             path: None,
             tag_paths: BTreeMap::new(),
+            preflight: None,
             progress: None,
             phases: None,
             retry: None,

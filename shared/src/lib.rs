@@ -30,7 +30,7 @@ pub mod text;
 pub mod topology;
 
 pub use error_code::ErrorCode;
-pub use event::{Event, EventError, JobState};
+pub use event::{Event, EventError, JobState, PreflightInfo, PreflightMethod};
 pub use job::{JobError, PushJob};
 pub use pool::Pool;
 pub use reference::{ImageRef, ReferenceError};

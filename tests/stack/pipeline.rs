@@ -2,10 +2,10 @@
 //! registries. Every test has its own topology prefix, image names and repositories.
 
 use anyhow::{Context, Result};
-use pushfleet_shared::PushJob;
 use pushfleet_shared::django::DjangoPushStep;
 use pushfleet_shared::event::{JobState, TagPath};
 use pushfleet_shared::topology::Topology;
+use pushfleet_shared::{PreflightMethod, PushJob};
 use pushfleet_tests::config::WorkerSettings;
 use pushfleet_tests::fleet::{
     Broker, TestWorker, base_registries, basic_auth, bearer_auth, expect_failed, job, make_image,
@@ -106,6 +106,12 @@ async fn happy_path_to_the_basic_auth_registry() -> Result<()> {
         [TagPath::Push, TagPath::Retag],
         "{done:#?}"
     );
+    // A Basic-auth registry: the push right was proven by a (completed) upload.
+    assert_eq!(
+        done.preflight.as_ref().map(|p| p.method),
+        Some(PreflightMethod::UploadProbe),
+        "{done:#?}"
+    );
 
     // The registry itself, asked without the worker, holds the reported digest under both tags.
     let digest = done.digest.clone().context("digest")?;
@@ -133,6 +139,12 @@ async fn happy_path_to_the_token_registry_then_redelivery_pushes_nothing() -> Re
         .await?;
     let done = terminal(&first)?;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    // The token's access claim granted push: no upload was needed to know.
+    assert_eq!(
+        done.preflight.as_ref().map(|p| p.method),
+        Some(PreflightMethod::TokenClaims),
+        "{done:#?}"
+    );
 
     let admin = h.env.get("PUSHFLEET_TOKEN_ADMIN_USER")?;
     let admin_pw = h.env.read_file_at("PUSHFLEET_TOKEN_ADMIN_PASSWORD_FILE")?;
@@ -160,6 +172,11 @@ async fn happy_path_to_the_token_registry_then_redelivery_pushes_nothing() -> Re
     assert_eq!(done_fresh.already_present, Some(true));
     assert_eq!(done_fresh.path, Some(TagPath::Noop));
     assert_eq!(done_fresh.digest, done.digest);
+    assert_eq!(
+        done_fresh.preflight.as_ref().map(|p| p.method),
+        Some(PreflightMethod::Cached),
+        "the same repository right after: {done_fresh:#?}"
+    );
     assert!(
         done_fresh
             .phases

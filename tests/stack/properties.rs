@@ -7,13 +7,16 @@
 //! - A body declared in an encoding the worker does not read is refused as such.
 //! - A dead-letter copy keeps every property and header of the original, also after the job
 //!   went through a delay queue for a retry.
+//! - With `amqp.publish_frame_max` set small, a message with more headers than fit such a
+//!   frame is still delivered (the consuming connection takes the broker's frame size), and its
+//!   dead-letter copy leaves out the large header and names it.
 
 use anyhow::{Context, Result, ensure};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use pushfleet_shared::event::JobState;
 use pushfleet_shared::topology::JOB_ROUTING_KEY;
-use pushfleet_tests::config::WorkerSettings;
+use pushfleet_tests::config::{TestConfig, WorkerSettings};
 use pushfleet_tests::fleet::{
     Broker, TestWorker, base_registries, expect_failed, job, make_image, registry_toml, terminal,
     worker_config, worker_config_with,
@@ -376,5 +379,56 @@ async fn a_dead_letter_copy_keeps_every_property_through_a_retry() -> Result<()>
         serde_json::to_vec(&job)?,
         "the body is unchanged"
     );
+    worker.stop().await
+}
+
+#[tokio::test]
+async fn a_small_publish_frame_max_is_honoured_by_dead_letter_copies() -> Result<()> {
+    let env = StackEnv::load()?;
+    let prefix = unique("t-frame");
+    let mut config = TestConfig::new(&env, &prefix, &base_registries(&env)?)?;
+    config.publish_frame_max = Some(16384);
+    let config = config.load()?;
+    let worker = TestWorker::start(config).await?;
+    let mut broker = Broker::connect(&env, &worker.topology).await?;
+    // 40 KiB of headers: delivered to the worker (its consuming connection takes the broker's
+    // 128 KiB frames), too large for the 16 KiB frames its publishing connection asked for.
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-big".into(),
+        AMQPValue::LongString("b".repeat(40 * 1024).into()),
+    );
+    headers.insert("x-small".into(), AMQPValue::LongString("kept".into()));
+    let job_id = unique("frame-job");
+    // A job missing every other field: refused as invalid_message and dead-lettered.
+    let body = serde_json::to_vec(&serde_json::json!({ "job_id": job_id }))?;
+    broker
+        .publish_raw(
+            &body,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id(job_id.as_str().into())
+                .with_headers(headers),
+        )
+        .await?;
+    let events = broker.wait_for(&job_id).await?;
+    expect_failed(&events, "invalid_message")?;
+    let dead = broker.take_dead_letter().await?.context("no dead letter")?;
+    let h = dead.properties.headers().clone().unwrap_or_default();
+    let h = h.inner();
+    ensure!(
+        h.get("x-big").is_none(),
+        "the large header cannot fit a 16 KiB frame"
+    );
+    ensure!(
+        h.get("x-small") == Some(&AMQPValue::LongString("kept".into())),
+        "{h:?}"
+    );
+    let dropped = h.get(pushfleet_worker::properties::DROPPED_HEADERS_HEADER);
+    ensure!(
+        dropped == Some(&AMQPValue::LongString("x-big".into())),
+        "named as dropped: {dropped:?}"
+    );
+    ensure!(dead.data == body, "the body is unchanged");
     worker.stop().await
 }

@@ -13,11 +13,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use axum::http::Method;
 use pushfleet_shared::ErrorCode;
 use pushfleet_tests::StackEnv;
+use pushfleet_tests::proxy::FlakyRegistry;
 use pushfleet_worker::failure::Coded;
 use pushfleet_worker::registry::{
-    AuthScheme, Credentials, ExposeSecret, RegistryClient, RegistryEndpoint, RegistryError,
+    AuthScheme, Credentials, ExposeSecret, PreflightMethod, RegistryClient, RegistryEndpoint,
+    RegistryError,
 };
 use reqwest::Url;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -31,6 +34,18 @@ fn stack_client(env: &StackEnv, which: &str) -> Result<RegistryClient> {
         ca_pem: None,
     };
     Ok(RegistryClient::new(endpoint)?)
+}
+
+/// A client of the stack registry `which` through a recording proxy, and the proxy.
+async fn proxied_client(env: &StackEnv, which: &str) -> Result<(RegistryClient, FlakyRegistry)> {
+    let host = env.get(&format!("PUSHFLEET_{which}_REGISTRY"))?;
+    let proxy = FlakyRegistry::passthrough(&host).await?;
+    let endpoint = RegistryEndpoint {
+        key: which.to_ascii_lowercase(),
+        base_url: Url::parse(&format!("http://{}", proxy.addr))?,
+        ca_pem: None,
+    };
+    Ok((RegistryClient::new(endpoint)?, proxy))
 }
 
 /// The login of `PUSHFLEET_<prefix>_USER` / `_PASSWORD_FILE`, and the password for leak checks.
@@ -84,9 +99,13 @@ async fn basic_registry_right_password_then_cached() -> Result<()> {
     let repo = unique_repo("production");
 
     let first = client.preflight_push(&repo, Some(&login)).await?;
-    ensure!(!first.cached, "first preflight cannot come from the cache");
+    ensure!(
+        !first.cached(),
+        "first preflight cannot come from the cache"
+    );
+    ensure!(first.method == PreflightMethod::UploadProbe, "{first:?}");
     ensure!(first.scheme() == AuthScheme::Basic, "{first:?}");
-    // GET /v2/, GET /v2/ with credentials, POST upload, DELETE upload.
+    // GET /v2/, GET /v2/ with credentials, POST upload, PUT completing it.
     ensure!(
         client.request_count() == 4,
         "requests: {}",
@@ -95,7 +114,7 @@ async fn basic_registry_right_password_then_cached() -> Result<()> {
 
     let second = client.preflight_push(&repo, Some(&login)).await?;
     ensure!(
-        second.cached,
+        second.cached(),
         "second preflight must be served from the cache"
     );
     ensure!(
@@ -107,7 +126,7 @@ async fn basic_registry_right_password_then_cached() -> Result<()> {
     let other = client
         .preflight_push(&unique_repo("production"), Some(&login))
         .await?;
-    ensure!(!other.cached);
+    ensure!(!other.cached());
     ensure!(
         client.request_count() == 7,
         "requests: {}",
@@ -116,7 +135,7 @@ async fn basic_registry_right_password_then_cached() -> Result<()> {
 
     client.invalidate(&repo);
     let again = client.preflight_push(&repo, Some(&login)).await?;
-    ensure!(!again.cached, "invalidate must drop the cached access");
+    ensure!(!again.cached(), "invalidate must drop the cached access");
     Ok(())
 }
 
@@ -186,22 +205,22 @@ async fn token_registry_pusher_in_own_namespace_then_cached() -> Result<()> {
     let repo = unique_repo(&namespace);
 
     let first = client.preflight_push(&repo, Some(&login)).await?;
-    ensure!(!first.cached);
+    ensure!(first.method == PreflightMethod::TokenClaims, "{first:?}");
     ensure!(first.scheme() == AuthScheme::Bearer, "{first:?}");
-    // GET /v2/, token, POST upload, DELETE upload (answered 401: pull,push cannot delete).
+    // GET /v2/ and the token: its access claim grants push, no upload is opened.
     ensure!(
-        client.request_count() == 4,
+        client.request_count() == 2,
         "requests: {}",
         client.request_count()
     );
 
     let second = client.preflight_push(&repo, Some(&login)).await?;
     ensure!(
-        second.cached,
+        second.method == PreflightMethod::Cached,
         "second preflight must be served from the cache"
     );
     ensure!(
-        client.request_count() == 4,
+        client.request_count() == 2,
         "a cached preflight sent a request"
     );
     ensure!(second.valid_until() == first.valid_until());
@@ -214,7 +233,7 @@ async fn token_registry_pusher_in_own_namespace_then_cached() -> Result<()> {
             .is_none()
     );
     ensure!(
-        client.request_count() == 5,
+        client.request_count() == 3,
         "requests: {}",
         client.request_count()
     );
@@ -247,7 +266,7 @@ async fn token_registry_pusher_in_other_namespace_is_insufficient_scope() -> Res
     ensure!(!err.is_retryable());
     let text = err.to_string();
     ensure!(text.contains(&repo) && text.contains("pusher"), "{text}");
-    ensure!(text.contains("insufficient_scope"), "{text}");
+    ensure!(text.contains("access claim"), "{text}");
     assert_no_secret(&err, &[&password])?;
     Ok(())
 }
@@ -301,7 +320,7 @@ async fn token_registry_anonymous_is_credentials_missing() -> Result<()> {
     let client = stack_client(&env, "TOKEN")?;
     let namespace = env.get("PUSHFLEET_TOKEN_PUSHER_NAMESPACE")?;
     let repo = unique_repo(&namespace);
-    // The token server gives anonymous callers a token without access; the upload is refused.
+    // The token server gives anonymous callers a token without access: refused from its claims.
     let err = expect_err(
         client.preflight_push(&repo, None).await,
         "missing credentials",
@@ -313,10 +332,10 @@ async fn token_registry_anonymous_is_credentials_missing() -> Result<()> {
         "missing credentials",
     )?;
     ensure!(err.code() == ErrorCode::RegistryCredentialsMissing, "{err}");
-    // GET /v2/, token, POST (401); then token, HEAD (401), and the one retry with fresh auth:
-    // GET /v2/, token, HEAD (401).
+    // GET /v2/, token (empty access: no upload); then token, HEAD (401), and the one retry
+    // with fresh auth: GET /v2/, token, HEAD (401).
     ensure!(
-        client.request_count() == 8,
+        client.request_count() == 7,
         "requests: {}",
         client.request_count()
     );
@@ -650,5 +669,105 @@ async fn tls_registry_needs_its_ca_and_the_right_name() -> Result<()> {
         "protocol error",
     )?;
     ensure!(err.code() == ErrorCode::PushFailed, "{err:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_registry_preflight_opens_no_upload_session() -> Result<()> {
+    let env = StackEnv::load()?;
+    let (client, proxy) = proxied_client(&env, "TOKEN").await?;
+    let namespace = env.get("PUSHFLEET_TOKEN_PUSHER_NAMESPACE")?;
+    let (pusher, _) = login(&env, "TOKEN_PUSHER")?;
+    let (reader, _) = login(&env, "TOKEN_READER")?;
+    let granted = client
+        .preflight_push(&unique_repo(&namespace), Some(&pusher))
+        .await?;
+    ensure!(
+        granted.method == PreflightMethod::TokenClaims,
+        "{granted:?}"
+    );
+    // The read-only user is refused from the token's claims alone, with the usual code.
+    let err = expect_err(
+        client
+            .preflight_push(&unique_repo(&namespace), Some(&reader))
+            .await,
+        "no push right",
+    )?;
+    ensure!(err.code() == ErrorCode::RegistryInsufficientScope, "{err}");
+    ensure!(
+        proxy.count(&Method::POST, "/v2/") == 0,
+        "an upload session was opened"
+    );
+    ensure!(proxy.count(&Method::GET, "/v2/") == 1, "one ping, cached");
+    Ok(())
+}
+
+#[tokio::test]
+async fn basic_registry_probes_once_per_repository_and_leaves_no_session() -> Result<()> {
+    let env = StackEnv::load()?;
+    let (client, proxy) = proxied_client(&env, "BASIC").await?;
+    let (login, _) = login(&env, "BASIC")?;
+    let repo = unique_repo("production");
+    let uploads = format!("/v2/{repo}/blobs/uploads/");
+    // Eight jobs start together, then one more comes later: one probe for all of them.
+    let concurrent =
+        futures_util::future::join_all((0..8).map(|_| client.preflight_push(&repo, Some(&login))))
+            .await;
+    let mut methods = Vec::new();
+    for result in concurrent {
+        methods.push(result?.method);
+    }
+    methods.push(client.preflight_push(&repo, Some(&login)).await?.method);
+    let probes = methods
+        .iter()
+        .filter(|m| **m == PreflightMethod::UploadProbe)
+        .count();
+    ensure!(probes == 1, "{methods:?}");
+    ensure!(
+        methods
+            .iter()
+            .filter(|m| **m == PreflightMethod::Cached)
+            .count()
+            == 8,
+        "{methods:?}"
+    );
+    ensure!(
+        proxy.count(&Method::POST, &uploads) == 1,
+        "one upload probe"
+    );
+    // The session the registry opened was completed (PUT, 201), not abandoned or cancelled.
+    ensure!(
+        proxy.count(&Method::PUT, &uploads) == 1,
+        "the probe upload is completed"
+    );
+    ensure!(
+        proxy.count(&Method::DELETE, &uploads) == 0,
+        "nothing left to cancel"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_cold_preflights_on_the_token_registry_share_one_token() -> Result<()> {
+    let env = StackEnv::load()?;
+    let client = stack_client(&env, "TOKEN")?;
+    let (login, _) = login(&env, "TOKEN_PUSHER")?;
+    let repo = unique_repo(&env.get("PUSHFLEET_TOKEN_PUSHER_NAMESPACE")?);
+    let all =
+        futures_util::future::join_all((0..16).map(|_| client.preflight_push(&repo, Some(&login))))
+            .await;
+    let mut claims = 0;
+    for result in all {
+        if result?.method == PreflightMethod::TokenClaims {
+            claims += 1;
+        }
+    }
+    ensure!(claims == 1, "{claims} preflights read a token");
+    // One GET /v2/ and one token request for all sixteen.
+    ensure!(
+        client.request_count() == 2,
+        "requests: {}",
+        client.request_count()
+    );
     Ok(())
 }

@@ -57,6 +57,8 @@ pub struct TestConfig {
     pub docker_host: String,
     /// `amqp.signing_key_file`.
     pub signing_key_file: Option<PathBuf>,
+    /// `amqp.publish_frame_max`.
+    pub publish_frame_max: Option<u32>,
     /// The catalogue, as `[registries.<key>]` tables (see `fleet::base_registries`).
     pub registries: String,
 }
@@ -73,6 +75,7 @@ impl TestConfig {
             pools: Vec::new(),
             docker_host: env.get("PUSHFLEET_DOCKER_HOST")?,
             signing_key_file: None,
+            publish_frame_max: None,
             registries: registries.to_owned(),
         })
     }
@@ -118,17 +121,19 @@ impl TestConfig {
         } else {
             format!("pools = {}", serde_json::to_string(&self.pools)?)
         };
-        let signing = match &self.signing_key_file {
-            Some(path) => format!("signing_key_file = {:?}", path.display().to_string()),
-            None => String::new(),
-        };
+        let mut amqp_extra = String::new();
+        if let Some(path) = &self.signing_key_file {
+            amqp_extra += &format!("signing_key_file = {:?}\n", path.display().to_string());
+        }
+        if let Some(frame_max) = self.publish_frame_max {
+            amqp_extra += &format!("publish_frame_max = {frame_max}\n");
+        }
         Ok(format!(
             r#"
 [amqp]
 url = {amqp:?}
 topology_prefix = {prefix:?}
-{signing}
-
+{amqp_extra}
 [worker]
 id = {id:?}
 concurrency = {concurrency}

@@ -465,7 +465,7 @@ impl EventLog {
             .map(|u| SecretString::from(u.as_str()))
             .collect();
         let (conn, _) =
-            pushfleet_worker::broker::connect_any(&secrets, 0, "pushfleet-faults publisher")
+            pushfleet_worker::broker::connect_any(&secrets, 0, "pushfleet-faults publisher", None)
                 .await?;
         let publisher = ConfirmedPublisher::open(&conn).await?;
         declare_topology(publisher.channel(), topology).await?;

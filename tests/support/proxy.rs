@@ -1,9 +1,12 @@
 //! A reverse proxy in front of a real registry that injects one kind of answer ([`Fault`]):
 //! a 500 to the first manifest read of each path, the way a registry under concurrent pushes of
-//! one manifest sometimes does ("invalid checksum digest format"); or Harbor's refusal of a
-//! manifest `PUT` on an immutable tag (distribution has no immutable tags). Everything else
-//! (the daemon's uploads, the worker's other requests) is streamed through unchanged, `Host`
-//! included, so the registry's `Location` headers point back at the proxy.
+//! one manifest sometimes does ("invalid checksum digest format"); Harbor's refusal of a
+//! manifest `PUT` on an immutable tag (distribution has no immutable tags); or nothing
+//! ([`FlakyRegistry::passthrough`]). Everything else (the daemon's uploads, the worker's other
+//! requests) is streamed through unchanged, `Host` included, so the registry's `Location`
+//! headers point back at the proxy. Every request's method and path is recorded, so a test can
+//! count what a client really sent to the registry (upload sessions opened, completed,
+//! cancelled).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -31,6 +34,8 @@ const HOP_BY_HOP: [&str; 6] = [
 /// What the proxy injects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
+    /// Nothing injected: every request is passed through (and recorded).
+    None,
     /// A 500 to the first `HEAD`/`GET` of each manifest path.
     FirstManifestRead500,
     /// Harbor's answer to a manifest `PUT` on an immutable tag, for every `PUT` of
@@ -47,6 +52,7 @@ struct Shared {
     manifest_puts: Mutex<Vec<String>>,
     client: reqwest::Client,
     failed_once: Mutex<HashSet<String>>,
+    seen: Mutex<Vec<(Method, String)>>,
     injected: AtomicUsize,
     forwarded: AtomicUsize,
 }
@@ -67,6 +73,11 @@ impl FlakyRegistry {
         Self::start_with(upstream, Fault::FirstManifestRead500).await
     }
 
+    /// Starts a proxy to `upstream` that passes everything through unchanged.
+    pub async fn passthrough(upstream: &str) -> Result<Self> {
+        Self::start_with(upstream, Fault::None).await
+    }
+
     /// Starts a proxy to the registry at `upstream` that injects `fault`.
     pub async fn start_with(upstream: &str, fault: Fault) -> Result<Self> {
         let shared = Arc::new(Shared {
@@ -77,6 +88,7 @@ impl FlakyRegistry {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             failed_once: Mutex::new(HashSet::new()),
+            seen: Mutex::new(Vec::new()),
             injected: AtomicUsize::new(0),
             forwarded: AtomicUsize::new(0),
         });
@@ -103,6 +115,15 @@ impl FlakyRegistry {
     /// How many answers it has injected.
     pub fn injected(&self) -> usize {
         self.shared.injected.load(Ordering::Relaxed)
+    }
+
+    /// How many requests with `method` had a path (query included) starting with `prefix`.
+    pub fn count(&self, method: &Method, prefix: &str) -> usize {
+        self.shared.seen.lock().map_or(0, |seen| {
+            seen.iter()
+                .filter(|(m, p)| m == method && p.starts_with(prefix))
+                .count()
+        })
     }
 
     /// How many requests it has passed to the registry.
@@ -154,6 +175,9 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             axum::http::HeaderValue::from_static("application/json; charset=utf-8"),
         );
         return response;
+    }
+    if let Ok(mut seen) = shared.seen.lock() {
+        seen.push((request.method().clone(), path.clone()));
     }
     if shared.fault == Fault::FirstManifestRead500 && is_manifest_read(request.method(), &path) {
         let first = shared

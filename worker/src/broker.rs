@@ -38,6 +38,9 @@ pub enum BrokerError {
     /// No broker URL was configured.
     #[error("no broker node is configured")]
     NoNodes,
+    /// A broker URL could not be read (not echoed: it may hold a password).
+    #[error("the broker URL is not a valid AMQP URI")]
+    InvalidUrl,
     /// No broker session came back in time to publish again what a lost one left
     /// unconfirmed.
     #[error("no broker connection within {0:?} to publish again")]
@@ -52,24 +55,48 @@ pub enum BrokerError {
     },
 }
 
-/// Opens a connection named `name` (shown in the management UI) to `url`.
+/// Opens a connection named `name` (shown in the management UI) to `url`, taking the frame
+/// size the broker offers.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    connect_with_frame_max(url, name, None).await
+}
+
+/// Like [`connect`], asking for frames of at most `frame_max` bytes when given (the broker
+/// may negotiate it lower; lapin never goes below 8 KiB). Only the publishing connection may
+/// be given one (`amqp.publish_frame_max`): a copy it publishes is kept within the frame size
+/// it negotiated (see [`crate::properties::copy_of`]). The consuming connection must take the
+/// broker's offer, since a content header larger than its frame size cannot be delivered to
+/// it.
+pub async fn connect_with_frame_max(
+    url: &str,
+    name: &str,
+    frame_max: Option<u32>,
+) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect(url, props).await?)
+    match frame_max {
+        None => Ok(Connection::connect(url, props).await?),
+        Some(frame_max) => {
+            // The parse error is not kept: it may quote the URL, password included.
+            let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|_| BrokerError::InvalidUrl)?;
+            uri.query.frame_max = Some(frame_max);
+            Ok(Connection::connect_uri(uri, props).await?)
+        }
+    }
 }
 
 /// Connects to the first node of `urls` that answers, trying them in order from `start`
 /// (wrapping around); returns the connection and the index of the node. With one URL this is
-/// [`connect`]. The error is the last node's.
+/// [`connect_with_frame_max`]. The error is the last node's.
 pub async fn connect_any(
     urls: &[SecretString],
     start: usize,
     name: &str,
+    frame_max: Option<u32>,
 ) -> Result<(Connection, usize), BrokerError> {
     let mut last = BrokerError::NoNodes;
     for offset in 0..urls.len() {
         let index = (start + offset) % urls.len();
-        match connect(urls[index].expose_secret(), name).await {
+        match connect_with_frame_max(urls[index].expose_secret(), name, frame_max).await {
             Ok(conn) => return Ok((conn, index)),
             Err(e) => {
                 if urls.len() > 1 {

@@ -25,7 +25,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use pushfleet_shared::Pool;
-use pushfleet_shared::event::{JobState, RetryInfo, TraceContext};
+use pushfleet_shared::event::{JobState, PreflightInfo, RetryInfo, TraceContext};
 use pushfleet_shared::job::{self, PushJob, ValidJob};
 use pushfleet_shared::signature::{self, SIGNATURE_HEADER};
 use pushfleet_shared::topology::Topology;
@@ -315,6 +315,7 @@ async fn run_job(
             event.already_present = Some(success.already_present);
             event.path = Some(success.path);
             event.tag_paths = success.tag_paths.clone();
+            event.preflight = success.preflight.map(|method| PreflightInfo { method });
             reporter.publish(&event).await?;
             info!(digest = %success.digest, path = success.path.as_str(), "job succeeded");
             delivery.ack(BasicAckOptions::default()).await?;
@@ -376,6 +377,7 @@ async fn run_stages(
                 .iter()
                 .map(|t| (t.clone(), pushfleet_shared::event::TagPath::Push))
                 .collect(),
+            preflight: None,
         }),
     }
 }

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use pushfleet_shared::event::{PhaseTimings, Progress, TagPath};
 use pushfleet_shared::job::ValidJob;
-use pushfleet_shared::{ErrorCode, ImageRef};
+use pushfleet_shared::{ErrorCode, ImageRef, PreflightMethod};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, Registry};
@@ -53,6 +53,8 @@ pub struct Success {
     pub path: TagPath,
     /// Per exact target reference, how that tag got there.
     pub tag_paths: BTreeMap<String, TagPath>,
+    /// How the preflight established the push right.
+    pub preflight: Option<PreflightMethod>,
 }
 
 /// A failed job attempt, with the time its stages took until it failed.
@@ -181,9 +183,10 @@ impl Pipeline {
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<Success, Failure> {
         let mut phases = PhaseTimings::default();
+        let mut preflight = None;
         let started = Instant::now();
         match self
-            .run_planned(job, plan, registry, progress, &mut phases)
+            .run_planned(job, plan, registry, progress, &mut phases, &mut preflight)
             .await
         {
             Ok(outcome) => {
@@ -203,6 +206,7 @@ impl Pipeline {
                     already_present: path == TagPath::Noop,
                     path,
                     tag_paths,
+                    preflight,
                 })
             }
             Err(failure) => {
@@ -219,6 +223,7 @@ impl Pipeline {
         registry: &Registry,
         progress: &watch::Sender<Option<Progress>>,
         phases: &mut PhaseTimings,
+        preflight: &mut Option<PreflightMethod>,
     ) -> Result<Outcome, JobFailure> {
         let repository = &job.job.target.repository;
         let client = self.registries.get(&registry.key).ok_or_else(|| {
@@ -245,7 +250,8 @@ impl Pipeline {
             .preflight_push(repository, login)
             .await
             .map_err(|e| coded(&e))?;
-        self.metrics.preflight(access.cached);
+        self.metrics.preflight(access.cached());
+        *preflight = Some(access.method);
         phases.preflight_ms = ms(t);
 
         let targets = plan.target_refs();

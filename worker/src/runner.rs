@@ -298,9 +298,14 @@ impl Session {
         let worker_id = &config.worker.id;
         let topology = config.amqp.topology();
         let (consume_conn, node) =
-            broker::connect_any(urls, first_node, &format!("{worker_id} consume")).await?;
-        let (publish_conn, _) =
-            broker::connect_any(urls, node, &format!("{worker_id} publish")).await?;
+            broker::connect_any(urls, first_node, &format!("{worker_id} consume"), None).await?;
+        let (publish_conn, _) = broker::connect_any(
+            urls,
+            node,
+            &format!("{worker_id} publish"),
+            config.amqp.publish_frame_max,
+        )
+        .await?;
         let publisher = ConfirmedPublisher::open(&publish_conn).await?;
         broker::declare_topology(publisher.channel(), &topology).await?;
         for pool in &config.worker.pools {

@@ -43,7 +43,7 @@ pub(crate) async fn connect_broker(
         .amqp
         .urls_with_password()
         .context("amqp.password_file")?;
-    let (conn, _) = crate::broker::connect_any(&urls, 0, name)
+    let (conn, _) = crate::broker::connect_any(&urls, 0, name, None)
         .await
         .with_context(|| format!("cannot reach the broker at {}", config.amqp.nodes()))?;
     Ok(conn)

@@ -35,6 +35,11 @@ impl fmt::Display for Description<'_> {
             .quorum_replicas
             .map_or_else(|| "the broker's default".to_owned(), |n| n.to_string());
         writeln!(f, "  queue replicas:   {replicas}")?;
+        let frames = c.amqp.publish_frame_max.map_or_else(
+            || "the broker's frame_max".to_owned(),
+            |n| format!("at most {n} bytes"),
+        );
+        writeln!(f, "  publish frames:   {frames}")?;
         let signing = if c.amqp.signing_key.is_some() {
             "required (signing_key_file)"
         } else {

@@ -76,6 +76,10 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_RETRY_MIN_DELAY_MS: u64 = 5_000;
 /// `worker.retry_max_delay_s` when not set: the longest delay between attempts (before jitter).
 pub const DEFAULT_RETRY_MAX_DELAY_S: u64 = 300;
+/// The smallest `amqp.publish_frame_max` (lapin's smallest frame).
+pub const MIN_PUBLISH_FRAME_MAX: u64 = 8 * 1024;
+/// The largest `amqp.publish_frame_max`.
+pub const MAX_PUBLISH_FRAME_MAX: u64 = 1024 * 1024;
 /// The largest `amqp.quorum_replicas`.
 pub const MAX_QUORUM_REPLICAS: u64 = 9;
 
@@ -110,6 +114,9 @@ pub struct AmqpConfig {
     pub quorum_replicas: Option<u8>,
     /// The key jobs must be signed with (`signing_key_file`, read at load), if any.
     pub signing_key: Option<SigningKey>,
+    /// The largest frame asked for on the publishing connection; `None` takes the broker's
+    /// offer, as the consuming connection always does.
+    pub publish_frame_max: Option<u32>,
 }
 
 impl AmqpConfig {

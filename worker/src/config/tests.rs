@@ -96,6 +96,7 @@ fn a_signing_key_is_read_at_load_and_never_printed() {
         "one trailing newline removed"
     );
     assert!(config.describe().contains("job signatures:   required"));
+    assert_eq!(config.amqp.publish_frame_max, None, "the broker's offer");
     assert!(!config.describe().contains(&key) && !format!("{config:?}").contains(&key));
 
     let short = fx.file("short.key", b"too-short\n");
@@ -943,7 +944,7 @@ fn amqp_urls_name_the_nodes_of_a_cluster_in_order() {
     let fx = Fixture::new();
     let pw = fx.file("amqp-pw", b"s3cret\n");
     let toml = format!(
-        "[amqp]\nurls = [\"amqp://pf@n1:5672/%2f\", \"amqp://pf@n2:5672/%2f\", \"amqp://pf@n3/%2f\"]\npassword_file = \"{pw}\"\nquorum_replicas = 3\n{}",
+        "[amqp]\nurls = [\"amqp://pf@n1:5672/%2f\", \"amqp://pf@n2:5672/%2f\", \"amqp://pf@n3/%2f\"]\npassword_file = \"{pw}\"\nquorum_replicas = 3\npublish_frame_max = 32768\n{}",
         minimal(&fx)
     );
     let config = load_from_str(&toml, env(&[])).unwrap_or_else(|e| panic!("{e}"));
@@ -959,6 +960,7 @@ fn amqp_urls_name_the_nodes_of_a_cluster_in_order() {
         ]
     );
     assert_eq!(config.amqp.quorum_replicas, Some(3));
+    assert_eq!(config.amqp.publish_frame_max, Some(32768));
     let described = config.describe();
     assert!(described.contains("n2:5672"), "{described}");
     assert!(!described.contains("s3cret"), "{described}");
@@ -1009,6 +1011,11 @@ fn bad_amqp_urls_and_replica_counts_are_problems() {
             "quorum_replicas = 10",
             "amqp.quorum_replicas",
             "between 1 and 9",
+        ),
+        (
+            "publish_frame_max = 4096",
+            "amqp.publish_frame_max",
+            "between 8192 and 1048576",
         ),
     ] {
         let toml = format!("[amqp]\n{amqp}\n{}", minimal(&fx));

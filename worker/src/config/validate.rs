@@ -17,7 +17,8 @@ use url::Url;
 use super::load::Loader;
 use super::{
     AmqpConfig, AmqpUrl, Catalogue, Config, DEFAULT_AMQP_URL, DockerConfig, ENV_PREFIX,
-    ENV_SEPARATOR, MAX_CONCURRENCY, MAX_QUORUM_REPLICAS, Registry, WorkerConfig, read_signing_key,
+    ENV_SEPARATOR, MAX_CONCURRENCY, MAX_PUBLISH_FRAME_MAX, MAX_QUORUM_REPLICAS,
+    MIN_PUBLISH_FRAME_MAX, Registry, WorkerConfig, read_signing_key,
 };
 use crate::credentials::{
     CredentialError, DockerConfigSource, EnvSource, Login, PasswordSource, docker_credential_key,
@@ -47,6 +48,10 @@ struct RawAmqp {
     #[serde(deserialize_with = "super::de::some_within::<_, _, 1, MAX_QUORUM_REPLICAS>")]
     quorum_replicas: Option<u8>,
     signing_key_file: Option<NonEmpty>,
+    #[serde(
+        deserialize_with = "super::de::some_within::<_, _, MIN_PUBLISH_FRAME_MAX, MAX_PUBLISH_FRAME_MAX>"
+    )]
+    publish_frame_max: Option<u32>,
 }
 
 /// `[registries.<key>]`, before the password source is checked. (An inline `password` is
@@ -157,6 +162,7 @@ fn amqp(loader: &mut Loader, raw: RawAmqp) -> Option<AmqpConfig> {
         ),
         quorum_replicas: raw.quorum_replicas,
         signing_key,
+        publish_frame_max: raw.publish_frame_max,
     })
 }
 

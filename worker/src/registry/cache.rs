@@ -55,7 +55,7 @@ pub(crate) struct AccessKey {
 #[derive(Debug, Clone)]
 pub(crate) struct AccessEntry {
     pub(crate) authorization: Authorization,
-    /// Push rights were proven (upload probe answered 202); else only pull was obtained.
+    /// Push rights were proven (token claims or upload probe); else only pull was obtained.
     pub(crate) push: bool,
     pub(crate) expires_at: Instant,
 }

@@ -9,15 +9,24 @@
 //! 2. Authenticate. Basic: `GET /v2/` again with the credentials (a 401 means they are wrong).
 //!    Bearer: `GET <realm>?service=..&scope=repository:<repo>:pull,push` with the credentials
 //!    as Basic auth (401 from the token server means they are wrong). A token server answers
-//!    200 with *reduced* access when the user lacks a right, so a token alone proves nothing.
-//! 3. Prove push rights the way buildkit does: `POST /v2/<repo>/blobs/uploads/` must answer 202.
-//!    401 there (`error="insufficient_scope"` from distribution) means no push right, 403 is a
-//!    denial, 404 usually a missing project (Harbor) or namespace.
-//! 4. `DELETE` the returned upload `Location`, ignoring the outcome: a token registry needs the
-//!    `delete` action for that and answers 401 to a pull,push token. The abandoned, empty
-//!    upload session then expires in the registry on its own (distribution purges upload
-//!    directories older than a week by default, `storage.maintenance.uploadpurging`); it
-//!    holds no data. The DELETE is only sent to the registry's own origin.
+//!    200 with *reduced* access when the user lacks a right, so getting a token proves nothing
+//!    by itself.
+//! 3. Bearer tokens in the Docker token format (distribution, Harbor, GitLab) list the granted
+//!    actions in their `access` claim: `push` there is the push right, its absence a refusal
+//!    (`registry_insufficient_scope`), and no request is sent to the registry for it
+//!    ([`PreflightMethod::TokenClaims`]; see `claims.rs` for why the signature is not checked).
+//! 4. Otherwise (Basic auth, anonymous access, opaque tokens) push rights are probed with the
+//!    least residue that works everywhere ([`PreflightMethod::UploadProbe`]): the 2-byte blob
+//!    `{}` (the OCI "empty JSON" blob, present in most registries already) is uploaded in one
+//!    piece: `POST /v2/<repo>/blobs/uploads/?digest=..` with the body, which a registry that
+//!    supports single-request uploads answers 201; distribution and most others answer 202
+//!    with an upload `Location`, which a `PUT ..?digest=..` with the body completes (201).
+//!    Either way no upload session is left behind (a cancelled session would stay until the
+//!    registry purges it, a week by default, since cancelling needs the `delete` action). A
+//!    202 to the `POST` is the push right; 401 (`error="insufficient_scope"` from
+//!    distribution) means no push right, 403 is a denial, 404 usually a missing project
+//!    (Harbor) or namespace. If the completing `PUT` fails, the session is cancelled with a
+//!    best-effort `DELETE` (only ever sent to the registry's own origin).
 //!
 //! # Caching: the hot path stays lean
 //!
@@ -26,7 +35,9 @@
 //! the proven authorisation is kept: a Bearer token until shortly before its `expires_in`
 //! (60 s when absent, the token spec's default), Basic or anonymous access for
 //! [`cache::BASIC_TTL`]. A second preflight within that time sends no request at all and
-//! answers [`PushAccess::cached`] = `true`. A 401 on a later request drops the entry;
+//! answers [`PreflightMethod::Cached`]. Preflights of one repository and credential run one
+//! at a time (`flight.rs`): jobs that start together wait for the first one's preflight and
+//! are then served from the cache, so a cold start with N jobs sends one preflight, not N. A 401 on a later request drops the entry;
 //! [`RegistryClient::manifest_digest`] then retries once with fresh authentication, and the
 //! runner calls [`RegistryClient::invalidate`] when a push fails as unauthorized or denied.
 //! The cache sits behind a `std::sync::Mutex` that is never held across an `.await`.
@@ -57,7 +68,9 @@ mod auth;
 mod base_url;
 mod cache;
 mod challenge;
+mod claims;
 mod error;
+mod flight;
 mod manifest;
 mod names;
 mod probe;
@@ -77,12 +90,16 @@ use url::Url;
 use self::auth::{Actions, scheme_name};
 pub use self::base_url::check_base_url;
 use self::cache::{AccessEntry, AccessKey, Authorization, Cache};
+use self::challenge::Challenge;
+use self::claims::PushClaim;
 use self::error::from_transport;
 pub use self::error::{RegistryError, Right, Target};
+use self::flight::Flights;
 pub use self::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use self::names::{validate_reference, validate_repository};
 use self::probe::ProbeFailure;
 pub use crate::credentials::Credentials;
+pub use pushfleet_shared::PreflightMethod;
 /// Re-exported: [`Credentials`] and [`PushAccess`] hold [`SecretString`]s.
 pub use secrecy::{ExposeSecret, SecretString};
 
@@ -145,8 +162,8 @@ pub enum AuthScheme {
 pub struct PushAccess {
     authorization: Authorization,
     valid_until: Instant,
-    /// Served from the cache, without any request.
-    pub cached: bool,
+    /// How the push right was established.
+    pub method: PreflightMethod,
 }
 
 impl PushAccess {
@@ -157,6 +174,11 @@ impl PushAccess {
             Authorization::Basic(_) => AuthScheme::Basic,
             Authorization::Bearer(_) => AuthScheme::Bearer,
         }
+    }
+
+    /// Served from the cache, without any request.
+    pub fn cached(&self) -> bool {
+        self.method == PreflightMethod::Cached
     }
 
     /// Until when the access is reused without asking the registry again.
@@ -182,7 +204,7 @@ impl fmt::Debug for PushAccess {
         f.debug_struct("PushAccess")
             .field("scheme", &self.scheme())
             .field("valid_until", &self.valid_until)
-            .field("cached", &self.cached)
+            .field("method", &self.method)
             .finish()
     }
 }
@@ -194,6 +216,7 @@ pub struct RegistryClient {
     http: reqwest::Client,
     timeout: Duration,
     cache: Mutex<Cache>,
+    flights: Flights<AccessKey>,
     hasher: RandomState,
     requests: AtomicU64,
     request_metrics: Option<crate::metrics::RegistryRequests>,
@@ -262,6 +285,7 @@ impl RegistryClient {
             http,
             timeout,
             cache: Mutex::new(Cache::default()),
+            flights: Flights::default(),
             hasher: RandomState::new(),
             requests: AtomicU64::new(0),
             request_metrics: None,
@@ -295,13 +319,13 @@ impl RegistryClient {
         let target = self.target(repository);
         validate_repository(&target, repository)?;
         let key = self.access_key(repository, login);
-        if let Some(entry) = self.lock().access(&key, true, Instant::now()) {
-            tracing::debug!(registry = %self.key, repository, "push access served from cache");
-            return Ok(PushAccess {
-                authorization: entry.authorization,
-                valid_until: entry.expires_at,
-                cached: true,
-            });
+        if let Some(access) = self.cached_push(&key, repository) {
+            return Ok(access);
+        }
+        // A concurrent preflight of the same key may prove the access while this one waits.
+        let _turn = self.flights.turn(&key).await;
+        if let Some(access) = self.cached_push(&key, repository) {
+            return Ok(access);
         }
         let mut retried = false;
         loop {
@@ -317,45 +341,70 @@ impl RegistryClient {
                     true,
                 )
                 .await?;
-            match self
-                .probe_push(
-                    &target,
-                    repository,
-                    login,
-                    &authorization,
-                    challenge.as_ref(),
-                )
-                .await
-            {
-                Ok(()) => {
-                    let valid_until = obtained_at + validity;
-                    if !validity.is_zero() {
-                        let entry = AccessEntry {
-                            authorization: authorization.clone(),
-                            push: true,
-                            expires_at: valid_until,
-                        };
-                        self.lock().put_access(key, entry, Instant::now());
+            let claim = match (&authorization, challenge.as_ref()) {
+                (Authorization::Bearer(token), Some(Challenge::Bearer { realm, .. })) => {
+                    match claims::push_claim(token.expose_secret(), repository) {
+                        PushClaim::NotGranted => {
+                            return Err(claims_refusal(&target, repository, login, realm));
+                        }
+                        claim => claim,
                     }
-                    tracing::debug!(registry = %self.key, repository, "push access proven");
-                    return Ok(PushAccess {
-                        authorization,
-                        valid_until,
-                        cached: false,
-                    });
                 }
-                Err(ProbeFailure::StaleChallenge(e)) => {
-                    self.lock().drop_ping();
-                    if ping_cached && !retried {
-                        retried = true;
-                        tracing::debug!(registry = %self.key, "challenge changed; pinging again");
-                        continue;
+                _ => PushClaim::Unknown,
+            };
+            let method = if claim == PushClaim::Granted {
+                PreflightMethod::TokenClaims
+            } else {
+                match self
+                    .probe_push(
+                        &target,
+                        repository,
+                        login,
+                        &authorization,
+                        challenge.as_ref(),
+                    )
+                    .await
+                {
+                    Ok(()) => PreflightMethod::UploadProbe,
+                    Err(ProbeFailure::StaleChallenge(e)) => {
+                        self.lock().drop_ping();
+                        if ping_cached && !retried {
+                            retried = true;
+                            tracing::debug!(registry = %self.key, "challenge changed; pinging again");
+                            continue;
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
+                    Err(ProbeFailure::Failed(e)) => return Err(e),
                 }
-                Err(ProbeFailure::Failed(e)) => return Err(e),
+            };
+            let valid_until = obtained_at + validity;
+            if !validity.is_zero() {
+                let entry = AccessEntry {
+                    authorization: authorization.clone(),
+                    push: true,
+                    expires_at: valid_until,
+                };
+                self.lock().put_access(key, entry, Instant::now());
             }
+            tracing::debug!(registry = %self.key, repository, method = method.as_str(), "push access proven");
+            return Ok(PushAccess {
+                authorization,
+                valid_until,
+                method,
+            });
         }
+    }
+
+    /// A valid cached push access for `key`.
+    fn cached_push(&self, key: &AccessKey, repository: &str) -> Option<PushAccess> {
+        let entry = self.lock().access(key, true, Instant::now())?;
+        tracing::debug!(registry = %self.key, repository, "push access served from cache");
+        Some(PushAccess {
+            authorization: entry.authorization,
+            valid_until: entry.expires_at,
+            method: PreflightMethod::Cached,
+        })
     }
 
     /// The digest (`Docker-Content-Digest`) of manifest `reference` (a tag or digest) in
@@ -626,6 +675,33 @@ impl RegistryClient {
             metrics.record(&self.key, status);
         }
         sent.map_err(|e| from_transport(target, request, e, self.timeout))
+    }
+}
+
+/// The refusal when a token's `access` claim does not grant `push` on `repository`: the same
+/// errors the upload probe gives for a 401 with such a token.
+fn claims_refusal(
+    target: &Target,
+    repository: &str,
+    login: Option<&Credentials>,
+    realm: &str,
+) -> RegistryError {
+    let request = format!("token request to {realm}");
+    match login {
+        None => RegistryError::CredentialsMissing {
+            target: target.boxed(),
+            request,
+            scheme: "Bearer",
+        },
+        Some(l) => RegistryError::InsufficientScope {
+            target: target.boxed(),
+            request,
+            username: l.username.clone(),
+            action: Right::Push,
+            detail: format!(
+                "the token service granted no push right on {repository} (the token's access claim)"
+            ),
+        },
     }
 }
 

@@ -1,5 +1,7 @@
-//! The push-rights probe (`POST /v2/<repo>/blobs/uploads/`, then a best-effort `DELETE`)
-//! and the mapping of answers no caller handled.
+//! The push-rights probe (a one-piece upload of the 2-byte blob `{}`: `POST
+//! /v2/<repo>/blobs/uploads/?digest=..`, completed with a `PUT` when the registry opened a
+//! session, cancelled with a best-effort `DELETE` only if that fails) and the mapping of
+//! answers no caller handled.
 
 use std::sync::atomic::Ordering;
 
@@ -12,6 +14,13 @@ use super::challenge::{self, Challenge};
 use super::error::{RegistryError, Right, Target, parse_retry_after, summarize_body};
 use super::{Credentials, MAX_BODY, RegistryClient, read_body, sensitive, www_authenticate};
 
+/// The blob the probe uploads: `{}`, the OCI "empty JSON" descriptor's content, which most
+/// registries hold already. Not empty, since some registries mishandle 0-byte blobs.
+pub(super) const PROBE_BLOB: &[u8] = b"{}";
+/// The digest of [`PROBE_BLOB`].
+pub(super) const PROBE_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
 /// The outcome of the upload probe when it did not answer 202.
 pub(super) enum ProbeFailure {
     /// 401 with a challenge of another kind than the cached one: the cached `/v2/` answer is
@@ -21,7 +30,8 @@ pub(super) enum ProbeFailure {
 }
 
 impl RegistryClient {
-    /// `POST /v2/<repo>/blobs/uploads/` must answer 202; then the session is cancelled.
+    /// `POST /v2/<repo>/blobs/uploads/?digest=..` with [`PROBE_BLOB`] must answer 201 (stored
+    /// in one request) or 202 (session opened, then completed with a `PUT`).
     pub(super) async fn probe_push(
         &self,
         target: &Target,
@@ -32,12 +42,19 @@ impl RegistryClient {
     ) -> Result<(), ProbeFailure> {
         let request = format!("POST /v2/{repository}/blobs/uploads/");
         let url = self
-            .url(&format!("v2/{repository}/blobs/uploads/"), target)
+            .url(
+                &format!("v2/{repository}/blobs/uploads/?digest={PROBE_DIGEST}"),
+                target,
+            )
             .map_err(ProbeFailure::Failed)?;
         let header_value = self
             .header_value(target, &request, authorization)
             .map_err(ProbeFailure::Failed)?;
-        let mut builder = self.http.post(url).body(Vec::<u8>::new());
+        let mut builder = self
+            .http
+            .post(url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(PROBE_BLOB);
         if let Some(value) = header_value.clone() {
             builder = builder.header(header::AUTHORIZATION, value);
         }
@@ -48,9 +65,15 @@ impl RegistryClient {
         let status = response.status();
         let username = || login.map_or_else(|| "<anonymous>".to_owned(), |l| l.username.clone());
         match status {
+            StatusCode::CREATED => Ok(()),
             StatusCode::ACCEPTED => {
-                self.cancel_upload(repository, response.headers(), header_value)
-                    .await;
+                if !self
+                    .complete_upload(repository, response.headers(), header_value.clone())
+                    .await
+                {
+                    self.cancel_upload(repository, response.headers(), header_value)
+                        .await;
+                }
                 Ok(())
             }
             StatusCode::UNAUTHORIZED => {
@@ -123,6 +146,60 @@ impl RegistryClient {
         }
     }
 
+    /// Completes the probe's upload session with `PUT <Location>&digest=..` and the blob, so
+    /// that no session is left behind; whether it did. Only sent to the registry's own origin.
+    pub(super) async fn complete_upload(
+        &self,
+        repository: &str,
+        headers: &HeaderMap,
+        authorization: Option<HeaderValue>,
+    ) -> bool {
+        let Some(mut url) = self.upload_location(repository, headers) else {
+            return false;
+        };
+        url.query_pairs_mut().append_pair("digest", PROBE_DIGEST);
+        let mut builder = self
+            .http
+            .put(url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(PROBE_BLOB);
+        if let Some(value) = authorization {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match builder.send().await {
+            Ok(r) if r.status().is_success() => true,
+            Ok(r) => {
+                tracing::debug!(
+                    registry = %self.key, repository, status = r.status().as_u16(),
+                    "completing the upload probe failed; cancelling it"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::debug!(
+                    registry = %self.key, repository, error = %e.without_url(),
+                    "completing the upload probe failed; cancelling it"
+                );
+                false
+            }
+        }
+    }
+
+    /// The upload session URL of a 202, when it is on the registry's own origin.
+    fn upload_location(&self, repository: &str, headers: &HeaderMap) -> Option<url::Url> {
+        let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+            tracing::debug!(registry = %self.key, repository, "upload probe answered 202 without Location");
+            return None;
+        };
+        let url = self.base.join(location).ok()?;
+        if url.origin() != self.base.origin() {
+            tracing::debug!(registry = %self.key, repository, "upload Location on another origin; not followed");
+            return None;
+        }
+        Some(url)
+    }
+
     /// Best effort `DELETE` of the upload session the probe opened; the outcome is ignored
     /// (a pull,push token may not delete: 401). Only sent to the registry's own origin.
     pub(super) async fn cancel_upload(
@@ -131,17 +208,9 @@ impl RegistryClient {
         headers: &HeaderMap,
         authorization: Option<HeaderValue>,
     ) {
-        let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
-            tracing::debug!(registry = %self.key, repository, "upload probe answered 202 without Location");
+        let Some(url) = self.upload_location(repository, headers) else {
             return;
         };
-        let Ok(url) = self.base.join(location) else {
-            return;
-        };
-        if url.origin() != self.base.origin() {
-            tracing::debug!(registry = %self.key, repository, "upload Location on another origin; not cancelled");
-            return;
-        }
         let mut builder = self.http.delete(url);
         if let Some(value) = authorization {
             builder = builder.header(header::AUTHORIZATION, value);
@@ -258,6 +327,13 @@ pub(super) fn same_kind(a: Option<&Challenge>, b: Option<&Challenge>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_digest_is_the_blobs_digest() {
+        use sha2::Digest as _;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(PROBE_BLOB)));
+        assert_eq!(digest, PROBE_DIGEST);
+    }
 
     #[test]
     fn challenge_kinds() {

@@ -44,7 +44,7 @@ fn secrets_stay_out_of_debug() {
     let access = PushAccess {
         authorization: Authorization::Bearer("tok-123456".into()),
         valid_until: Instant::now(),
-        cached: false,
+        method: PreflightMethod::TokenClaims,
     };
     assert!(!format!("{access:?}").contains("tok-123456"));
     assert_eq!(access.scheme(), AuthScheme::Bearer);
@@ -174,7 +174,7 @@ async fn server_error_is_unreachable_and_unparsable_challenge_is_push_failed() {
 }
 
 #[tokio::test]
-async fn open_registry_probe_then_cache() {
+async fn open_registry_probe_completes_its_upload_then_cache() {
     let (url, server) = canned_server(vec![
         reply("200 OK", &[], "{}"),
         reply(
@@ -182,7 +182,7 @@ async fn open_registry_probe_then_cache() {
             &["Location: /v2/a/b/blobs/uploads/123?_state=x"],
             "",
         ),
-        reply("204 No Content", &[], ""),
+        reply("201 Created", &[], ""),
     ])
     .await;
     let client = RegistryClient::new(RegistryEndpoint {
@@ -192,11 +192,12 @@ async fn open_registry_probe_then_cache() {
     })
     .expect("client");
     let first = client.preflight_push("a/b", None).await.expect("ok");
-    assert!(!first.cached);
+    assert_eq!(first.method, PreflightMethod::UploadProbe);
     assert_eq!(first.scheme(), AuthScheme::Anonymous);
     assert_eq!(client.request_count(), 3);
     let second = client.preflight_push("a/b", None).await.expect("cached");
-    assert!(second.cached);
+    assert_eq!(second.method, PreflightMethod::Cached);
+    assert!(second.cached());
     assert_eq!(
         client.request_count(),
         3,
@@ -204,16 +205,23 @@ async fn open_registry_probe_then_cache() {
     );
     let seen = server.await.expect("server");
     assert!(seen[0].starts_with("GET /v2/ "), "{}", seen[0]);
+    let post = format!(
+        "POST /v2/a/b/blobs/uploads/?digest={} ",
+        probe::PROBE_DIGEST
+    );
+    assert!(seen[1].starts_with(&post), "{}", seen[1]);
     assert!(
-        seen[1].starts_with("POST /v2/a/b/blobs/uploads/ "),
+        seen[1]
+            .to_ascii_lowercase()
+            .contains("content-length: 2\r\n"),
         "{}",
         seen[1]
     );
-    assert!(
-        seen[2].starts_with("DELETE /v2/a/b/blobs/uploads/123?_state=x "),
-        "{}",
-        seen[2]
+    let put = format!(
+        "PUT /v2/a/b/blobs/uploads/123?_state=x&digest={} ",
+        probe::PROBE_DIGEST.replace(':', "%3A")
     );
+    assert!(seen[2].starts_with(&put), "{}", seen[2]);
     client.invalidate("a/b");
     // The server is gone: a fresh preflight must go to the network and fail.
     let e = client
@@ -221,6 +229,145 @@ async fn open_registry_probe_then_cache() {
         .await
         .expect_err("server gone");
     assert_eq!(e.code(), ErrorCode::RegistryUnreachable);
+}
+
+#[tokio::test]
+async fn single_request_upload_needs_no_second_request_and_a_failed_put_is_cancelled() {
+    let (url, server) = canned_server(vec![
+        reply("200 OK", &[], "{}"),
+        reply("201 Created", &[], ""),
+        reply(
+            "202 Accepted",
+            &["Location: /v2/a/c/blobs/uploads/9?_state=y"],
+            "",
+        ),
+        reply("400 Bad Request", &[], "digest invalid"),
+        reply("204 No Content", &[], ""),
+    ])
+    .await;
+    let client = RegistryClient::new(endpoint(url.as_str())).expect("client");
+    let one = client.preflight_push("a/b", None).await.expect("201");
+    assert_eq!(one.method, PreflightMethod::UploadProbe);
+    assert_eq!(client.request_count(), 2);
+    let two = client.preflight_push("a/c", None).await.expect("202");
+    assert_eq!(two.method, PreflightMethod::UploadProbe);
+    let seen = server.await.expect("server");
+    assert!(
+        seen[3].starts_with("PUT /v2/a/c/blobs/uploads/9?"),
+        "{}",
+        seen[3]
+    );
+    assert!(
+        seen[4].starts_with("DELETE /v2/a/c/blobs/uploads/9?_state=y "),
+        "{}",
+        seen[4]
+    );
+}
+
+/// A JWT-shaped token (unsigned: the client does not verify) with `access`.
+fn token_with(access: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = serde_json::json!({ "iss": "t", "access": access });
+    let token = format!(
+        "{}.{}.c2ln",
+        enc.encode(br#"{"alg":"RS256"}"#),
+        enc.encode(payload.to_string())
+    );
+    serde_json::json!({ "token": token, "expires_in": 300 }).to_string()
+}
+
+#[tokio::test]
+async fn token_claims_decide_without_an_upload() {
+    let challenge = "WWW-Authenticate: Bearer realm=\"/token\",service=\"reg\"";
+    let (url, server) = canned_server(vec![
+        reply("401 Unauthorized", &[challenge], ""),
+        reply(
+            "200 OK",
+            &[],
+            &token_with(serde_json::json!([
+                {"type": "repository", "name": "team/app", "actions": ["pull", "push"]}
+            ])),
+        ),
+        reply(
+            "200 OK",
+            &[],
+            &token_with(serde_json::json!([
+                {"type": "repository", "name": "team/ro", "actions": ["pull"]}
+            ])),
+        ),
+        reply("200 OK", &[], r#"{"token":"opaque-token"}"#),
+        reply(
+            "401 Unauthorized",
+            &[challenge, "Content-Type: text/plain"],
+            "no",
+        ),
+    ])
+    .await;
+    let client = RegistryClient::new(endpoint(url.as_str())).expect("client");
+    let login = Credentials::new("bob", SecretString::from("pw-secret"));
+    let ok = client
+        .preflight_push("team/app", Some(&login))
+        .await
+        .expect("granted by claims");
+    assert_eq!(ok.method, PreflightMethod::TokenClaims);
+    assert_eq!(ok.scheme(), AuthScheme::Bearer);
+    assert_eq!(client.request_count(), 2, "ping and token only");
+    let e = client
+        .preflight_push("team/ro", Some(&login))
+        .await
+        .expect_err("pull only");
+    assert_eq!(e.code(), ErrorCode::RegistryInsufficientScope);
+    assert!(e.to_string().contains("access claim"), "{e}");
+    assert_eq!(client.request_count(), 3, "refused from the claims alone");
+    // An opaque token says nothing: the probe decides (here: 401 insufficient scope).
+    let e = client
+        .preflight_push("team/opaque", Some(&login))
+        .await
+        .expect_err("probe refused");
+    assert_eq!(e.code(), ErrorCode::RegistryInsufficientScope);
+    let seen = server.await.expect("server");
+    assert!(
+        seen[1].starts_with("GET /token?service=reg&scope=repository%3Ateam%2Fapp%3Apull%2Cpush "),
+        "{}",
+        seen[1]
+    );
+    assert!(
+        seen[4].starts_with("POST /v2/team/opaque/blobs/uploads/?digest="),
+        "{}",
+        seen[4]
+    );
+}
+
+#[tokio::test]
+async fn concurrent_cold_preflights_of_one_repository_share_one() {
+    let (url, server) = canned_server(vec![
+        reply("200 OK", &[], "{}"),
+        reply("201 Created", &[], ""),
+    ])
+    .await;
+    let client = RegistryClient::new(endpoint(url.as_str())).expect("client");
+    let all =
+        futures_util::future::join_all((0..8).map(|_| client.preflight_push("a/b", None))).await;
+    let methods: Vec<PreflightMethod> = all.into_iter().map(|r| r.expect("ok").method).collect();
+    assert_eq!(client.request_count(), 2, "one ping and one probe for all");
+    assert_eq!(
+        methods
+            .iter()
+            .filter(|m| **m == PreflightMethod::UploadProbe)
+            .count(),
+        1,
+        "{methods:?}"
+    );
+    assert_eq!(
+        methods
+            .iter()
+            .filter(|m| **m == PreflightMethod::Cached)
+            .count(),
+        7,
+        "{methods:?}"
+    );
+    server.await.expect("server");
 }
 
 #[tokio::test]

@@ -126,6 +126,9 @@ class Event:
     already_present: bool | None = None
     path: TagPath | None = None
     tag_paths: dict[str, TagPath] = field(default_factory=dict)
+    #: How the preflight established the push right (``succeeded``): ``token_claims``,
+    #: ``upload_probe`` or ``cached``.
+    preflight_method: str | None = None
     progress: Progress | None = None
     phases: PhaseTimings | None = None
     retry: RetryInfo | None = None
@@ -182,6 +185,7 @@ class Event:
             already_present=d.get("already_present"),
             path=TagPath(d["path"]) if d.get("path") else None,
             tag_paths={k: TagPath(v) for k, v in (d.get("tag_paths") or {}).items()},
+            preflight_method=(d.get("preflight") or {}).get("method"),
             progress=Progress(**progress) if progress else None,
             phases=PhaseTimings(**phases) if phases else None,
             retry=RetryInfo(
