@@ -6,6 +6,7 @@ mod broker;
 mod check_registries;
 mod cli;
 mod contract;
+mod copy;
 mod daemon;
 mod hostile;
 mod logs;

@@ -91,6 +91,7 @@ pub fn docker(env: &StackEnv) -> Result<bollard::Docker> {
 }
 
 pub mod fleet;
+pub mod oci;
 pub mod process;
 pub mod proxy;
 pub mod raw_amqp;

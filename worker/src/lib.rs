@@ -10,6 +10,8 @@
 //! - [`pipeline`]: one job, stage by stage; [`plan`] is its I/O-free first stage; [`retag`]
 //!   decides when a tag is written registry-side instead of pushed.
 //! - [`daemon`]: the Docker daemon stages (source, tag, push, untag).
+//! - [`copy`]: copying an image registry to registry without a daemon (blobs skipped,
+//!   mounted or streamed; manifests and indexes byte for byte).
 //! - [`registry`]: the registry stages (preflight, manifest digest, manifest read and write);
 //!   [`check`]: testing a
 //!   catalogue registry's connection and rights.
@@ -24,6 +26,7 @@ pub mod cancel;
 pub mod check;
 pub mod commands;
 pub mod config;
+pub mod copy;
 pub mod credentials;
 pub mod daemon;
 pub mod delivery;

@@ -54,6 +54,7 @@
 //! limit ([`DEFAULT_REQUEST_TIMEOUT`] unless given to [`RegistryClient::with_timeout`]).
 
 mod auth;
+mod blob;
 mod cache;
 mod challenge;
 mod error;
@@ -74,6 +75,7 @@ use reqwest::{Response, StatusCode};
 use url::Url;
 
 use self::auth::{Actions, scheme_name};
+pub use self::blob::{Mount, UploadSession};
 use self::cache::{AccessEntry, AccessKey, Authorization, Cache};
 use self::error::from_transport;
 pub use self::error::{RegistryError, Right, Target};
