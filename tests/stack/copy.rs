@@ -4,8 +4,9 @@
 //!
 //! - a multi-arch OCI index (two platform manifests) in the token registry, copied to the
 //!   basic registry: the index digest and both children are identical and fetchable;
-//! - a copy inside the basic registry mounts every blob: the registry's access log shows the
-//!   mounts and not one blob upload into the target repository;
+//! - a copy inside one registry mounts every blob: the registry's access log shows the
+//!   mounts and not one blob upload into the target repository (basic registry, and the
+//!   token registry, where the mount needs a token for both repositories);
 //! - a missing source (tag, repository) is `source_image_missing`;
 //! - a 200 MiB layer streams from the token registry to the basic one in a separate process
 //!   (`copy-probe`) whose peak resident memory stays under 60 MiB.
@@ -206,9 +207,9 @@ async fn multi_arch_index_from_token_to_basic_keeps_every_digest() -> Result<()>
     .await
 }
 
-/// The access log lines of the basic registry written after `offset`.
-fn log_since(env: &StackEnv, offset: u64) -> Result<String> {
-    let path = format!("{}/registry-basic.log", env.get("PUSHFLEET_LOGS_DIR")?);
+/// The lines of the registry log `name` (`registry-basic.log`) written after `offset`.
+fn log_since(env: &StackEnv, name: &str, offset: u64) -> Result<String> {
+    let path = format!("{}/{name}", env.get("PUSHFLEET_LOGS_DIR")?);
     let mut file = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
     file.seek(SeekFrom::Start(offset))?;
     let mut text = String::new();
@@ -216,8 +217,8 @@ fn log_since(env: &StackEnv, offset: u64) -> Result<String> {
     Ok(text)
 }
 
-fn log_len(env: &StackEnv) -> Result<u64> {
-    let path = format!("{}/registry-basic.log", env.get("PUSHFLEET_LOGS_DIR")?);
+fn log_len(env: &StackEnv, name: &str) -> Result<u64> {
+    let path = format!("{}/{name}", env.get("PUSHFLEET_LOGS_DIR")?);
     Ok(std::fs::metadata(&path)?.len())
 }
 
@@ -229,6 +230,79 @@ fn requests<'a>(log: &'a str, method: &str, prefix: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// Copies `source_repo:1` to `target_repo:1` inside one registry (`which`, logging to
+/// `log_name`) as `login`, and checks from the report and the registry's access log that
+/// both blobs were mounted and none uploaded.
+async fn copy_inside(
+    env: &StackEnv,
+    which: &str,
+    log_name: &str,
+    login: &Credentials,
+    raw_source: &RawRepo,
+    target_repo: &str,
+) -> Result<()> {
+    let source_repo = raw_source.repository();
+    let layer = format!("layer of {source_repo}").into_bytes();
+    let (_, digest) = raw_source.push_image("amd64", layer, Some("1")).await?;
+
+    let registry = client(env, which)?;
+    let offset = log_len(env, log_name)?;
+    let (progress, _, _) = recorder();
+    let report = copy_image(
+        Side {
+            client: &registry,
+            repository: source_repo,
+            login: Some(login),
+        },
+        "1",
+        Side {
+            client: &registry,
+            repository: target_repo,
+            login: Some(login),
+        },
+        &["1".to_owned()],
+        progress,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("copy failed: {e}"))?;
+    ensure!(report.digest == digest);
+    ensure!(report.count(BlobPath::Mounted) == 2, "{:?}", report.blobs);
+    ensure!(report.bytes_streamed == 0);
+
+    // The manifest PUT is the copy's last write: once its line is in the log, so are the
+    // blob requests before it.
+    let manifest_put = format!("/v2/{target_repo}/manifests/1 ");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = log_since(env, log_name, offset)?;
+        if !requests(&log, "PUT", &manifest_put).is_empty() {
+            break log;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the manifest PUT never reached {log_name}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let uploads = format!("/v2/{target_repo}/blobs/uploads/");
+    let mounts: Vec<&str> = requests(&log, "POST", &uploads)
+        .into_iter()
+        .filter(|l| l.contains("?mount=") && l.contains("\" 201 "))
+        .collect();
+    let blob_writes: Vec<&str> = ["PUT", "PATCH"]
+        .iter()
+        .flat_map(|m| requests(&log, m, &uploads))
+        .collect();
+    println!(
+        "copy inside the {which} registry: {} mounts (201), {} blob uploads (PUT/PATCH) into {target_repo}",
+        mounts.len(),
+        blob_writes.len()
+    );
+    ensure!(mounts.len() == 2, "mount lines: {mounts:#?}");
+    ensure!(blob_writes.is_empty(), "blob uploads: {blob_writes:#?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_copy_inside_one_registry_mounts_instead_of_uploading() -> Result<()> {
     bounded(async {
@@ -236,68 +310,47 @@ async fn a_copy_inside_one_registry_mounts_instead_of_uploading() -> Result<()> 
         let source_repo = format!("copy/{}", pushfleet_tests::unique("mount-src"));
         let target_repo = format!("copy/{}", pushfleet_tests::unique("mount-dst"));
         let raw_source = basic_repo(&env, &source_repo)?;
-        let layer = format!("layer of {source_repo}").into_bytes();
-        let (_, digest) = raw_source.push_image("amd64", layer, Some("1")).await?;
-
-        let registry = client(&env, "BASIC")?;
         let (pusher, _) = login(&env, "BASIC")?;
-        let offset = log_len(&env)?;
-        let (progress, _, _) = recorder();
-        let report = copy_image(
-            Side {
-                client: &registry,
-                repository: &source_repo,
-                login: Some(&pusher),
-            },
-            "1",
-            Side {
-                client: &registry,
-                repository: &target_repo,
-                login: Some(&pusher),
-            },
-            &["1".to_owned()],
-            progress,
+        copy_inside(
+            &env,
+            "BASIC",
+            "registry-basic.log",
+            &pusher,
+            &raw_source,
+            &target_repo,
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("copy failed: {e}"))?;
-        ensure!(report.digest == digest);
-        ensure!(report.count(BlobPath::Mounted) == 2, "{:?}", report.blobs);
-        ensure!(report.bytes_streamed == 0);
-
-        // The manifest PUT is the copy's last write: once its line is in the log, so are
-        // the blob requests before it.
-        let manifest_put = format!("/v2/{target_repo}/manifests/1 ");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let log = loop {
-            let log = log_since(&env, offset)?;
-            if !requests(&log, "PUT", &manifest_put).is_empty() {
-                break log;
-            }
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "the manifest PUT never reached the registry's access log"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let uploads = format!("/v2/{target_repo}/blobs/uploads/");
-        let mounts: Vec<&str> = requests(&log, "POST", &uploads)
-            .into_iter()
-            .filter(|l| l.contains("?mount=") && l.contains("\" 201 "))
-            .collect();
-        let blob_writes: Vec<&str> = ["PUT", "PATCH"]
-            .iter()
-            .flat_map(|m| requests(&log, m, &uploads))
-            .collect();
-        println!(
-            "copy inside the basic registry: {} mounts (201), {} blob uploads (PUT/PATCH) into {target_repo}",
-            mounts.len(),
-            blob_writes.len()
-        );
-        ensure!(mounts.len() == 2, "mount lines: {mounts:#?}");
-        ensure!(blob_writes.is_empty(), "blob uploads: {blob_writes:#?}");
+        .await?;
         let raw_target = basic_repo(&env, &target_repo)?;
         let (_, body) = raw_target.manifest("1").await?.context("no manifest")?;
-        ensure!(oci::sha256(&body) == digest);
+        let (_, source_body) = raw_source.manifest("1").await?.context("no source")?;
+        ensure!(body == source_body, "the manifest is not byte-identical");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_copy_inside_the_token_registry_mounts_with_a_token_for_both_repositories() -> Result<()>
+{
+    bounded(async {
+        let env = StackEnv::load()?;
+        let source_repo = team_a_repo(&env)?;
+        let target_repo = team_a_repo(&env)?;
+        let raw_source = token_repo(&env, &source_repo).await?;
+        let (pusher, _) = login(&env, "TOKEN_PUSHER")?;
+        copy_inside(
+            &env,
+            "TOKEN",
+            "registry-token.log",
+            &pusher,
+            &raw_source,
+            &target_repo,
+        )
+        .await?;
+        let raw_target = token_repo(&env, &target_repo).await?;
+        let (_, body) = raw_target.manifest("1").await?.context("no manifest")?;
+        let (_, source_body) = raw_source.manifest("1").await?.context("no source")?;
+        ensure!(body == source_body, "the manifest is not byte-identical");
         Ok(())
     })
     .await

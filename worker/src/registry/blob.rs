@@ -17,7 +17,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{self, HeaderValue};
+use reqwest::header;
 use reqwest::{Response, StatusCode};
 use secrecy::ExposeSecret;
 use url::Url;
@@ -37,7 +37,8 @@ const MIN_BLOB_RATE: u64 = 1024 * 1024;
 pub struct UploadSession {
     repository: String,
     location: Url,
-    authorization: Option<HeaderValue>,
+    /// `None` when the session lives on another origin (no credentials are sent there).
+    authorization: Option<Authorization>,
 }
 
 impl fmt::Debug for UploadSession {
@@ -208,22 +209,22 @@ impl RegistryClient {
         loop {
             attempt += 1;
             let access = self.preflight_push(repository, login).await?;
-            let value = self.header_value(&target, &request, &access.authorization)?;
+            let authorization = access.authorization;
             let mut builder = self.http.post(url.clone()).body(Vec::<u8>::new());
-            if let Some(v) = value.clone() {
+            if let Some(v) = self.header_value(&target, &request, &authorization)? {
                 builder = builder.header(header::AUTHORIZATION, v);
             }
             let response = self.send(&target, &request, builder).await?;
             match response.status() {
                 StatusCode::ACCEPTED => {
-                    return self.session(&target, &request, repository, &response, value);
+                    return self.session(&target, &request, repository, &response, authorization);
                 }
                 StatusCode::UNAUTHORIZED if attempt < 2 => {
                     self.forget_after_401(&key);
                 }
                 _ => {
                     return Err(self
-                        .refused_upload(&target, request, response, login, &access.authorization)
+                        .refused_upload(&target, request, response, login, &authorization)
                         .await);
                 }
             }
@@ -255,16 +256,16 @@ impl RegistryClient {
             let authorization = self
                 .mount_authorization(&target, repository, from, login)
                 .await?;
-            let value = self.header_value(&target, &request, &authorization)?;
             let mut builder = self.http.post(url.clone()).body(Vec::<u8>::new());
-            if let Some(v) = value.clone() {
+            if let Some(v) = self.header_value(&target, &request, &authorization)? {
                 builder = builder.header(header::AUTHORIZATION, v);
             }
             let response = self.send(&target, &request, builder).await?;
             match response.status() {
                 StatusCode::CREATED => return Ok(Mount::Mounted),
                 StatusCode::ACCEPTED => {
-                    let session = self.session(&target, &request, repository, &response, value)?;
+                    let session =
+                        self.session(&target, &request, repository, &response, authorization)?;
                     return Ok(Mount::Upload(session));
                 }
                 StatusCode::UNAUTHORIZED => {
@@ -307,7 +308,8 @@ impl RegistryClient {
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, size)
             .body(body);
-        if let Some(value) = session.authorization {
+        let authorization = session.authorization.unwrap_or(Authorization::Anonymous);
+        if let Some(value) = self.header_value(&target, &request, &authorization)? {
             builder = builder.header(header::AUTHORIZATION, value);
         }
         let response = self.send(&target, &request, builder).await?;
@@ -323,14 +325,9 @@ impl RegistryClient {
             }
             return Ok(());
         }
-        let key = self.access_key(repository, login);
         if response.status() == StatusCode::UNAUTHORIZED {
-            self.forget_after_401(&key);
+            self.forget_after_401(&self.access_key(repository, login));
         }
-        let authorization = self
-            .lock()
-            .access(&key, false, Instant::now())
-            .map_or(Authorization::Anonymous, |e| e.authorization);
         Err(self
             .refused_upload(&target, request, response, login, &authorization)
             .await)
@@ -344,7 +341,7 @@ impl RegistryClient {
         request: &str,
         repository: &str,
         response: &Response,
-        authorization: Option<HeaderValue>,
+        authorization: Authorization,
     ) -> Result<UploadSession, RegistryError> {
         let protocol = |detail: &str| RegistryError::Protocol {
             target: target.boxed(),
@@ -364,7 +361,7 @@ impl RegistryClient {
         Ok(UploadSession {
             repository: repository.to_owned(),
             location,
-            authorization: authorization.filter(|_| same_origin),
+            authorization: same_origin.then_some(authorization),
         })
     }
 
