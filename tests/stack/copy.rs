@@ -7,7 +7,8 @@
 //! - a copy inside one registry mounts every blob: the registry's access log shows the
 //!   mounts and not one blob upload into the target repository (basic registry, and the
 //!   token registry, where the mount needs a token for both repositories);
-//! - a missing source (tag, repository) is `source_image_missing`;
+//! - a missing source (tag, repository) is `source_image_missing`; a target the account may
+//!   only read is `registry_insufficient_scope`, before anything is written;
 //! - a 200 MiB layer streams from the token registry to the basic one in a separate process
 //!   (`copy-probe`) whose peak resident memory stays under 60 MiB.
 
@@ -351,6 +352,53 @@ async fn a_copy_inside_the_token_registry_mounts_with_a_token_for_both_repositor
         let (_, body) = raw_target.manifest("1").await?.context("no manifest")?;
         let (_, source_body) = raw_source.manifest("1").await?.context("no source")?;
         ensure!(body == source_body, "the manifest is not byte-identical");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_target_the_account_may_only_read_is_refused_with_a_code() -> Result<()> {
+    bounded(async {
+        let env = StackEnv::load()?;
+        let source_repo = team_a_repo(&env)?;
+        let raw_source = token_repo(&env, &source_repo).await?;
+        let layer = format!("layer of {source_repo}").into_bytes();
+        raw_source.push_image("amd64", layer, Some("1")).await?;
+        let source = client(&env, "TOKEN")?;
+        let target = client(&env, "TOKEN")?;
+        let (reader, reader_password) = login(&env, "TOKEN_READER")?;
+        let target_repo = team_a_repo(&env)?;
+        let (progress, _, _) = recorder();
+        let refused = copy_image(
+            Side {
+                client: &source,
+                repository: &source_repo,
+                login: Some(&reader),
+            },
+            "1",
+            Side {
+                client: &target,
+                repository: &target_repo,
+                login: Some(&reader),
+            },
+            &["1".to_owned()],
+            progress,
+        )
+        .await;
+        let err = match refused {
+            Ok(r) => bail!("a copy into a read-only target succeeded: {r:?}"),
+            Err(e) => e,
+        };
+        let event = err.to_event_error();
+        println!("read-only target: {} ({})", event.message, err.code());
+        ensure!(err.code() == ErrorCode::RegistryInsufficientScope, "{err}");
+        ensure!(event.message.contains(&target_repo), "{}", event.message);
+        ensure!(!event.message.contains(reader_password.as_str()));
+        ensure!(!format!("{err:?}").contains(reader_password.as_str()));
+        // Nothing was written.
+        let raw_target = token_repo(&env, &target_repo).await?;
+        ensure!(raw_target.manifest("1").await?.is_none());
         Ok(())
     })
     .await

@@ -313,7 +313,7 @@ impl RegistryClient {
             builder = builder.header(header::AUTHORIZATION, value);
         }
         let response = self.send(&target, &request, builder).await?;
-        if response.status() == StatusCode::CREATED || response.status().is_success() {
+        if response.status().is_success() {
             if let Some(stored) = content_digest(response.headers())
                 && stored != digest
             {
