@@ -7,6 +7,8 @@
 //! - a copy inside one registry mounts every blob: the registry's access log shows the
 //!   mounts and not one blob upload into the target repository (basic registry, and the
 //!   token registry, where the mount needs a token for both repositories);
+//! - a mount the registry declines (202) leaves an upload session that takes the blob; bytes
+//!   that do not match the digest are `blob_upload_invalid`;
 //! - a missing source (tag, repository) is `source_image_missing`; a target the account may
 //!   only read is `registry_insufficient_scope`, before anything is written;
 //! - a 200 MiB layer streams from the token registry to the basic one in a separate process
@@ -25,7 +27,7 @@ use pushfleet_tests::fleet::{basic_auth, bearer_auth};
 use pushfleet_tests::oci::{self, OCI_INDEX, OCI_MANIFEST, RawRepo};
 use pushfleet_worker::copy::{BlobPath, CopyError, CopyProgress, ProgressFn, Side, copy_image};
 use pushfleet_worker::failure::Coded;
-use pushfleet_worker::registry::{Credentials, RegistryClient, RegistryEndpoint};
+use pushfleet_worker::registry::{Credentials, Mount, RegistryClient, RegistryEndpoint};
 use reqwest::Url;
 
 /// Every test here finishes within this.
@@ -399,6 +401,62 @@ async fn a_target_the_account_may_only_read_is_refused_with_a_code() -> Result<(
         // Nothing was written.
         let raw_target = token_repo(&env, &target_repo).await?;
         ensure!(raw_target.manifest("1").await?.is_none());
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_declined_mount_leaves_an_upload_session_and_a_wrong_digest_is_refused() -> Result<()> {
+    bounded(async {
+        let env = StackEnv::load()?;
+        let registry = client(&env, "BASIC")?;
+        let (pusher, password) = login(&env, "BASIC")?;
+        let repository = format!("copy/{}", pushfleet_tests::unique("session"));
+        let data = format!("blob of {repository}").into_bytes();
+        let digest = oci::sha256(&data);
+        let size = data.len() as u64;
+        ensure!(
+            !registry
+                .blob_exists(&repository, &digest, Some(&pusher))
+                .await?
+        );
+
+        // No repository holds the blob: the registry answers 202 and the session takes it.
+        let from = format!("copy/{}", pushfleet_tests::unique("empty"));
+        let mount = registry
+            .mount_blob(&repository, &digest, &from, Some(&pusher))
+            .await?;
+        let Mount::Upload(session) = mount else {
+            bail!("a blob no repository holds was mounted: {mount:?}");
+        };
+        registry
+            .finish_upload(session, &digest, size, data.clone().into(), Some(&pusher))
+            .await?;
+        ensure!(
+            registry
+                .blob_exists(&repository, &digest, Some(&pusher))
+                .await?
+        );
+
+        // Bytes that are not the digest: the registry refuses them, as blob_upload_invalid.
+        let other = format!("sha256:{}", "0".repeat(64));
+        let session = registry.open_upload(&repository, Some(&pusher)).await?;
+        let err = match registry
+            .finish_upload(session, &other, size, data.into(), Some(&pusher))
+            .await
+        {
+            Ok(()) => bail!("the registry stored bytes under a digest they do not have"),
+            Err(e) => e,
+        };
+        println!("wrong digest: {err} ({})", err.code());
+        ensure!(err.code() == ErrorCode::BlobUploadInvalid, "{err}");
+        ensure!(!format!("{err} {err:?}").contains(password.as_str()));
+        ensure!(
+            !registry
+                .blob_exists(&repository, &other, Some(&pusher))
+                .await?
+        );
         Ok(())
     })
     .await

@@ -12,7 +12,8 @@
 //! - [`daemon`]: the Docker daemon stages (source, tag, push, untag).
 //! - [`copy`]: copying an image registry to registry without a daemon (blobs skipped,
 //!   mounted or streamed; manifests and indexes byte for byte).
-//! - [`registry`]: the registry stages (preflight, manifest digest, manifest read and write);
+//! - [`registry`]: the registry stages (preflight, manifest digest, manifest read and write,
+//!   blob reads, mounts and uploads);
 //!   [`check`]: testing a
 //!   catalogue registry's connection and rights.
 //! - [`failure`], [`retry`]: stable error codes for every stage's errors, and what follows a

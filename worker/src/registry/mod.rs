@@ -19,6 +19,12 @@
 //!    directories older than a week by default, `storage.maintenance.uploadpurging`); it
 //!    holds no data. The DELETE is only sent to the registry's own origin.
 //!
+//! # Blobs
+//!
+//! For copies between registries ([`crate::copy`]), `blob.rs` adds blob `HEAD`, streamed
+//! `GET`, cross-repository mounts and streamed uploads, on the same authorisation path and
+//! cache (a mount's token names both repositories).
+//!
 //! # Caching: the hot path stays lean
 //!
 //! Per endpoint, the `/v2/` challenge is kept for [`cache::PING_TTL`]. Per repository and
