@@ -7,8 +7,8 @@
 //! 2. Copy every blob (configs and layers, each once): skipped when the target repository
 //!    has it (`HEAD`); mounted (`?mount=&from=`) when source and target are the same
 //!    registry; otherwise streamed from the source's `GET` into one upload `PUT`, checked
-//!    for size and digest on the way ([`stream`]), never held whole in memory. Blobs are
-//!    copied one after another, so memory stays at one chunk in flight.
+//!    for size and digest on the way (`stream.rs`), never held whole in memory. Blobs are
+//!    copied one after another, so memory stays at the HTTP buffers of one transfer.
 //! 3. Put the manifests, bytes unchanged, so digests are preserved: children by digest,
 //!    then the top manifest under each tag (by digest when there is none), and check that
 //!    each tag now names the source digest.
@@ -17,6 +17,13 @@
 //! failure leaves what was already copied in place: blobs and child manifests are
 //! content-addressed, so a second attempt skips them. An upload session opened for a blob
 //! whose copy then failed is left to expire in the registry.
+//!
+//! For the job flow: [`CopyError`] implements [`crate::failure::Coded`] (a missing source is
+//! `source_image_missing`, registry failures keep their registry codes, schema 1 and other
+//! unsupported manifests are `push_failed`); [`CopyReport`] and [`CopyProgress`] serialise
+//! to what an event needs (digest, bytes, the path each blob took). The caller bounds the
+//! whole copy with the job's time limit; each blob request has its own limit that grows with
+//! the blob's size.
 
 mod error;
 pub mod kind;
@@ -54,8 +61,7 @@ pub enum BlobPath {
     Streamed,
 }
 
-/// A progress report: sent every [`stream::REPORT_EVERY`] bytes of a streamed blob, and once
-/// per blob when it is done.
+/// A progress report: sent every MiB of a streamed blob, and once per blob when it is done.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CopyProgress {
     /// The blob being copied.
