@@ -6,19 +6,14 @@ use std::fmt;
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
-/// Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub use crate::retag::{DOCKER_MANIFEST_V2 as DOCKER_MANIFEST, OCI_MANIFEST};
+use crate::retag::{DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED};
+
 /// Docker manifest list.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const SCHEMA1: [&str; 3] = [
-    "application/vnd.docker.distribution.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    "application/json",
-];
+const SCHEMA1: [&str; 2] = [DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED];
 
 /// A blob an image manifest refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +78,7 @@ pub fn media_type_of(content_type: &str, body: &[u8]) -> String {
         OCI_INDEX,
     ]
     .contains(&content_type)
-        || SCHEMA1[..2].contains(&content_type)
+        || SCHEMA1.contains(&content_type)
     {
         return content_type.to_owned();
     }
@@ -147,7 +142,7 @@ pub fn classify(media_type: &str, body: &[u8]) -> Result<Kind, Refusal> {
                 children,
             })
         }
-        t if SCHEMA1[..2].contains(&t) => Err(Refusal::SchemaOne),
+        t if SCHEMA1.contains(&t) => Err(Refusal::SchemaOne),
         other => Err(Refusal::Unsupported(other.to_owned())),
     }
 }

@@ -78,7 +78,8 @@ pub struct CopyProgress {
     pub bytes_total: u64,
 }
 
-/// Where progress reports go.
+/// Where progress reports go. Called on the transfer's own task, between chunks: keep it
+/// cheap (update a counter, send on a channel).
 pub type ProgressFn = Arc<dyn Fn(&CopyProgress) + Send + Sync>;
 
 /// A blob of the copied image and its path.
