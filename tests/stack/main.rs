@@ -7,6 +7,7 @@ mod check_registries;
 mod cli;
 mod container;
 mod contract;
+mod copy;
 mod daemon;
 mod hostile;
 mod logs;

@@ -99,6 +99,7 @@ pub fn docker_at(env: &StackEnv, key: &str) -> Result<bollard::Docker> {
 pub mod config;
 pub mod fleet;
 pub mod forward;
+pub mod oci;
 pub mod process;
 pub mod proxy;
 pub mod raw_amqp;

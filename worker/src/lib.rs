@@ -10,7 +10,10 @@
 //! - [`pipeline`]: one job, stage by stage; [`plan`] is its I/O-free first stage; [`retag`]
 //!   decides when a tag is written registry-side instead of pushed.
 //! - [`daemon`]: the Docker daemon stages (source, tag, push, untag).
-//! - [`registry`]: the registry stages (preflight, manifest digest, manifest read and write);
+//! - [`copy`]: copying an image registry to registry without a daemon (blobs skipped,
+//!   mounted or streamed; manifests and indexes byte for byte).
+//! - [`registry`]: the registry stages (preflight, manifest digest, manifest read and write,
+//!   blob reads, mounts and uploads);
 //!   [`check`]: testing a
 //!   catalogue registry's connection and rights.
 //! - [`failure`], [`retry`]: stable error codes for every stage's errors, and what follows a
@@ -25,6 +28,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod copy;
 pub mod credentials;
 pub mod daemon;
 pub mod delivery;

@@ -107,6 +107,7 @@ impl RegistryClient {
                     realm,
                     service.as_deref(),
                     actions,
+                    None,
                 )
                 .await
             }
@@ -147,7 +148,9 @@ impl RegistryClient {
             .await)
     }
 
-    /// Asks the token service for a token with `actions` on `repository`.
+    /// Asks the token service for a token with `actions` on `repository` and, for a
+    /// cross-repository mount, pull on `also_pull` as a second `scope` (as Docker asks).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn fetch_token(
         &self,
         target: &Target,
@@ -156,6 +159,7 @@ impl RegistryClient {
         realm: &str,
         service: Option<&str>,
         actions: Actions,
+        also_pull: Option<&str>,
     ) -> Result<(Authorization, Duration), RegistryError> {
         let protocol = |detail: String| RegistryError::Protocol {
             target: target.boxed(),
@@ -187,6 +191,9 @@ impl RegistryClient {
                 pairs.append_pair("service", service);
             }
             pairs.append_pair("scope", &actions.scope(repository));
+            if let Some(from) = also_pull {
+                pairs.append_pair("scope", &Actions::Pull.scope(from));
+            }
         }
         let mut builder = self.http.get(url);
         if let Some(login) = login {

@@ -123,7 +123,10 @@ impl Cache {
 
     /// Forgets every credential's entry for `repository`.
     pub(crate) fn invalidate_repository(&mut self, repository: &str) {
-        self.access.retain(|k, _| k.repository != repository);
+        // Mount authorisations are kept under `<repository><-<from>` (see `blob.rs`).
+        let mounts = format!("{repository}<-");
+        self.access
+            .retain(|k, _| k.repository != repository && !k.repository.starts_with(&mounts));
     }
 
     /// Forgets one key's entry (after a 401 with it).

@@ -181,6 +181,27 @@ pub enum RegistryError {
         /// What was wrong with the answer.
         detail: String,
     },
+    /// The registry refused a blob upload (`BLOB_UPLOAD_INVALID`, `BLOB_UPLOAD_UNKNOWN`,
+    /// `DIGEST_INVALID`, `SIZE_INVALID`: HTTP 400 or 404 on the upload).
+    #[error("{target}: {request}: blob upload refused: {detail}")]
+    BlobUploadInvalid {
+        /// Registry and repository.
+        target: Box<Target>,
+        /// The request that was refused.
+        request: String,
+        /// What the server said.
+        detail: String,
+    },
+    /// HTTP 413: the registry or a proxy in front of it refused a body as too large.
+    #[error("{target}: {request}: refused as too large (HTTP 413): {detail}")]
+    PayloadTooLarge {
+        /// Registry and repository.
+        target: Box<Target>,
+        /// The request that was refused.
+        request: String,
+        /// What the server said.
+        detail: String,
+    },
     /// An `https` registry sent an `http` token realm: credentials would travel in clear text.
     #[error(
         "{target}: refusing to send credentials to token realm {realm}: plain http while the registry uses https"
@@ -246,6 +267,8 @@ impl RegistryError {
             | Self::TagImmutable { target, .. }
             | Self::RateLimited { target, .. }
             | Self::Protocol { target, .. }
+            | Self::BlobUploadInvalid { target, .. }
+            | Self::PayloadTooLarge { target, .. }
             | Self::InsecureRealm { target, .. } => target,
         }
     }
@@ -277,6 +300,8 @@ impl Coded for RegistryError {
             Self::Denied { .. } => ErrorCode::RegistryDenied,
             Self::TagImmutable { .. } => ErrorCode::TagImmutable,
             Self::RateLimited { .. } => ErrorCode::RegistryRateLimited,
+            Self::BlobUploadInvalid { .. } => ErrorCode::BlobUploadInvalid,
+            Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
         }
     }
 

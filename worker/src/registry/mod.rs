@@ -28,6 +28,12 @@
 //!    (Harbor) or namespace. If the completing `PUT` fails, the session is cancelled with a
 //!    best-effort `DELETE` (only ever sent to the registry's own origin).
 //!
+//! # Blobs
+//!
+//! For copies between registries ([`crate::copy`]), `blob.rs` adds blob `HEAD`, streamed
+//! `GET`, cross-repository mounts and streamed uploads, on the same authorisation path and
+//! cache (a mount's token names both repositories).
+//!
 //! # Caching: the hot path stays lean
 //!
 //! Per endpoint, the `/v2/` challenge is kept for [`cache::PING_TTL`]. Per repository and
@@ -66,6 +72,7 @@
 
 mod auth;
 mod base_url;
+mod blob;
 mod cache;
 mod challenge;
 mod claims;
@@ -89,6 +96,7 @@ use url::Url;
 
 use self::auth::{Actions, scheme_name};
 pub use self::base_url::check_base_url;
+pub use self::blob::{Mount, UploadSession};
 use self::cache::{AccessEntry, AccessKey, Authorization, Cache};
 use self::challenge::Challenge;
 use self::claims::PushClaim;
@@ -97,6 +105,7 @@ pub use self::error::{RegistryError, Right, Target};
 use self::flight::Flights;
 pub use self::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use self::names::{validate_reference, validate_repository};
+pub use self::probe::PROBE_DIGEST;
 use self::probe::ProbeFailure;
 pub use crate::credentials::Credentials;
 pub use pushfleet_shared::PreflightMethod;

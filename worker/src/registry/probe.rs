@@ -18,7 +18,7 @@ use super::{Credentials, MAX_BODY, RegistryClient, read_body, sensitive, www_aut
 /// registries hold already. Not empty, since some registries mishandle 0-byte blobs.
 pub(super) const PROBE_BLOB: &[u8] = b"{}";
 /// The digest of [`PROBE_BLOB`].
-pub(super) const PROBE_DIGEST: &str =
+pub const PROBE_DIGEST: &str =
     "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 /// The outcome of the upload probe when it did not answer 202.

@@ -1,0 +1,488 @@
+//! Blobs over the registry API, for copying images registry to registry without a daemon:
+//! `HEAD` (does the repository have it?), a streamed `GET`, a cross-repository mount
+//! (`POST /v2/<repo>/blobs/uploads/?mount=<digest>&from=<repo>`), opening an upload session
+//! and finishing it with one streamed `PUT ..?digest=`.
+//!
+//! Authorisation goes through the client's one path and cache: reads take the pull (or cached
+//! push) authorisation of [`RegistryClient::manifest_digest`], uploads the push access of
+//! [`RegistryClient::preflight_push`]. A mount needs pull on the `from` repository as well:
+//! with a token registry that is a token with two scopes (as Docker asks it), cached under
+//! `<repository><-<from>`; Basic and anonymous access are the push access as is.
+//!
+//! Bodies are never held whole: [`RegistryClient::get_blob`] returns the response to stream
+//! from and [`RegistryClient::finish_upload`] takes a streaming [`reqwest::Body`]. Both get a
+//! time limit that grows with the blob's size ([`RegistryClient::blob_time_limit`]), since
+//! the client's per-request limit is meant for small answers.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use reqwest::header;
+use reqwest::{Response, StatusCode};
+use secrecy::ExposeSecret;
+use url::Url;
+
+use super::auth::Actions;
+use super::cache::{AccessEntry, Authorization};
+use super::challenge::Challenge;
+use super::error::{RegistryError, Right, Target, summarize_body};
+use super::names::{validate_reference, validate_repository};
+use super::{Credentials, MAX_BODY, RegistryClient, content_digest, read_body};
+
+/// The slowest transfer rate a blob request is given time for, on top of the request limit.
+const MIN_BLOB_RATE: u64 = 1024 * 1024;
+
+/// An open upload session in a target repository: where to send the blob, and with what
+/// authorisation. Finish it with [`RegistryClient::finish_upload`].
+pub struct UploadSession {
+    repository: String,
+    location: Url,
+    /// `None` when the session lives on another origin (no credentials are sent there).
+    authorization: Option<Authorization>,
+}
+
+impl fmt::Debug for UploadSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The query holds the registry's upload state; the path is enough to follow it.
+        f.debug_struct("UploadSession")
+            .field("repository", &self.repository)
+            .field("location", &self.location.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a cross-repository mount did.
+#[derive(Debug)]
+pub enum Mount {
+    /// The registry linked the blob into the repository (201): nothing to upload.
+    Mounted,
+    /// The registry did not mount it (202, or the mount was not allowed) and an upload
+    /// session is open instead: stream the blob into it.
+    Upload(UploadSession),
+}
+
+impl RegistryClient {
+    /// The registry's base URL (scheme, host, port).
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// Whether `other` talks to the same registry (same base URL), so a blob of one of its
+    /// repositories can be mounted into another.
+    pub fn same_registry(&self, other: &RegistryClient) -> bool {
+        self.base == other.base
+    }
+
+    /// The time limit of a request carrying a blob of `size` bytes: the request limit plus
+    /// the time the blob takes at 1 MiB/s.
+    pub fn blob_time_limit(&self, size: u64) -> Duration {
+        self.timeout + Duration::from_secs(size / MIN_BLOB_RATE)
+    }
+
+    /// Whether `repository` holds blob `digest` (`HEAD /v2/<repo>/blobs/<digest>`: 200 yes,
+    /// 404 no). Asked again in-process on a transient answer.
+    pub async fn blob_exists(
+        &self,
+        repository: &str,
+        digest: &str,
+        login: Option<&Credentials>,
+    ) -> Result<bool, RegistryError> {
+        self.with_read_retries(repository, || {
+            self.blob_exists_once(repository, digest, login)
+        })
+        .await
+    }
+
+    async fn blob_exists_once(
+        &self,
+        repository: &str,
+        digest: &str,
+        login: Option<&Credentials>,
+    ) -> Result<bool, RegistryError> {
+        let request = format!("HEAD /v2/{repository}/blobs/{digest}");
+        let response = self
+            .blob_read(repository, digest, login, &request, false, None)
+            .await?;
+        Ok(response.is_some())
+    }
+
+    /// The answer to `GET /v2/<repo>/blobs/<digest>`, to stream the blob from
+    /// ([`Response::bytes_stream`]), or `None` when the repository has no such blob (404).
+    /// `size` sets the time limit ([`RegistryClient::blob_time_limit`]). Redirects (to a
+    /// storage backend) are followed; the `Authorization` header is not sent to another host.
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        size: u64,
+        login: Option<&Credentials>,
+    ) -> Result<Option<Response>, RegistryError> {
+        let request = format!("GET /v2/{repository}/blobs/{digest}");
+        let limit = self.blob_time_limit(size);
+        self.with_read_retries(repository, || {
+            self.blob_read(repository, digest, login, &request, true, Some(limit))
+        })
+        .await
+    }
+
+    /// `HEAD` or `GET` of a blob with the read authorisation, 401 retried once.
+    async fn blob_read(
+        &self,
+        repository: &str,
+        digest: &str,
+        login: Option<&Credentials>,
+        request: &str,
+        get: bool,
+        limit: Option<Duration>,
+    ) -> Result<Option<Response>, RegistryError> {
+        let target = self.target(repository);
+        validate_repository(&target, repository)?;
+        validate_reference(&target, digest)?;
+        let key = self.access_key(repository, login);
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"), &target)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let authorization = self
+                .read_authorization(&target, repository, &key, login)
+                .await?;
+            let mut builder = if get {
+                self.http.get(url.clone())
+            } else {
+                self.http.head(url.clone())
+            };
+            if let Some(limit) = limit {
+                builder = builder.timeout(limit);
+            }
+            if let Some(value) = self.header_value(&target, request, &authorization)? {
+                builder = builder.header(header::AUTHORIZATION, value);
+            }
+            let response = self.send(&target, request, builder).await?;
+            let status = response.status();
+            match status {
+                s if s.is_success() => return Ok(Some(response)),
+                StatusCode::NOT_FOUND => return Ok(None),
+                StatusCode::UNAUTHORIZED => {
+                    self.forget_after_401(&key);
+                    if attempt < 2 {
+                        continue;
+                    }
+                    return Err(self.unauthorized(
+                        &target,
+                        request.to_owned(),
+                        response.headers(),
+                        login,
+                        &authorization,
+                        Right::Pull,
+                    ));
+                }
+                StatusCode::FORBIDDEN => {
+                    let detail = self.body_summary(response, &[]).await;
+                    return Err(RegistryError::Denied {
+                        target: target.boxed(),
+                        request: request.to_owned(),
+                        status: status.as_u16(),
+                        detail,
+                    });
+                }
+                _ => {
+                    return Err(self
+                        .unexpected(&target, request, response, login, &[])
+                        .await);
+                }
+            }
+        }
+    }
+
+    /// Opens an upload session in `repository` (`POST /v2/<repo>/blobs/uploads/`, 202), with
+    /// the push access of [`RegistryClient::preflight_push`].
+    pub async fn open_upload(
+        &self,
+        repository: &str,
+        login: Option<&Credentials>,
+    ) -> Result<UploadSession, RegistryError> {
+        let target = self.target(repository);
+        let request = format!("POST /v2/{repository}/blobs/uploads/");
+        let url = self.url(&format!("v2/{repository}/blobs/uploads/"), &target)?;
+        let key = self.access_key(repository, login);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let access = self.preflight_push(repository, login).await?;
+            let authorization = access.authorization;
+            let mut builder = self.http.post(url.clone()).body(Vec::<u8>::new());
+            if let Some(v) = self.header_value(&target, &request, &authorization)? {
+                builder = builder.header(header::AUTHORIZATION, v);
+            }
+            let response = self.send(&target, &request, builder).await?;
+            match response.status() {
+                StatusCode::ACCEPTED => {
+                    return self.session(&target, &request, repository, &response, authorization);
+                }
+                StatusCode::UNAUTHORIZED if attempt < 2 => {
+                    self.forget_after_401(&key);
+                }
+                _ => {
+                    return Err(self
+                        .refused_upload(&target, request, response, login, &authorization)
+                        .await);
+                }
+            }
+        }
+    }
+
+    /// Mounts blob `digest` from repository `from` of this registry into `repository`. 201 is
+    /// [`Mount::Mounted`]; 202 leaves an upload session open, returned as [`Mount::Upload`];
+    /// a mount refused for lack of rights on `from` (401 with fresh authorisation) falls back
+    /// to a plain [`RegistryClient::open_upload`].
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+        login: Option<&Credentials>,
+    ) -> Result<Mount, RegistryError> {
+        let target = self.target(repository);
+        validate_repository(&target, from)?;
+        validate_reference(&target, digest)?;
+        let request = format!("POST /v2/{repository}/blobs/uploads/?mount={digest}&from={from}");
+        let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"), &target)?;
+        url.query_pairs_mut()
+            .append_pair("mount", digest)
+            .append_pair("from", from);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let authorization = self
+                .mount_authorization(&target, repository, from, login)
+                .await?;
+            let mut builder = self.http.post(url.clone()).body(Vec::<u8>::new());
+            if let Some(v) = self.header_value(&target, &request, &authorization)? {
+                builder = builder.header(header::AUTHORIZATION, v);
+            }
+            let response = self.send(&target, &request, builder).await?;
+            match response.status() {
+                StatusCode::CREATED => return Ok(Mount::Mounted),
+                StatusCode::ACCEPTED => {
+                    let session =
+                        self.session(&target, &request, repository, &response, authorization)?;
+                    return Ok(Mount::Upload(session));
+                }
+                StatusCode::UNAUTHORIZED => {
+                    self.forget_after_401(&self.mount_key(repository, from, login));
+                    if attempt < 2 {
+                        continue;
+                    }
+                    tracing::debug!(registry = %self.key, repository, from, "mount not allowed; uploading instead");
+                    return Ok(Mount::Upload(self.open_upload(repository, login).await?));
+                }
+                _ => {
+                    return Err(self
+                        .refused_upload(&target, request, response, login, &authorization)
+                        .await);
+                }
+            }
+        }
+    }
+
+    /// Finishes `session` with one `PUT <location>?digest=<digest>` whose body is `body` (a
+    /// stream of exactly `size` bytes); the registry checks the digest (400 when it differs).
+    pub async fn finish_upload(
+        &self,
+        session: UploadSession,
+        digest: &str,
+        size: u64,
+        body: reqwest::Body,
+        login: Option<&Credentials>,
+    ) -> Result<(), RegistryError> {
+        let repository = session.repository.as_str();
+        let target = self.target(repository);
+        validate_reference(&target, digest)?;
+        let request = format!("PUT /v2/{repository}/blobs/uploads/<session>?digest={digest}");
+        let mut url = session.location;
+        url.query_pairs_mut().append_pair("digest", digest);
+        let mut builder = self
+            .http
+            .put(url)
+            .timeout(self.blob_time_limit(size))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, size)
+            .body(body);
+        let authorization = session.authorization.unwrap_or(Authorization::Anonymous);
+        if let Some(value) = self.header_value(&target, &request, &authorization)? {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        let response = self.send(&target, &request, builder).await?;
+        if response.status().is_success() {
+            if let Some(stored) = content_digest(response.headers())
+                && stored != digest
+            {
+                return Err(RegistryError::BlobUploadInvalid {
+                    target: target.boxed(),
+                    request,
+                    detail: format!("the registry stored the blob as {stored}"),
+                });
+            }
+            return Ok(());
+        }
+        if response.status() == StatusCode::UNAUTHORIZED {
+            self.forget_after_401(&self.access_key(repository, login));
+        }
+        Err(self
+            .refused_upload(&target, request, response, login, &authorization)
+            .await)
+    }
+
+    /// The session an upload `POST` answered (its `Location`, resolved against the base URL).
+    /// The authorisation is only sent along when the session lives on the registry's origin.
+    fn session(
+        &self,
+        target: &Target,
+        request: &str,
+        repository: &str,
+        response: &Response,
+        authorization: Authorization,
+    ) -> Result<UploadSession, RegistryError> {
+        let protocol = |detail: &str| RegistryError::Protocol {
+            target: target.boxed(),
+            request: request.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| protocol("HTTP 202 without a Location header"))?;
+        let location = self
+            .base
+            .join(location)
+            .map_err(|_| protocol("the upload Location is not a URL"))?;
+        let same_origin = location.origin() == self.base.origin();
+        Ok(UploadSession {
+            repository: repository.to_owned(),
+            location,
+            authorization: same_origin.then_some(authorization),
+        })
+    }
+
+    /// The authorisation for a mount into `repository` from `from`: push on the one, pull on
+    /// the other. Only a Bearer token differs from the push access.
+    async fn mount_authorization(
+        &self,
+        target: &Target,
+        repository: &str,
+        from: &str,
+        login: Option<&Credentials>,
+    ) -> Result<Authorization, RegistryError> {
+        let access = self.preflight_push(repository, login).await?;
+        if !matches!(access.authorization, Authorization::Bearer(_)) {
+            return Ok(access.authorization);
+        }
+        let key = self.mount_key(repository, from, login);
+        if let Some(entry) = self.lock().access(&key, false, Instant::now()) {
+            return Ok(entry.authorization);
+        }
+        let (challenge, _) = self.challenge(target).await?;
+        let Some(Challenge::Bearer { realm, service, .. }) = challenge.as_ref() else {
+            return Ok(access.authorization);
+        };
+        let obtained_at = Instant::now();
+        let (authorization, validity) = self
+            .fetch_token(
+                target,
+                repository,
+                login,
+                realm,
+                service.as_deref(),
+                Actions::PullPush,
+                Some(from),
+            )
+            .await?;
+        if !validity.is_zero() {
+            let entry = AccessEntry {
+                authorization: authorization.clone(),
+                push: false,
+                expires_at: obtained_at + validity,
+            };
+            self.lock().put_access(key, entry, Instant::now());
+        }
+        Ok(authorization)
+    }
+
+    fn mount_key(
+        &self,
+        repository: &str,
+        from: &str,
+        login: Option<&Credentials>,
+    ) -> super::cache::AccessKey {
+        // `<` is not allowed in repository names, so this key meets no repository's.
+        self.access_key(&format!("{repository}<-{from}"), login)
+    }
+
+    /// The error of a refused upload request (`POST` or `PUT`).
+    async fn refused_upload(
+        &self,
+        target: &Target,
+        request: String,
+        response: Response,
+        login: Option<&Credentials>,
+        authorization: &Authorization,
+    ) -> RegistryError {
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            let headers = response.headers().clone();
+            return self.unauthorized(target, request, &headers, login, authorization, Right::Push);
+        }
+        let code = status.as_u16();
+        let secrets = self.secrets(login, authorization);
+        let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+        match code {
+            400 | 404 | 413 | 403 | 405 => {
+                let body = read_body(response, MAX_BODY).await.unwrap_or_default();
+                let detail = summarize_body(code, &body, &secrets);
+                let target = target.boxed();
+                match code {
+                    413 => RegistryError::PayloadTooLarge {
+                        target,
+                        request,
+                        detail,
+                    },
+                    400 | 404 if request.starts_with("PUT") => RegistryError::BlobUploadInvalid {
+                        target,
+                        request,
+                        detail,
+                    },
+                    400 => RegistryError::Protocol {
+                        target,
+                        request,
+                        detail,
+                    },
+                    _ => RegistryError::Denied {
+                        target,
+                        request,
+                        status: code,
+                        detail,
+                    },
+                }
+            }
+            _ => {
+                self.unexpected(target, &request, response, login, &secrets)
+                    .await
+            }
+        }
+    }
+}
+
+impl RegistryClient {
+    /// The error of a blob body that broke off while being read from `repository`.
+    pub fn blob_read_failed(
+        &self,
+        repository: &str,
+        digest: &str,
+        err: reqwest::Error,
+    ) -> RegistryError {
+        let target = self.target(repository);
+        let request = format!("GET /v2/{repository}/blobs/{digest}");
+        super::error::from_transport(&target, &request, err, self.timeout)
+    }
+}
