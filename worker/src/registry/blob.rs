@@ -18,7 +18,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use reqwest::header;
-use reqwest::{Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use secrecy::ExposeSecret;
 use url::Url;
 
@@ -27,7 +27,7 @@ use super::cache::{AccessEntry, Authorization};
 use super::challenge::Challenge;
 use super::error::{RegistryError, Right, Target, summarize_body};
 use super::names::{validate_reference, validate_repository};
-use super::{Credentials, MAX_BODY, RegistryClient, content_digest, read_body};
+use super::{Credentials, MAX_BODY, Read, RegistryClient, content_digest, read_body};
 
 /// The slowest transfer rate a blob request is given time for, on top of the request limit.
 const MIN_BLOB_RATE: u64 = 1024 * 1024;
@@ -99,10 +99,8 @@ impl RegistryClient {
         digest: &str,
         login: Option<&Credentials>,
     ) -> Result<bool, RegistryError> {
-        let request = format!("HEAD /v2/{repository}/blobs/{digest}");
-        let response = self
-            .blob_read(repository, digest, login, &request, false, None)
-            .await?;
+        let read = Read::new(Method::HEAD, "blobs", digest);
+        let response = self.authorized_read(repository, &read, login, None).await?;
         Ok(response.is_some())
     }
 
@@ -117,81 +115,12 @@ impl RegistryClient {
         size: u64,
         login: Option<&Credentials>,
     ) -> Result<Option<Response>, RegistryError> {
-        let request = format!("GET /v2/{repository}/blobs/{digest}");
+        let read = Read::new(Method::GET, "blobs", digest);
         let limit = self.blob_time_limit(size);
         self.with_read_retries(repository, || {
-            self.blob_read(repository, digest, login, &request, true, Some(limit))
+            self.authorized_read(repository, &read, login, Some(limit))
         })
         .await
-    }
-
-    /// `HEAD` or `GET` of a blob with the read authorisation, 401 retried once.
-    async fn blob_read(
-        &self,
-        repository: &str,
-        digest: &str,
-        login: Option<&Credentials>,
-        request: &str,
-        get: bool,
-        limit: Option<Duration>,
-    ) -> Result<Option<Response>, RegistryError> {
-        let target = self.target(repository);
-        validate_repository(&target, repository)?;
-        validate_reference(&target, digest)?;
-        let key = self.access_key(repository, login);
-        let url = self.url(&format!("v2/{repository}/blobs/{digest}"), &target)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let authorization = self
-                .read_authorization(&target, repository, &key, login)
-                .await?;
-            let mut builder = if get {
-                self.http.get(url.clone())
-            } else {
-                self.http.head(url.clone())
-            };
-            if let Some(limit) = limit {
-                builder = builder.timeout(limit);
-            }
-            if let Some(value) = self.header_value(&target, request, &authorization)? {
-                builder = builder.header(header::AUTHORIZATION, value);
-            }
-            let response = self.send(&target, request, builder).await?;
-            let status = response.status();
-            match status {
-                s if s.is_success() => return Ok(Some(response)),
-                StatusCode::NOT_FOUND => return Ok(None),
-                StatusCode::UNAUTHORIZED => {
-                    self.forget_after_401(&key);
-                    if attempt < 2 {
-                        continue;
-                    }
-                    return Err(self.unauthorized(
-                        &target,
-                        request.to_owned(),
-                        response.headers(),
-                        login,
-                        &authorization,
-                        Right::Pull,
-                    ));
-                }
-                StatusCode::FORBIDDEN => {
-                    let detail = self.body_summary(response, &[]).await;
-                    return Err(RegistryError::Denied {
-                        target: target.boxed(),
-                        request: request.to_owned(),
-                        status: status.as_u16(),
-                        detail,
-                    });
-                }
-                _ => {
-                    return Err(self
-                        .unexpected(&target, request, response, login, &[])
-                        .await);
-                }
-            }
-        }
     }
 
     /// Opens an upload session in `repository` (`POST /v2/<repo>/blobs/uploads/`, 202), with

@@ -10,13 +10,13 @@
 
 use std::fmt;
 
-use reqwest::StatusCode;
 use reqwest::header;
+use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 
 use super::error::{RegistryError, Right, Target, from_transport, summarize_body};
 use super::names::{validate_reference, validate_repository};
-use super::{Credentials, MANIFEST_ACCEPT, RegistryClient, content_digest, read_body};
+use super::{Credentials, Read, RegistryClient, content_digest, read_body};
 
 /// The largest manifest read (distribution refuses manifests over 4 MiB too).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -55,7 +55,7 @@ pub(crate) fn is_immutable_refusal(status: u16, detail: &str) -> bool {
 impl RegistryClient {
     /// The manifest `repository` holds under `digest`, byte for byte, or `None` when the
     /// registry has no such manifest (404). Asked with the manifest types of
-    /// [`MANIFEST_ACCEPT`]; the caller checks the bytes against the digest.
+    /// [`super::MANIFEST_ACCEPT`]; the caller checks the bytes against the digest.
     pub async fn manifest_by_digest(
         &self,
         repository: &str,
@@ -74,86 +74,35 @@ impl RegistryClient {
         digest: &str,
         login: Option<&Credentials>,
     ) -> Result<Option<Manifest>, RegistryError> {
+        let read = Read::new(Method::GET, "manifests", digest);
+        let Some(response) = self.authorized_read(repository, &read, login, None).await? else {
+            return Ok(None);
+        };
         let target = self.target(repository);
-        validate_repository(&target, repository)?;
-        validate_reference(&target, digest)?;
-        let key = self.access_key(repository, login);
-        let request = format!("GET /v2/{repository}/manifests/{digest}");
-        let url = self.url(&format!("v2/{repository}/manifests/{digest}"), &target)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let authorization = self
-                .read_authorization(&target, repository, &key, login)
-                .await?;
-            let mut builder = self
-                .http
-                .get(url.clone())
-                .header(header::ACCEPT, MANIFEST_ACCEPT);
-            if let Some(value) = self.header_value(&target, &request, &authorization)? {
-                builder = builder.header(header::AUTHORIZATION, value);
-            }
-            let response = self.send(&target, &request, builder).await?;
-            let status = response.status();
-            match status {
-                s if s.is_success() => {
-                    let media_type = response
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.split(';').next())
-                        .map(str::trim)
-                        .unwrap_or_default()
-                        .to_owned();
-                    let body = read_body(response, MAX_MANIFEST_BYTES + 1)
-                        .await
-                        .map_err(|e| from_transport(&target, &request, e, self.timeout))?;
-                    if body.len() > MAX_MANIFEST_BYTES {
-                        return Err(RegistryError::Protocol {
-                            target: target.boxed(),
-                            request,
-                            detail: format!(
-                                "the manifest is larger than {MAX_MANIFEST_BYTES} bytes"
-                            ),
-                        });
-                    }
-                    return Ok(Some(Manifest {
-                        digest: digest.to_owned(),
-                        media_type,
-                        body,
-                    }));
-                }
-                StatusCode::NOT_FOUND => return Ok(None),
-                StatusCode::UNAUTHORIZED => {
-                    self.forget_after_401(&key);
-                    if attempt < 2 {
-                        continue;
-                    }
-                    return Err(self.unauthorized(
-                        &target,
-                        request,
-                        response.headers(),
-                        login,
-                        &authorization,
-                        Right::Pull,
-                    ));
-                }
-                StatusCode::FORBIDDEN => {
-                    let detail = self.body_summary(response, &[]).await;
-                    return Err(RegistryError::Denied {
-                        target: target.boxed(),
-                        request,
-                        status: status.as_u16(),
-                        detail,
-                    });
-                }
-                _ => {
-                    return Err(self
-                        .unexpected(&target, &request, response, login, &[])
-                        .await);
-                }
-            }
+        let request = read.request(repository);
+        let media_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        let body = read_body(response, MAX_MANIFEST_BYTES + 1)
+            .await
+            .map_err(|e| from_transport(&target, &request, e, self.timeout))?;
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::Protocol {
+                target: target.boxed(),
+                request,
+                detail: format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+            });
         }
+        Ok(Some(Manifest {
+            digest: digest.to_owned(),
+            media_type,
+            body,
+        }))
     }
 
     /// Puts `manifest`'s exact bytes, with its media type, under `tag` in `repository`, and

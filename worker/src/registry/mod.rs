@@ -91,7 +91,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use self::auth::{Actions, scheme_name};
@@ -554,46 +554,68 @@ impl RegistryClient {
         reference: &str,
         login: Option<&Credentials>,
     ) -> Result<Option<String>, RegistryError> {
+        let read = Read::new(Method::HEAD, "manifests", reference);
+        let Some(response) = self.authorized_read(repository, &read, login, None).await? else {
+            return Ok(None);
+        };
+        match content_digest(response.headers()) {
+            Some(d) => Ok(Some(d)),
+            None => Err(RegistryError::Protocol {
+                target: self.target(repository).boxed(),
+                request: read.request(repository),
+                detail: format!(
+                    "HTTP {} without a Docker-Content-Digest header",
+                    response.status().as_u16()
+                ),
+            }),
+        }
+    }
+
+    /// The one way a read (`HEAD` or `GET` of a manifest or blob) is sent: with the read
+    /// authorisation (from the cache, or obtained and cached), a 401 dropping it and asked
+    /// once more with fresh authentication. A success is the response, a 404 `None`; every
+    /// other answer is the matching error. `limit` replaces the client's request time limit.
+    pub(crate) async fn authorized_read(
+        &self,
+        repository: &str,
+        read: &Read<'_>,
+        login: Option<&Credentials>,
+        limit: Option<Duration>,
+    ) -> Result<Option<Response>, RegistryError> {
         let target = self.target(repository);
         validate_repository(&target, repository)?;
-        validate_reference(&target, reference)?;
+        validate_reference(&target, read.reference)?;
         let key = self.access_key(repository, login);
-        let request = format!("HEAD /v2/{repository}/manifests/{reference}");
-        let url = self.url(&format!("v2/{repository}/manifests/{reference}"), &target)?;
+        let request = read.request(repository);
+        let url = self.url(
+            &format!("v2/{repository}/{}/{}", read.kind, read.reference),
+            &target,
+        )?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let authorization = self
                 .read_authorization(&target, repository, &key, login)
                 .await?;
-            let mut builder = self
-                .http
-                .head(url.clone())
-                .header(header::ACCEPT, MANIFEST_ACCEPT);
+            let mut builder = self.http.request(read.method.clone(), url.clone());
+            if read.kind == "manifests" {
+                builder = builder.header(header::ACCEPT, MANIFEST_ACCEPT);
+            }
+            if let Some(limit) = limit {
+                builder = builder.timeout(limit);
+            }
             if let Some(value) = self.header_value(&target, &request, &authorization)? {
                 builder = builder.header(header::AUTHORIZATION, value);
             }
             let response = self.send(&target, &request, builder).await?;
             let status = response.status();
             match status {
-                s if s.is_success() => {
-                    return match content_digest(response.headers()) {
-                        Some(d) => Ok(Some(d)),
-                        None => Err(RegistryError::Protocol {
-                            target: target.boxed(),
-                            request,
-                            detail: format!(
-                                "HTTP {} without a Docker-Content-Digest header",
-                                s.as_u16()
-                            ),
-                        }),
-                    };
-                }
+                s if s.is_success() => return Ok(Some(response)),
                 StatusCode::NOT_FOUND => return Ok(None),
                 StatusCode::UNAUTHORIZED => {
                     self.forget_after_401(&key);
                     if attempt < 2 {
-                        tracing::debug!(registry = %self.key, repository, "401 on manifest HEAD; retrying with fresh auth");
+                        tracing::debug!(registry = %self.key, repository, %request, "401 on a read; asking again with fresh auth");
                         continue;
                     }
                     return Err(self.unauthorized(
@@ -606,11 +628,12 @@ impl RegistryClient {
                     ));
                 }
                 StatusCode::FORBIDDEN => {
+                    let detail = self.body_summary(response, &[]).await;
                     return Err(RegistryError::Denied {
                         target: target.boxed(),
                         request,
                         status: status.as_u16(),
-                        detail: "HTTP 403".to_owned(),
+                        detail,
                     });
                 }
                 _ => {
@@ -711,6 +734,35 @@ fn claims_refusal(
                 "the token service granted no push right on {repository} (the token's access claim)"
             ),
         },
+    }
+}
+
+/// A read of the registry API: `METHOD /v2/<repository>/<kind>/<reference>`.
+#[derive(Debug)]
+pub(crate) struct Read<'a> {
+    method: Method,
+    /// `manifests` or `blobs`.
+    kind: &'static str,
+    /// A tag or digest.
+    reference: &'a str,
+}
+
+impl<'a> Read<'a> {
+    /// `method` of `kind` (`manifests`, `blobs`) `reference`.
+    pub(crate) fn new(method: Method, kind: &'static str, reference: &'a str) -> Self {
+        Self {
+            method,
+            kind,
+            reference,
+        }
+    }
+
+    /// How the read is named in errors: `HEAD /v2/<repository>/manifests/<reference>`.
+    pub(crate) fn request(&self, repository: &str) -> String {
+        format!(
+            "{} /v2/{repository}/{}/{}",
+            self.method, self.kind, self.reference
+        )
     }
 }
 
