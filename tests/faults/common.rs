@@ -194,7 +194,10 @@ impl Fleet {
     }
 
     /// Publishes `count` jobs to the basic registry: job `i` pushes source `i % sources.len()`
-    /// to `production/<base>-s<k>` under its own tag `j<i>`. Returns the job ids in order.
+    /// to its own repository `production/<base>-j<i>` under tag `j<i>`, so every job is a
+    /// daemon push (a repository that already held the image would get its tag registry-side,
+    /// in a few milliseconds, and a fault could no longer land mid-run). Returns the job ids in
+    /// order.
     pub(crate) async fn publish_jobs(
         &self,
         base: &str,
@@ -210,7 +213,7 @@ impl Fleet {
                 &id,
                 &sources[k],
                 "basic",
-                &format!("production/{base}-s{k}"),
+                &format!("production/{base}-j{i}"),
                 &[&tag],
             );
             self.events.publish_job(&job).await?;
