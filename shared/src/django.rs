@@ -149,6 +149,7 @@ impl DjangoPushStep {
             version: JOB_VERSION,
             job_id: job_id.to_owned(),
             source: source.familiar(),
+            source_registry: None,
             pool: self.build_host.clone().filter(|h| !h.is_empty()),
             target: JobTarget {
                 registry,

@@ -57,11 +57,17 @@ pub enum ErrorCode {
     /// The registry refused to move or overwrite a tag its policy makes immutable (Harbor's
     /// tag immutability rules, ECR's immutable repositories).
     TagImmutable,
+    /// The job's source is an image in a Docker daemon, but this worker has no daemon (no
+    /// `[docker]` section): it serves registry-source jobs only.
+    DaemonNotConfigured,
+    /// The source registry's manifest cannot be copied byte for byte: Docker schema 1, an
+    /// unknown media type, a nested index, a digest algorithm other than sha256.
+    ManifestUnsupported,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidMessage,
         ErrorCode::InvalidSignature,
         ErrorCode::InvalidReference,
@@ -84,6 +90,8 @@ impl ErrorCode {
         ErrorCode::Cancelled,
         ErrorCode::PushFailed,
         ErrorCode::TagImmutable,
+        ErrorCode::DaemonNotConfigured,
+        ErrorCode::ManifestUnsupported,
     ];
 
     /// The wire form, e.g. `"registry_unreachable"`.
@@ -111,6 +119,8 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::PushFailed => "push_failed",
             ErrorCode::TagImmutable => "tag_immutable",
+            ErrorCode::DaemonNotConfigured => "daemon_not_configured",
+            ErrorCode::ManifestUnsupported => "manifest_unsupported",
         }
     }
 
@@ -195,6 +205,12 @@ impl ErrorCode {
             }
             ErrorCode::TagImmutable => {
                 "the registry keeps this tag immutable: push under a new tag (e.g. the next version), or ask the registry's admins to exempt it from the immutability rule"
+            }
+            ErrorCode::DaemonNotConfigured => {
+                "this worker has no Docker daemon: publish the job to the pool of the build host whose daemon holds the image (`pool`), or copy it from a registry (`source_registry`)"
+            }
+            ErrorCode::ManifestUnsupported => {
+                "only Docker schema 2 and OCI image manifests, and indexes of them, are copied between registries: push the image to the source registry again with a current client"
             }
         }
     }

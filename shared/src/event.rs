@@ -70,6 +70,9 @@ pub enum TagPath {
     Retag,
     /// The tag already pointed at the image's manifest: nothing was written.
     Noop,
+    /// The image was copied from the job's `source_registry` and its manifest put under the
+    /// tag by the worker, with no daemon (see [`CopyInfo`]).
+    Copy,
 }
 
 impl TagPath {
@@ -79,15 +82,18 @@ impl TagPath {
             TagPath::Push => "push",
             TagPath::Retag => "retag",
             TagPath::Noop => "noop",
+            TagPath::Copy => "copy",
         }
     }
 
     /// The path of a whole job from the paths of its tags: `push` when the daemon pushed any
-    /// tag, else `retag` when any tag was written registry-side, else `noop`.
+    /// tag, else `copy` when the image was copied from a source registry, else `retag` when
+    /// any tag was written registry-side, else `noop`.
     pub fn of_job(tags: impl IntoIterator<Item = TagPath>) -> TagPath {
         tags.into_iter()
             .fold(TagPath::Noop, |job, tag| match (job, tag) {
                 (TagPath::Push, _) | (_, TagPath::Push) => TagPath::Push,
+                (TagPath::Copy, _) | (_, TagPath::Copy) => TagPath::Copy,
                 (TagPath::Retag, _) | (_, TagPath::Retag) => TagPath::Retag,
                 (TagPath::Noop, TagPath::Noop) => TagPath::Noop,
             })
@@ -161,6 +167,10 @@ pub struct PhaseTimings {
     /// tag and putting the manifest under the tags that lacked it (no daemon involved).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retag_ms: Option<u64>,
+    /// Copying a registry-source image: blobs skipped, mounted or streamed, then the
+    /// manifests put and each tag checked (no daemon involved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_ms: Option<u64>,
     /// Checking the manifest digest in the registry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify_ms: Option<u64>,
@@ -204,6 +214,29 @@ impl PreflightMethod {
 pub struct PreflightInfo {
     /// How the right to push was established.
     pub method: PreflightMethod,
+}
+
+/// What a registry-to-registry copy did (`succeeded` events of `source_registry` jobs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CopyInfo {
+    /// The catalogue key of the source registry.
+    pub source_registry: String,
+    /// The media type of the copied manifest (an image manifest, or an index of several).
+    pub media_type: String,
+    /// The child manifests of an index, by digest, in index order (empty for an image).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
+    /// Blobs the target repository already had.
+    pub blobs_skipped: u32,
+    /// Blobs mounted from the source repository (same registry): nothing transferred.
+    pub blobs_mounted: u32,
+    /// Blobs streamed from the source registry into the target.
+    pub blobs_streamed: u32,
+    /// Bytes of all the image's blobs.
+    pub bytes_total: u64,
+    /// Bytes streamed from source to target (the rest was skipped or mounted).
+    pub bytes_streamed: u64,
 }
 
 /// When the next attempt of a `retrying` job is due.
@@ -266,8 +299,9 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub already_present: Option<bool>,
     /// How the job's tags got there (`succeeded`): `push` when the daemon pushed (at least one
-    /// tag), `retag` when the repository already held the manifest and the worker only wrote
-    /// tags, `noop` when every tag already pointed at it.
+    /// tag), `copy` when the image was copied from the job's source registry, `retag` when the
+    /// repository already held the manifest and the worker only wrote tags, `noop` when every
+    /// tag already pointed at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<TagPath>,
     /// Per target reference (as in `targets`), how that tag got there (`succeeded`).
@@ -276,6 +310,9 @@ pub struct Event {
     /// What the preflight did (`succeeded`, when this attempt ran one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preflight: Option<PreflightInfo>,
+    /// What the copy did (`succeeded`, when `path` is `copy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyInfo>,
     /// Upload progress (`progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -332,6 +369,7 @@ impl Event {
             path: None,
             tag_paths: BTreeMap::new(),
             preflight: None,
+            copy: None,
             progress: None,
             phases: None,
             retry: None,

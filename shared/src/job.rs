@@ -9,10 +9,11 @@
 //!   with a new `version`.
 //! - **Missing fields**: `version`, `job_id`, `source`, `target.registry`,
 //!   `target.repository` and `target.tags` (non-empty) are required; `pool` defaults to the
-//!   default pool (see [`crate::pool`]); `options` and each of its fields default (see
+//!   default pool (see [`crate::pool`]); `source_registry` absent means the source is in the
+//!   worker's Docker daemon ([`JobSource`]); `options` and each of its fields default (see
 //!   [`JobOptions`]); `metadata` defaults to `{}`.
-//! - **Optional fields added within version 1** (`pool`) change nothing for a job that leaves
-//!   them out; a worker that does not know one refuses a job that sets it (unknown field),
+//! - **Optional fields added within version 1** (`pool`, `source_registry`) change nothing for
+//!   a job that leaves them out; a worker that does not know one refuses a job that sets it (unknown field),
 //!   which is what it should do: it cannot honour it.
 //! - **No duplicate keys**: a key repeated within one object, at any depth, is refused
 //!   ([`JobError::DuplicateKey`]); parsers disagree on which of the two values counts.
@@ -37,7 +38,7 @@ use crate::credential::{CredentialKind, Finding, find_credential};
 use crate::duplicate_keys::{Scope, first_duplicate_key};
 use crate::error_code::ErrorCode;
 use crate::pool::{InvalidPool, Pool};
-use crate::reference::{ImageRef, ReferenceError};
+use crate::reference::{ImageRef, InRegistry, ReferenceError};
 
 pub(crate) use crate::credential::find_credential_key;
 
@@ -52,6 +53,8 @@ pub const MAX_TAGS: usize = 16;
 pub const MAX_TIMEOUT_S: u32 = 1700;
 /// The longest `job_id`.
 pub const MAX_JOB_ID_LEN: usize = 128;
+/// The longest registry name (`target.registry`, `source_registry`): a catalogue key or alias.
+pub const MAX_REGISTRY_NAME_LEN: usize = 128;
 
 /// A request to push one local image to one registry under one or more tags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -68,6 +71,13 @@ pub struct PushJob {
     /// grammar; with no tag it means `:latest`, as in Docker.
     #[schemars(length(min = 1, max = 512))]
     pub source: String,
+    /// A key or alias of the worker's registry catalogue that holds `source` (e.g. a CI or
+    /// staging registry): the worker then copies the image registry to registry, with no Docker
+    /// daemon, and `source` is a repository path in that registry with a tag or digest
+    /// (`ci/myapp:0722`, `ci/myapp@sha256:…`). Absent: `source` is in the worker's daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub source_registry: Option<String>,
     /// The pool whose Docker daemon holds `source` (a build host), e.g. `build-01`: the job is
     /// published to that pool's queue and only its workers take it. Absent: the default pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +173,11 @@ pub enum JobError {
     /// `pool` is not a pool name (see [`crate::pool`]).
     #[error("{0}")]
     InvalidPool(#[from] InvalidPool),
+    /// `source_registry` is empty or longer than [`MAX_REGISTRY_NAME_LEN`].
+    #[error(
+        "source_registry must be 1 to {MAX_REGISTRY_NAME_LEN} characters: a catalogue key or alias"
+    )]
+    InvalidSourceRegistry,
     /// `target.tags` is empty.
     #[error("target.tags is empty: name at least one tag to push")]
     NoTags,
@@ -239,13 +254,55 @@ impl JobError {
     }
 }
 
+/// Where a job's image comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobSource {
+    /// An image in the worker's Docker daemon, normalised (`myapp:0722` ->
+    /// `docker.io/library/myapp:0722`).
+    Daemon(ImageRef),
+    /// An image in a registry of the worker's catalogue (`source_registry`).
+    Registry {
+        /// The catalogue key or alias, as the job gave it.
+        registry: String,
+        /// The image in it.
+        image: InRegistry,
+    },
+}
+
+/// The daemon image as normalised (`docker.io/library/myapp:0722`); a registry image as
+/// `ci/myapp:0722 in registry staging`.
+impl std::fmt::Display for JobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobSource::Daemon(image) => image.fmt(f),
+            JobSource::Registry { registry, image } => {
+                write!(
+                    f,
+                    "{} in registry {registry}",
+                    image.at("").trim_start_matches('/')
+                )
+            }
+        }
+    }
+}
+
+impl JobSource {
+    /// The daemon image, for a daemon-source job.
+    pub fn daemon_image(&self) -> Option<&ImageRef> {
+        match self {
+            JobSource::Daemon(image) => Some(image),
+            JobSource::Registry { .. } => None,
+        }
+    }
+}
+
 /// A job that passed validation, with its source reference parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidJob {
     /// The message as received.
     pub job: PushJob,
-    /// The source image, normalised (`myapp:0722` -> `docker.io/library/myapp:0722`).
-    pub source: ImageRef,
+    /// The source image.
+    pub source: JobSource,
     /// The job's pool (the default pool when the job names none).
     pub pool: Pool,
 }
@@ -373,10 +430,22 @@ impl PushJob {
         if let Some(finding) = find_credential(&self.metadata, "metadata") {
             return Err(finding.into());
         }
-        let source = ImageRef::parse(&self.source).map_err(|source| JobError::Reference {
+        let reference_error = |source| JobError::Reference {
             field: "source".to_owned(),
             source,
-        })?;
+        };
+        let source = match &self.source_registry {
+            None => JobSource::Daemon(ImageRef::parse(&self.source).map_err(reference_error)?),
+            Some(registry) => {
+                if registry.is_empty() || registry.len() > MAX_REGISTRY_NAME_LEN {
+                    return Err(JobError::InvalidSourceRegistry);
+                }
+                JobSource::Registry {
+                    registry: registry.clone(),
+                    image: ImageRef::parse_in_registry(&self.source).map_err(reference_error)?,
+                }
+            }
+        };
         for (i, tag) in tags.iter().enumerate() {
             ImageRef::check_target(&self.target.repository, tag).map_err(|source| {
                 JobError::Reference {

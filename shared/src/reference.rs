@@ -244,6 +244,32 @@ impl ImageRef {
         Ok(())
     }
 
+    /// Reads a reference to an image inside a registry already known by other means (a job's
+    /// `source` with `source_registry`): `repository[:tag][@digest]`, no host. Each part is
+    /// checked as in [`ImageRef::check_target`]; the digest as in [`ImageRef::parse`].
+    pub fn parse_in_registry(input: &str) -> Result<InRegistry, ReferenceError> {
+        check_characters(input)?;
+        let parts = Parts::split(input)?;
+        if let Some(digest) = parts.digest {
+            validate_digest(input, digest)?;
+        }
+        if let Some(tag) = parts.tag {
+            validate_tag(input, tag)?;
+        }
+        validate_repository(parts.name)?;
+        if parts.name.len() > REPOSITORY_MAX_LEN {
+            return Err(ReferenceError::RepositoryTooLong {
+                repository: parts.name.to_owned(),
+                length: parts.name.len(),
+            });
+        }
+        Ok(InRegistry {
+            repository: parts.name.to_owned(),
+            tag: parts.tag.map(str::to_owned),
+            digest: parts.digest.map(str::to_owned),
+        })
+    }
+
     /// The registry: `docker.io`, `localhost:5000`, `127.0.0.1:5001`, `[::1]:5443`.
     pub fn registry(&self) -> &str {
         &self.registry
@@ -381,6 +407,43 @@ impl ImageRef {
 }
 
 /// The fully-qualified form: `docker.io/library/myapp:0722`, with `@digest` when present.
+/// An image inside a registry named elsewhere: `repository[:tag][@digest]`
+/// ([`ImageRef::parse_in_registry`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InRegistry {
+    /// The repository path, e.g. `ci/myapp`.
+    pub repository: String,
+    /// The tag, when one is written.
+    pub tag: Option<String>,
+    /// The manifest digest, when one is written.
+    pub digest: Option<String>,
+}
+
+impl InRegistry {
+    /// What a registry is asked for: the digest when one is written, else the tag (`latest`
+    /// when none is, as in Docker).
+    pub fn reference(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
+    }
+
+    /// The image written out on `host`: `host/repository[:tag][@digest]`.
+    pub fn at(&self, host: &str) -> String {
+        let mut out = format!("{host}/{}", self.repository);
+        if let Some(tag) = &self.tag {
+            out.push(':');
+            out.push_str(tag);
+        }
+        if let Some(digest) = &self.digest {
+            out.push('@');
+            out.push_str(digest);
+        }
+        out
+    }
+}
+
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = self.name();
@@ -1696,5 +1759,46 @@ mod tests {
     fn schema_is_a_string() {
         let schema = schemars::schema_for!(ImageRef);
         assert_eq!(schema.get("type"), Some(&serde_json::json!("string")));
+    }
+
+    #[test]
+    fn a_reference_inside_a_registry_has_no_host_and_checks_each_part() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let tagged = ImageRef::parse_in_registry("ci/myapp:0722").expect("valid");
+        assert_eq!(tagged.repository, "ci/myapp");
+        assert_eq!(tagged.tag.as_deref(), Some("0722"));
+        assert_eq!(tagged.reference(), "0722");
+        assert_eq!(
+            tagged.at("r.example.com:5000"),
+            "r.example.com:5000/ci/myapp:0722"
+        );
+
+        let pinned = ImageRef::parse_in_registry(&format!("ci/myapp@{digest}")).expect("valid");
+        assert_eq!(pinned.tag, None);
+        assert_eq!(pinned.reference(), digest);
+        assert_eq!(pinned.at("h"), format!("h/ci/myapp@{digest}"));
+
+        let bare = ImageRef::parse_in_registry("myapp").expect("valid");
+        assert_eq!(bare.reference(), "latest");
+        // A first component with a dot is a path component here, not a host.
+        let dotted = ImageRef::parse_in_registry("ci.team/app:1").expect("valid");
+        assert_eq!(dotted.repository, "ci.team/app");
+
+        for bad in [
+            "",
+            "CI/app:1",
+            "ci/app:",
+            "ci/app:-x",
+            "ci//app:1",
+            "/ci/app",
+            "ci/app@sha256:abc",
+            "ci/app:1 ",
+            "localhost:5000/ci/app:1",
+        ] {
+            assert!(
+                ImageRef::parse_in_registry(bad).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
     }
 }

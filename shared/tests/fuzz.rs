@@ -26,7 +26,7 @@ use proptest::sample::select;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use pushfleet_shared::ErrorCode;
 use pushfleet_shared::job::{
-    JobError, MAX_JOB_BYTES, MAX_JOB_ID_LEN, MAX_TAGS, MAX_TIMEOUT_S, PushJob, ValidJob,
+    JobError, JobSource, MAX_JOB_BYTES, MAX_JOB_ID_LEN, MAX_TAGS, MAX_TIMEOUT_S, PushJob, ValidJob,
     peek_job_id, peek_metadata,
 };
 use pushfleet_shared::reference::{ImageRef, ReferenceError, source_reference};
@@ -1359,8 +1359,16 @@ fn check_accepted_job(body: &[u8], valid: &ValidJob) -> Result<(), TestCaseError
     prop_assert!(!oracle_credentials::any(&Value::Object(
         job.metadata.clone()
     )));
-    prop_assert_eq!(ImageRef::parse(&job.source), Ok(valid.source.clone()));
-    check_accepted_reference(&job.source, &valid.source)?;
+    match &valid.source {
+        JobSource::Daemon(image) => {
+            prop_assert_eq!(ImageRef::parse(&job.source), Ok(image.clone()));
+            check_accepted_reference(&job.source, image)?;
+        }
+        JobSource::Registry { registry, image } => {
+            prop_assert_eq!(job.source_registry.as_ref(), Some(registry));
+            prop_assert_eq!(ImageRef::parse_in_registry(&job.source), Ok(image.clone()));
+        }
+    }
     let targets = valid
         .targets_at("a:1")
         .map_err(|e| TestCaseError::fail(format!("accepted job has bad targets: {e}")))?;

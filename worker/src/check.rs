@@ -432,7 +432,7 @@ async fn run_request(
     Ok(check(
         registry,
         client,
-        Some(pipeline.daemon()),
+        pipeline.daemon(),
         request.repository.as_deref(),
     )
     .await)

@@ -273,7 +273,7 @@ async fn run_job(
     reporter
         .publish(&reporter.event(JobState::Accepted))
         .await?;
-    let (plan, registry) = match planned {
+    let (plan, registries) = match planned {
         Ok(p) => p,
         Err(e) => {
             let failure = JobFailure::from(&e);
@@ -299,7 +299,7 @@ async fn run_job(
     let result = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
-        r = tokio::time::timeout(limit, run_stages(shared, &valid, &plan, registry, &progress_tx)) => r.ok(),
+        r = tokio::time::timeout(limit, run_stages(shared, &valid, &plan, registries, &progress_tx)) => r.ok(),
     };
     shared.cancels.finish(&valid.job.job_id);
     stop_progress.cancel();
@@ -316,6 +316,7 @@ async fn run_job(
             event.path = Some(success.path);
             event.tag_paths = success.tag_paths.clone();
             event.preflight = success.preflight.map(|method| PreflightInfo { method });
+            event.copy = success.copy.clone();
             reporter.publish(&event).await?;
             info!(digest = %success.digest, path = success.path.as_str(), "job succeeded");
             delivery.ack(BasicAckOptions::default()).await?;
@@ -360,11 +361,11 @@ async fn run_stages(
     shared: &Shared,
     valid: &ValidJob,
     plan: &crate::plan::Plan,
-    registry: &crate::config::Registry,
+    registries: crate::plan::PlannedRegistries<'_>,
     progress: &watch::Sender<Option<pushfleet_shared::event::Progress>>,
 ) -> Result<Success, crate::pipeline::Failure> {
     match &shared.pipeline {
-        Some(pipeline) => pipeline.run(valid, plan, registry, progress).await,
+        Some(pipeline) => pipeline.run(valid, plan, registries, progress).await,
         None => Ok(Success {
             digest: BROKER_ONLY_DIGEST.to_owned(),
             size: None,
@@ -378,6 +379,7 @@ async fn run_stages(
                 .map(|t| (t.clone(), pushfleet_shared::event::TagPath::Push))
                 .collect(),
             preflight: None,
+            copy: None,
         }),
     }
 }

@@ -1,5 +1,6 @@
 //! One planned job, stage by stage: source -> credentials -> preflight -> registry-side tags,
-//! or tag -> push -> verify -> untag (the plan, the I/O-free first stage, is made before: see
+//! or tag -> push -> verify -> untag; for a registry-source job, credentials -> preflight of
+//! both ends -> copy (the plan, the I/O-free first stage, is made before: see
 //! [`crate::plan`]). Each stage returns its own typed error; every error becomes a
 //! [`JobFailure`] carrying a stable code, so the runner never inspects error text.
 //!
@@ -16,23 +17,31 @@
 //! makes redelivery harmless: `already_present`). Otherwise the daemon pushes the first tag
 //! (path `push`) and the other tags are written registry-side from the manifest that push
 //! produced. Any doubt sends a tag through the daemon instead.
+//!
+//! A registry-source job (`source_registry`) needs no daemon: the source manifest is read
+//! first (proving the pull right and that the image exists), then the push right on the
+//! target, then [`crate::copy::copy_image`] copies blobs and manifests byte for byte (path
+//! `copy`). A worker without a daemon (no `[docker]` section) refuses a daemon-source job with
+//! `daemon_not_configured`, naming its pool, before it touches anything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pushfleet_shared::event::{PhaseTimings, Progress, TagPath};
+use pushfleet_shared::event::{CopyInfo, PhaseTimings, Progress, TagPath};
 use pushfleet_shared::job::ValidJob;
+use pushfleet_shared::reference::InRegistry;
 use pushfleet_shared::{ErrorCode, ImageRef, PreflightMethod};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, Registry};
 
+use crate::copy::{self, BlobPath, CopyReport, Side};
 use crate::credentials::Credentials;
 use crate::daemon::{Daemon, DaemonError, PushOutcome, PushProgress};
 use crate::failure::{Coded, JobFailure};
 use crate::metrics::Metrics;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedRegistries};
 use crate::registry::{Manifest, RegistryClient, RegistryEndpoint, RegistryError};
 use crate::retag::{self, HeldDigest};
 
@@ -55,6 +64,8 @@ pub struct Success {
     pub tag_paths: BTreeMap<String, TagPath>,
     /// How the preflight established the push right.
     pub preflight: Option<PreflightMethod>,
+    /// What the copy did (registry-source jobs).
+    pub copy: Option<CopyInfo>,
 }
 
 /// A failed job attempt, with the time its stages took until it failed.
@@ -97,7 +108,8 @@ pub enum PipelineSetupError {
 #[derive(Debug)]
 pub struct Pipeline {
     config: Arc<Config>,
-    daemon: Daemon,
+    /// `None` on a daemon-free worker (no `[docker]` section).
+    daemon: Option<Daemon>,
     registries: HashMap<String, RegistryClient>,
     /// Per-registry push slots, for registries with `max_concurrent_pushes`.
     push_slots: HashMap<String, Arc<Semaphore>>,
@@ -113,7 +125,10 @@ impl Pipeline {
     /// Builds the clients, which count their requests into `metrics`. No network I/O
     /// happens here.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Self, PipelineSetupError> {
-        let daemon = Daemon::connect(&config.docker.host)?;
+        let daemon = match &config.docker {
+            Some(docker) => Some(Daemon::connect(&docker.host)?),
+            None => None,
+        };
         let mut registries = HashMap::new();
         for registry in config.registries.iter() {
             let ca_pem = match &registry.ca_file {
@@ -158,9 +173,9 @@ impl Pipeline {
         })
     }
 
-    /// The daemon client.
-    pub fn daemon(&self) -> &Daemon {
-        &self.daemon
+    /// The daemon client; `None` on a daemon-free worker.
+    pub fn daemon(&self) -> Option<&Daemon> {
+        self.daemon.as_ref()
     }
 
     /// The configuration.
@@ -174,21 +189,43 @@ impl Pipeline {
     }
 
     /// Runs one attempt of `job` as `plan` (made by [`crate::plan::plan`] against this
-    /// pipeline's catalogue), publishing upload progress into `progress`.
+    /// pipeline's catalogue, which gave `registries`), publishing upload progress into
+    /// `progress`.
     pub async fn run(
         &self,
         job: &ValidJob,
         plan: &Plan,
-        registry: &Registry,
+        registries: PlannedRegistries<'_>,
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<Success, Failure> {
         let mut phases = PhaseTimings::default();
         let mut preflight = None;
         let started = Instant::now();
-        match self
-            .run_planned(job, plan, registry, progress, &mut phases, &mut preflight)
-            .await
-        {
+        let outcome = match registries.source {
+            Some((source, image)) => {
+                let copy = CopyJob {
+                    source,
+                    image,
+                    target: registries.target,
+                    repository: &job.job.target.repository,
+                    tags: &job.job.target.tags,
+                };
+                self.run_copy(&copy, progress, &mut phases, &mut preflight)
+                    .await
+            }
+            None => {
+                self.run_planned(
+                    job,
+                    plan,
+                    registries.target,
+                    progress,
+                    &mut phases,
+                    &mut preflight,
+                )
+                .await
+            }
+        };
+        match outcome {
             Ok(outcome) => {
                 phases.total_ms = ms(started);
                 let path = TagPath::of_job(outcome.paths.iter().copied());
@@ -207,6 +244,7 @@ impl Pipeline {
                     path,
                     tag_paths,
                     preflight,
+                    copy: outcome.copy,
                 })
             }
             Err(failure) => {
@@ -226,25 +264,25 @@ impl Pipeline {
         preflight: &mut Option<PreflightMethod>,
     ) -> Result<Outcome, JobFailure> {
         let repository = &job.job.target.repository;
-        let client = self.registries.get(&registry.key).ok_or_else(|| {
-            JobFailure::new(ErrorCode::UnknownRegistry, "registry client missing")
-        })?;
+        let client = self.client(registry)?;
+        let (Some(daemon), Some(image)) = (&self.daemon, job.source.daemon_image()) else {
+            return Err(JobFailure::new(
+                ErrorCode::DaemonNotConfigured,
+                format!(
+                    "the source {} is an image in a Docker daemon, but worker {} has no daemon \
+                     (no [docker] section): it serves registry-source jobs only, and took this \
+                     job from pool {}",
+                    job.source, self.config.worker.id, job.pool
+                ),
+            ));
+        };
 
         let t = Instant::now();
-        let source = self
-            .daemon
-            .resolve_source(&job.source)
-            .await
-            .map_err(|e| coded(&e))?;
+        let source = daemon.resolve_source(image).await.map_err(|e| coded(&e))?;
         phases.resolve_ms = ms(t);
 
         let t = Instant::now();
-        let login: Option<Credentials> = registry.credentials_async().await.map_err(|e| {
-            JobFailure::new(
-                ErrorCode::RegistryCredentialsMissing,
-                format!("registry {}: {e}", registry.key),
-            )
-        })?;
+        let login = credentials(registry).await?;
         let login = login.as_ref();
         let access = client
             .preflight_push(repository, login)
@@ -290,6 +328,7 @@ impl Pipeline {
                 digest: manifest.digest,
                 bytes: 0,
                 paths,
+                copy: None,
             });
         }
         if looked {
@@ -299,16 +338,18 @@ impl Pipeline {
         // The daemon pushes the first tag.
         let mut tagged: Vec<&ImageRef> = Vec::new();
         let t = Instant::now();
-        self.daemon
-            .tag(&source.id, first)
-            .await
-            .map_err(|e| coded(&e))?;
+        daemon.tag(&source.id, first).await.map_err(|e| coded(&e))?;
         tagged.push(first);
         phases.tag_ms = ms(t);
         let t = Instant::now();
-        let pushed = self
-            .daemon_push(client, registry, repository, first, login, progress)
-            .await?;
+        let push = DaemonPush {
+            daemon,
+            client,
+            registry,
+            repository,
+            login,
+        };
+        let pushed = self.daemon_push(&push, first, progress).await?;
         phases.push_ms = ms(t);
         let digest = pushed.digest;
         let mut bytes = pushed.bytes_uploaded;
@@ -326,16 +367,14 @@ impl Pipeline {
                 None => {
                     for target in rest {
                         let t = Instant::now();
-                        self.daemon
+                        daemon
                             .tag(&source.id, target)
                             .await
                             .map_err(|e| coded(&e))?;
                         tagged.push(target);
                         add_ms(&mut phases.tag_ms, t);
                         let t = Instant::now();
-                        let outcome = self
-                            .daemon_push(client, registry, repository, target, login, progress)
-                            .await?;
+                        let outcome = self.daemon_push(&push, target, progress).await?;
                         add_ms(&mut phases.push_ms, t);
                         bytes += outcome.bytes_uploaded;
                         if outcome.digest != digest {
@@ -378,11 +417,11 @@ impl Pipeline {
         if job.job.options.remove_local_tag {
             let t = Instant::now();
             for target in tagged {
-                if target.name() == job.source.name() && target.tag() == job.source.tag() {
+                if target.name() == image.name() && target.tag() == image.tag() {
                     continue; // never remove the source itself
                 }
                 // A tag left behind is untidy, not a failed push: log it and go on.
-                if let Err(e) = self.daemon.untag(target).await {
+                if let Err(e) = daemon.untag(target).await {
                     tracing::warn!(target = %target, error = %e, "could not remove the local tag");
                 }
             }
@@ -393,6 +432,97 @@ impl Pipeline {
             size: Some(pushed.size),
             bytes,
             paths,
+            copy: None,
+        })
+    }
+
+    /// The registry client of `registry`.
+    fn client(&self, registry: &Registry) -> Result<&RegistryClient, JobFailure> {
+        self.registries.get(&registry.key).ok_or_else(|| {
+            JobFailure::new(
+                ErrorCode::UnknownRegistry,
+                format!("registry {} has no client", registry.key),
+            )
+        })
+    }
+
+    /// A registry-source job: the source manifest is read (the pull right, and that the image
+    /// exists), the push right on the target proven, then the image copied (see
+    /// [`crate::copy`]).
+    async fn run_copy(
+        &self,
+        job: &CopyJob<'_>,
+        progress: &watch::Sender<Option<Progress>>,
+        phases: &mut PhaseTimings,
+        preflight: &mut Option<PreflightMethod>,
+    ) -> Result<Outcome, JobFailure> {
+        let source_client = self.client(job.source)?;
+        let target_client = self.client(job.target)?;
+        let reference = job.image.reference();
+
+        let t = Instant::now();
+        let source_login = credentials(job.source).await?;
+        let target_login = credentials(job.target).await?;
+        let source = Side {
+            client: source_client,
+            repository: &job.image.repository,
+            login: source_login.as_ref(),
+        };
+        let target = Side {
+            client: target_client,
+            repository: job.repository,
+            login: target_login.as_ref(),
+        };
+        let found = source_client
+            .manifest_digest(source.repository, reference, source.login)
+            .await
+            .map_err(|e| coded(&copy::CopyError::Source(e)))?;
+        if found.is_none() {
+            return Err(coded(&copy::CopyError::SourceMissing {
+                registry: job.source.key.clone(),
+                repository: job.image.repository.clone(),
+                what: format!("manifest {reference}"),
+            }));
+        }
+        let access = target_client
+            .preflight_push(job.repository, target.login)
+            .await
+            .map_err(|e| coded(&e))?;
+        self.metrics.preflight(access.cached());
+        *preflight = Some(access.method);
+        phases.preflight_ms = ms(t);
+
+        let t = Instant::now();
+        let report_progress: copy::ProgressFn = {
+            let progress = progress.clone();
+            Arc::new(move |p: &copy::CopyProgress| {
+                progress.send_replace(Some(Progress {
+                    phase: "copy".to_owned(),
+                    bytes_done: p.bytes_done,
+                    bytes_total: p.bytes_total,
+                }));
+            })
+        };
+        let report = copy::copy_image(source, reference, target, job.tags, report_progress)
+            .await
+            .map_err(|e| {
+                if matches!(
+                    e.code(),
+                    ErrorCode::RegistryAuthFailed
+                        | ErrorCode::RegistryDenied
+                        | ErrorCode::RegistryInsufficientScope
+                ) {
+                    target_client.invalidate(job.repository);
+                }
+                coded(&e)
+            })?;
+        phases.copy_ms = ms(t);
+        Ok(Outcome {
+            digest: report.digest.clone(),
+            size: None,
+            bytes: report.bytes_streamed,
+            paths: vec![TagPath::Copy; job.tags.len()],
+            copy: Some(copy_info(job.source, &report)),
         })
     }
 
@@ -400,13 +530,17 @@ impl Pipeline {
     /// login drops the registry client's cached authorisation for the repository.
     async fn daemon_push(
         &self,
-        client: &RegistryClient,
-        registry: &Registry,
-        repository: &str,
+        push: &DaemonPush<'_>,
         target: &ImageRef,
-        login: Option<&Credentials>,
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<PushOutcome, JobFailure> {
+        let DaemonPush {
+            daemon,
+            client,
+            registry,
+            repository,
+            login,
+        } = *push;
         // A registry with `max_concurrent_pushes` takes that many pushes from this worker at
         // once; the others wait here (waiting counts as push time: it is what the job waited
         // for). The slot is given back as soon as the push is done.
@@ -423,7 +557,7 @@ impl Pipeline {
                 bytes_total: p.bytes_total,
             }));
         };
-        self.daemon.push(target, login, report).await.map_err(|e| {
+        daemon.push(target, login, report).await.map_err(|e| {
             if matches!(
                 e.code(),
                 ErrorCode::RegistryAuthFailed
@@ -445,6 +579,51 @@ struct Outcome {
     bytes: u64,
     /// Per target, in the plan's order.
     paths: Vec<TagPath>,
+    copy: Option<CopyInfo>,
+}
+
+/// A registry-source job, as the copy stage needs it.
+struct CopyJob<'a> {
+    source: &'a Registry,
+    image: &'a InRegistry,
+    target: &'a Registry,
+    repository: &'a str,
+    tags: &'a [String],
+}
+
+/// What every daemon push of one job shares.
+#[derive(Clone, Copy)]
+struct DaemonPush<'a> {
+    daemon: &'a Daemon,
+    client: &'a RegistryClient,
+    registry: &'a Registry,
+    repository: &'a str,
+    login: Option<&'a Credentials>,
+}
+
+/// The event's account of a copy.
+fn copy_info(source: &Registry, report: &CopyReport) -> CopyInfo {
+    let count = |path| u32::try_from(report.count(path)).unwrap_or(u32::MAX);
+    CopyInfo {
+        source_registry: source.key.clone(),
+        media_type: report.media_type.clone(),
+        children: report.children.clone(),
+        blobs_skipped: count(BlobPath::Skipped),
+        blobs_mounted: count(BlobPath::Mounted),
+        blobs_streamed: count(BlobPath::Streamed),
+        bytes_total: report.bytes_total,
+        bytes_streamed: report.bytes_streamed,
+    }
+}
+
+/// The login of `registry`, read off the async runtime.
+async fn credentials(registry: &Registry) -> Result<Option<Credentials>, JobFailure> {
+    registry.credentials_async().await.map_err(|e| {
+        JobFailure::new(
+            ErrorCode::RegistryCredentialsMissing,
+            format!("registry {}: {e}", registry.key),
+        )
+    })
 }
 
 /// Adds the time since `start` to a phase that may have run before.

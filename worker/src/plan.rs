@@ -3,7 +3,8 @@
 //! function serves the worker (before it touches the daemon or the network) and
 //! `pushfleet submit --dry-run` (which touches nothing).
 
-use pushfleet_shared::job::{JobError, ValidJob};
+use pushfleet_shared::job::{JobError, JobSource, ValidJob};
+use pushfleet_shared::reference::InRegistry;
 use pushfleet_shared::{ErrorCode, ImageRef};
 use serde::Serialize;
 
@@ -19,9 +20,14 @@ pub struct Plan {
     pub registry: String,
     /// The registry's API URL.
     pub registry_url: String,
-    /// The source image, normalised, its tag always written out
-    /// (`docker.io/library/myapp:latest` for `myapp`).
+    /// The source image, its tag always written out: in the daemon, normalised
+    /// (`docker.io/library/myapp:latest` for `myapp`); in a source registry, on that
+    /// registry's host (`ci.example.com/ci/myapp:0722`).
     pub source: String,
+    /// The catalogue key of the registry the image is copied from (`source_registry`); absent
+    /// when the source is in the worker's Docker daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_registry: Option<String>,
     /// What a person should know before this runs (e.g. that the source's tag was Docker's
     /// default).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -41,12 +47,23 @@ impl Plan {
     }
 }
 
+/// The catalogue entries a plan uses.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedRegistries<'c> {
+    /// The registry pushed to.
+    pub target: &'c Registry,
+    /// The registry copied from, with the image in it (`source_registry` jobs).
+    pub source: Option<(&'c Registry, &'c InRegistry)>,
+}
+
 /// Why a job cannot be planned.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    /// `target.registry` is not in the catalogue.
-    #[error("registry {name:?} is not in this worker's catalogue (known: {known})")]
+    /// `target.registry` or `source_registry` is not in the catalogue.
+    #[error("{field}: registry {name:?} is not in this worker's catalogue (known: {known})")]
     UnknownRegistry {
+        /// Which field named it: `target.registry` or `source_registry`.
+        field: &'static str,
         /// The name the job gave.
         name: String,
         /// The catalogue's keys and aliases.
@@ -130,20 +147,29 @@ impl From<PlanError> for JobFailure {
     }
 }
 
-/// Plans `job` against `catalogue`: resolves the registry (key or alias), builds each exact
-/// target reference on that registry's host, and applies policy. Never consults a default
-/// registry.
-pub fn plan<'c>(
-    job: &ValidJob,
-    catalogue: &'c Catalogue,
-) -> Result<(Plan, &'c Registry), PlanError> {
-    let name = &job.job.target.registry;
-    let registry = catalogue
-        .get(name)
-        .ok_or_else(|| PlanError::UnknownRegistry {
-            name: name.clone(),
-            known: known_names(catalogue),
-        })?;
+/// Plans `job` against `catalogue`: resolves the registry (key or alias), and the source
+/// registry of a registry-source job, builds each exact target reference on the registry's
+/// host, and applies policy. Never consults a default registry.
+pub fn plan<'a>(
+    job: &'a ValidJob,
+    catalogue: &'a Catalogue,
+) -> Result<(Plan, PlannedRegistries<'a>), PlanError> {
+    let lookup = |field: &'static str, name: &str| {
+        catalogue
+            .get(name)
+            .ok_or_else(|| PlanError::UnknownRegistry {
+                field,
+                name: name.to_owned(),
+                known: known_names(catalogue),
+            })
+    };
+    let registry = lookup("target.registry", &job.job.target.registry)?;
+    let source_registry = match &job.source {
+        JobSource::Registry { registry, image } => {
+            Some((lookup("source_registry", registry)?, image))
+        }
+        JobSource::Daemon(_) => None,
+    };
     // The 255-character limit of `registry/repository` counts this registry's real host: the
     // job's own validation could not know it.
     let targets = job.targets_at(&registry.host)?;
@@ -165,27 +191,47 @@ pub fn plan<'c>(
         });
     }
     let mut notes = Vec::new();
-    let source = if job.source.tag().is_none() && job.source.digest().is_none() {
-        let explicit = format!("{}:{}", job.source, job.source.tag_or_latest());
+    let mut untagged = |explicit: &str| {
         notes.push(format!(
             "the source {:?} names no tag: Docker's default `latest` is used ({explicit}); name the tag if another was meant",
             job.job.source
         ));
-        explicit
-    } else {
-        job.source.to_string()
+    };
+    let source = match (&job.source, source_registry) {
+        (JobSource::Registry { .. }, Some((from, image))) => {
+            if image.tag.is_none() && image.digest.is_none() {
+                let explicit = format!("{}:latest", image.at(&from.host));
+                untagged(&explicit);
+                explicit
+            } else {
+                image.at(&from.host)
+            }
+        }
+        (JobSource::Daemon(image), _) if image.tag().is_none() && image.digest().is_none() => {
+            let explicit = format!("{image}:{}", image.tag_or_latest());
+            untagged(&explicit);
+            explicit
+        }
+        (source, _) => source.to_string(),
     };
     let plan = Plan {
         job_id: job.job.job_id.clone(),
         registry: registry.key.clone(),
         registry_url: registry.url.to_string(),
         source,
+        source_registry: source_registry.map(|(from, _)| from.key.clone()),
         notes,
         targets: target_names,
         remove_local_tag: job.job.options.remove_local_tag,
         target_refs: targets,
     };
-    Ok((plan, registry))
+    Ok((
+        plan,
+        PlannedRegistries {
+            target: registry,
+            source: source_registry,
+        },
+    ))
 }
 
 fn known_names(catalogue: &Catalogue) -> String {

@@ -111,7 +111,9 @@ pub async fn run_with_status(
         Arc::clone(&config),
         Arc::clone(status.metrics()),
     )?);
-    if let Err(e) = pipeline.daemon().ping().await {
+    if let Some(daemon) = pipeline.daemon()
+        && let Err(e) = daemon.ping().await
+    {
         warn!(error = %e, "the Docker daemon does not answer yet; jobs fail as daemon_unavailable (and are retried) until it does");
     }
     run_sessions(config, status, shutdown, Some(pipeline)).await

@@ -62,7 +62,7 @@ pub async fn run(args: CheckRegistriesArgs) -> anyhow::Result<ExitCode> {
         let report = check::check(
             registry,
             client,
-            Some(pipeline.daemon()),
+            pipeline.daemon(),
             args.repository.as_deref(),
         )
         .await;

@@ -45,9 +45,14 @@ pub struct SubmitArgs {
     /// With --django: the project path pushed into, e.g. `production`.
     #[arg(long)]
     project: Option<String>,
-    /// The local source image, e.g. `myapp:0722`.
+    /// The source image: in the worker's Docker daemon (`myapp:0722`), or with
+    /// --from-registry a repository in that registry with a tag or digest (`ci/myapp:0722`).
     #[arg(long, requires_all = ["registry", "repository"])]
     source: Option<String>,
+    /// Copy the image from this registry (a key or alias of the catalogue) instead of pushing
+    /// it from a Docker daemon: no daemon is involved.
+    #[arg(long, requires = "source")]
+    from_registry: Option<String>,
     /// The target registry: a key or alias of the catalogue.
     #[arg(long)]
     registry: Option<String>,
@@ -177,13 +182,23 @@ fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
         )));
     };
     let tags = if args.tags.is_empty() {
-        let parsed = pushfleet_shared::ImageRef::parse(source).map_err(|e| {
+        let source_error = |e| {
             invalid(pushfleet_shared::JobError::Reference {
                 field: "source".into(),
                 source: e,
             })
-        })?;
-        vec![parsed.tag_or_latest().to_owned()]
+        };
+        let tag = match &args.from_registry {
+            None => pushfleet_shared::ImageRef::parse(source)
+                .map_err(source_error)?
+                .tag_or_latest()
+                .to_owned(),
+            Some(_) => pushfleet_shared::ImageRef::parse_in_registry(source)
+                .map_err(source_error)?
+                .tag
+                .unwrap_or_else(|| "latest".to_owned()),
+        };
+        vec![tag]
     } else {
         args.tags.clone()
     };
@@ -191,6 +206,7 @@ fn build_job(args: &SubmitArgs) -> Result<ValidJob, BuildError> {
         version: JOB_VERSION,
         job_id,
         source: source.clone(),
+        source_registry: args.from_registry.clone(),
         pool: args.pool.clone(),
         target: JobTarget {
             registry: registry.clone(),
@@ -223,17 +239,20 @@ fn print_error(code: &str, message: &str, hint: &str) {
 
 fn dry_run(job: &ValidJob, config: &Config) -> ExitCode {
     match plan(job, &config.registries) {
-        Ok((plan, registry)) => {
+        Ok((plan, registries)) => {
             let mut value = serde_json::to_value(&plan).unwrap_or_default();
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("dry_run".into(), true.into());
                 obj.insert("pool".into(), job.pool.as_str().into());
-                let creds = match registry.credentials() {
+                let creds = |registry: &crate::config::Registry| match registry.credentials() {
                     Ok(Some(_)) => "resolved",
                     Ok(None) => "anonymous",
                     Err(_) => "missing",
                 };
-                obj.insert("credentials".into(), creds.into());
+                obj.insert("credentials".into(), creds(registries.target).into());
+                if let Some((source, _)) = registries.source {
+                    obj.insert("source_credentials".into(), creds(source).into());
+                }
             }
             println!(
                 "{}",

@@ -30,7 +30,20 @@ pub async fn run(
             return Ok(ExitCode::FAILURE);
         }
     };
-    info!(amqp = %config.amqp.url, docker = %config.docker.host, registries = config.registries.len(), "configuration loaded");
+    match &config.docker {
+        Some(docker) => {
+            info!(amqp = %config.amqp.url, docker = %docker.host, registries = config.registries.len(), "configuration loaded");
+        }
+        None => {
+            info!(amqp = %config.amqp.url, registries = config.registries.len(), "configuration loaded");
+            info!(
+                pools = ?config.worker.pools.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                "no [docker] section: this worker has no Docker daemon and serves registry-source \
+                 jobs (source_registry) only; a job whose source is in a daemon fails with \
+                 daemon_not_configured"
+            );
+        }
+    }
     let status = Arc::new(WorkerStatus::default());
     let stop_health = CancellationToken::new();
     let health = match health_listen {

@@ -47,7 +47,14 @@ impl fmt::Display for Description<'_> {
         };
         writeln!(f, "  job signatures:   {signing}")?;
         writeln!(f, "docker")?;
-        writeln!(f, "  host:             {}", c.docker.host)?;
+        match &c.docker {
+            Some(docker) => writeln!(f, "  host:             {}", docker.host)?,
+            None => writeln!(
+                f,
+                "  host:             none (no [docker] section): registry-source jobs only; \
+                 a job whose source is in a daemon fails with daemon_not_configured"
+            )?,
+        }
         writeln!(f, "worker")?;
         writeln!(f, "  id:               {}", c.worker.id)?;
         writeln!(

@@ -90,8 +90,9 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// This worker's identity, concurrency and timeouts.
     pub worker: WorkerConfig,
-    /// The Docker daemon the worker drives.
-    pub docker: DockerConfig,
+    /// The Docker daemon the worker drives; `None` (no `[docker]` section) for a daemon-free
+    /// worker, which serves registry-source jobs (`source_registry`) only.
+    pub docker: Option<DockerConfig>,
     /// The registries jobs may push to.
     pub registries: Catalogue,
 }

@@ -213,8 +213,9 @@ namespaces = ["scratch"]
     assert_eq!(config.worker.job_timeout(), Duration::from_secs(600));
     assert_eq!(config.worker.shutdown_grace(), Duration::from_secs(30));
     assert_eq!(config.worker.prefetch(), 8);
+    let docker = config.docker.as_ref().expect("[docker] is configured");
     assert_eq!(
-        DockerEndpoint::parse(&config.docker.host).expect("valid"),
+        DockerEndpoint::parse(&docker.host).expect("valid"),
         DockerEndpoint::Http("http://dind:2375".into())
     );
 
@@ -271,11 +272,8 @@ fn defaults_apply_when_sections_are_absent() {
     assert_eq!(config.worker.concurrency, DEFAULT_CONCURRENCY);
     assert_eq!(config.worker.job_timeout(), Duration::from_secs(900));
     assert_eq!(config.worker.shutdown_grace(), Duration::from_secs(60));
-    assert_eq!(&*config.docker.host, DEFAULT_DOCKER_HOST);
-    assert_eq!(
-        DockerEndpoint::parse(&config.docker.host).expect("valid"),
-        DockerEndpoint::Unix("/var/run/docker.sock".into())
-    );
+    // No [docker] section: a daemon-free worker (registry-source jobs only).
+    assert_eq!(config.docker, None);
     let harbor = config.registries.get("harbor").expect("harbor");
     assert_eq!(harbor.host, "reg.example.com");
     assert!(harbor.aliases.is_empty());
@@ -338,7 +336,32 @@ fn environment_values_are_not_reparsed() {
     assert_eq!(harbor.namespaces, ["production", "team-a"]);
     let login = harbor.login.as_ref().expect("login");
     assert_eq!(login.username.as_deref(), Some("true"));
-    assert_eq!(&*config.docker.host, DEFAULT_DOCKER_HOST);
+    assert_eq!(config.docker, None, "an empty variable creates no [docker]");
+}
+
+#[test]
+fn an_empty_docker_section_means_the_default_socket_and_none_means_no_daemon() {
+    let fx = Fixture::new();
+    let with = load_ok(&fx.config(&format!("[docker]\n{}", minimal(&fx))), env(&[]));
+    let docker = with.docker.as_ref().expect("an empty [docker] is a daemon");
+    assert_eq!(&*docker.host, DEFAULT_DOCKER_HOST);
+    assert_eq!(
+        DockerEndpoint::parse(&docker.host).expect("valid"),
+        DockerEndpoint::Unix("/var/run/docker.sock".into())
+    );
+    let from_env = load_ok(
+        &fx.config(&minimal(&fx)),
+        env(&[("PUSHFLEET__DOCKER__HOST", "tcp://dind:2375")]),
+    );
+    assert_eq!(
+        from_env.docker.as_ref().map(|d| &*d.host),
+        Some("tcp://dind:2375"),
+        "a variable alone configures the daemon"
+    );
+    let without = load_ok(&fx.config(&minimal(&fx)), env(&[]));
+    assert_eq!(without.docker, None);
+    let described = without.describe();
+    assert!(described.contains("no [docker] section"), "{described}");
 }
 
 #[test]

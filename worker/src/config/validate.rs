@@ -32,8 +32,7 @@ pub(super) struct RawConfig {
     amqp: RawAmqp,
     #[serde(default = "WorkerConfig::defaults")]
     worker: WorkerConfig,
-    #[serde(default)]
-    docker: DockerConfig,
+    docker: Option<DockerConfig>,
     registries: Option<BTreeMap<String, RawRegistry>>,
 }
 

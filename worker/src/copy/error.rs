@@ -71,7 +71,7 @@ impl Coded for CopyError {
         match self {
             Self::Source(e) | Self::Target(e) => e.code(),
             Self::SourceMissing { .. } => ErrorCode::SourceImageMissing,
-            Self::SchemaOne { .. } | Self::Unsupported { .. } => ErrorCode::PushFailed,
+            Self::SchemaOne { .. } | Self::Unsupported { .. } => ErrorCode::ManifestUnsupported,
             Self::DigestMismatch { .. } => ErrorCode::DigestMismatch,
         }
     }

@@ -20,7 +20,7 @@
 //!
 //! For the job flow: [`CopyError`] implements [`crate::failure::Coded`] (a missing source is
 //! `source_image_missing`, registry failures keep their registry codes, schema 1 and other
-//! unsupported manifests are `push_failed`); [`CopyReport`] and [`CopyProgress`] serialise
+//! unsupported manifests are `manifest_unsupported`); [`CopyReport`] and [`CopyProgress`] serialise
 //! to what an event needs (digest, bytes, the path each blob took). The caller bounds the
 //! whole copy with the job's time limit; each blob request has its own limit that grows with
 //! the blob's size.

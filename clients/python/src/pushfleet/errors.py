@@ -36,6 +36,8 @@ class ErrorCode(enum.StrEnum):
     CANCELLED = "cancelled"
     PUSH_FAILED = "push_failed"
     TAG_IMMUTABLE = "tag_immutable"
+    DAEMON_NOT_CONFIGURED = "daemon_not_configured"
+    MANIFEST_UNSUPPORTED = "manifest_unsupported"
 
     @property
     def retryable(self) -> bool:
@@ -134,6 +136,14 @@ _DEFAULT_HINTS = {
     ErrorCode.TAG_IMMUTABLE: (
         "the registry keeps this tag immutable: push under a new tag (e.g. the next version), or "
         "ask the registry's admins to exempt it from the immutability rule"
+    ),
+    ErrorCode.DAEMON_NOT_CONFIGURED: (
+        "this worker has no Docker daemon: publish the job to the pool of the build host whose "
+        "daemon holds the image (`pool`), or copy it from a registry (`source_registry`)"
+    ),
+    ErrorCode.MANIFEST_UNSUPPORTED: (
+        "only Docker schema 2 and OCI image manifests, and indexes of them, are copied between "
+        "registries: push the image to the source registry again with a current client"
     ),
 }
 
