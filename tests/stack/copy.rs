@@ -23,8 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use pushfleet_shared::ErrorCode;
 use pushfleet_tests::StackEnv;
-use pushfleet_tests::fleet::{basic_auth, bearer_auth};
-use pushfleet_tests::oci::{self, OCI_INDEX, OCI_MANIFEST, RawRepo};
+use pushfleet_tests::oci::{self, OCI_INDEX, OCI_MANIFEST, RawRepo, basic_repo, token_repo};
 use pushfleet_worker::copy::{BlobPath, CopyError, CopyProgress, ProgressFn, Side, copy_image};
 use pushfleet_worker::failure::Coded;
 use pushfleet_worker::registry::{
@@ -50,27 +49,6 @@ fn login(env: &StackEnv, prefix: &str) -> Result<(Credentials, String)> {
     let user = env.get(&format!("PUSHFLEET_{prefix}_USER"))?;
     let password = env.read_file_at(&format!("PUSHFLEET_{prefix}_PASSWORD_FILE"))?;
     Ok((Credentials::new(user, password.clone()), password))
-}
-
-/// Raw API access to `repository` of the basic registry.
-fn basic_repo(env: &StackEnv, repository: &str) -> Result<RawRepo> {
-    let (l, password) = login(env, "BASIC")?;
-    let base = format!("http://{}", env.get("PUSHFLEET_BASIC_REGISTRY")?);
-    RawRepo::new(&base, repository, basic_auth(&l.username, &password))
-}
-
-/// Raw API access to `repository` of the token registry, as the pusher (pull and push).
-async fn token_repo(env: &StackEnv, repository: &str) -> Result<RawRepo> {
-    let (l, password) = login(env, "TOKEN_PUSHER")?;
-    let base = format!("http://{}", env.get("PUSHFLEET_TOKEN_REGISTRY")?);
-    let auth = bearer_auth(
-        env,
-        &l.username,
-        &password,
-        &format!("repository:{repository}:pull,push"),
-    )
-    .await?;
-    RawRepo::new(&base, repository, auth)
 }
 
 fn team_a_repo(env: &StackEnv) -> Result<String> {

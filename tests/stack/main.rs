@@ -18,6 +18,7 @@ mod pools;
 mod properties;
 mod registries;
 mod registry_client;
+mod registry_source;
 mod retag;
 mod secrets;
 mod signing;

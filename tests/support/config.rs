@@ -53,8 +53,8 @@ pub struct TestConfig {
     pub settings: WorkerSettings,
     /// `worker.pools` (empty: the configuration's default).
     pub pools: Vec<String>,
-    /// `docker.host`.
-    pub docker_host: String,
+    /// `docker.host`; `None` writes no `[docker]` section (a daemon-free worker).
+    pub docker_host: Option<String>,
     /// `amqp.signing_key_file`.
     pub signing_key_file: Option<PathBuf>,
     /// `amqp.publish_frame_max`.
@@ -73,7 +73,7 @@ impl TestConfig {
             id: format!("{prefix}-worker"),
             settings: WorkerSettings::default(),
             pools: Vec::new(),
-            docker_host: env.get("PUSHFLEET_DOCKER_HOST")?,
+            docker_host: Some(env.get("PUSHFLEET_DOCKER_HOST")?),
             signing_key_file: None,
             publish_frame_max: None,
             registries: registries.to_owned(),
@@ -83,6 +83,19 @@ impl TestConfig {
     /// The same, as worker `id`.
     pub fn with_id(mut self, id: &str) -> Self {
         id.clone_into(&mut self.id);
+        self
+    }
+
+    /// The same, with no `[docker]` section: a daemon-free worker, which serves
+    /// registry-source jobs only.
+    pub fn without_daemon(mut self) -> Self {
+        self.docker_host = None;
+        self
+    }
+
+    /// The same, serving `pools`.
+    pub fn with_pools(mut self, pools: &[&str]) -> Self {
+        self.pools = pools.iter().map(|p| (*p).to_owned()).collect();
         self
     }
 
@@ -128,6 +141,10 @@ impl TestConfig {
         if let Some(frame_max) = self.publish_frame_max {
             amqp_extra += &format!("publish_frame_max = {frame_max}\n");
         }
+        let docker = match &self.docker_host {
+            Some(host) => format!("[docker]\nhost = {host:?}\n"),
+            None => String::new(),
+        };
         Ok(format!(
             r#"
 [amqp]
@@ -144,14 +161,12 @@ retry_min_delay_ms = {retry_min_delay_ms}
 retry_max_delay_s = {retry_max_delay_s}
 {pools}
 
-[docker]
-host = {docker:?}
+{docker}
 {registries}
 "#,
             amqp = self.amqp_url,
             prefix = self.prefix,
             id = self.id,
-            docker = self.docker_host,
             registries = self.registries,
         ))
     }

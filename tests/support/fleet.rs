@@ -143,6 +143,19 @@ impl TestWorker {
         })
     }
 
+    /// Waits until the worker has a broker session (its queues declared and consumed), as
+    /// its `/readyz` would say; fails after `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        while !self.status.is_ready() {
+            if start.elapsed() > limit {
+                bail!("the worker was not ready within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// Asks the worker to stop and waits for it, then deletes its topology from the broker
     /// (quorum queues are not free: a suite must not leave hundreds behind); returns the
     /// worker's result.
@@ -193,6 +206,12 @@ impl Broker {
     /// Publishes a job (JSON) to the jobs exchange and waits for the broker's confirm.
     pub async fn publish_job(&self, job: &Value) -> Result<()> {
         self.log.publish_job(job).await
+    }
+
+    /// Publishes a job (JSON) with `routing_key` (e.g. `job.<pool>`) and waits for the
+    /// broker's confirm.
+    pub async fn publish_job_with_key(&self, job: &Value, routing_key: &str) -> Result<()> {
+        self.log.publish_job_with_key(job, routing_key).await
     }
 
     /// Waits for the terminal event of `job_id` and returns every event of that job, in order.

@@ -9,6 +9,9 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::StackEnv;
+use crate::fleet::{basic_auth, bearer_auth};
+
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.
@@ -261,6 +264,30 @@ impl RawRepo {
             format!("{}{location}", self.base)
         })
     }
+}
+
+/// Raw API access to `repository` of the stack's basic (htpasswd) registry, as its user.
+pub fn basic_repo(env: &StackEnv, repository: &str) -> Result<RawRepo> {
+    let user = env.get("PUSHFLEET_BASIC_USER")?;
+    let password = env.read_file_at("PUSHFLEET_BASIC_PASSWORD_FILE")?;
+    let base = format!("http://{}", env.get("PUSHFLEET_BASIC_REGISTRY")?);
+    RawRepo::new(&base, repository, basic_auth(&user, &password))
+}
+
+/// Raw API access to `repository` of the stack's token registry, as the pusher (pull and
+/// push, in its namespace).
+pub async fn token_repo(env: &StackEnv, repository: &str) -> Result<RawRepo> {
+    let user = env.get("PUSHFLEET_TOKEN_PUSHER_USER")?;
+    let password = env.read_file_at("PUSHFLEET_TOKEN_PUSHER_PASSWORD_FILE")?;
+    let base = format!("http://{}", env.get("PUSHFLEET_TOKEN_REGISTRY")?);
+    let auth = bearer_auth(
+        env,
+        &user,
+        &password,
+        &format!("repository:{repository}:pull,push"),
+    )
+    .await?;
+    RawRepo::new(&base, repository, auth)
 }
 
 /// An OCI index of `(manifest bytes, digest, architecture)` entries.

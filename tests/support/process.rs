@@ -195,7 +195,7 @@ pub fn worker_toml_in(
     let mut config = TestConfig::new(env, prefix, registries)?
         .with_id(id)
         .with_settings(settings);
-    config.docker_host = env.get(docker_key)?;
+    config.docker_host = Some(env.get(docker_key)?);
     config.pools = pools.iter().map(|p| (*p).to_owned()).collect();
     config.toml()
 }

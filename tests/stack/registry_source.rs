@@ -1,0 +1,316 @@
+//! Registry-source jobs (`source_registry`) end to end, on a worker with no Docker daemon (its
+//! configuration has no `[docker]` section): the job is consumed from the broker, the image
+//! copied registry to registry, and the `succeeded` event says how. Source images are built
+//! directly over the registry API by the test (`pushfleet_tests::oci`).
+//!
+//! - a multi-arch index in the token registry, copied to the basic one under two tags: path
+//!   `copy`, the index digest kept, both children readable by digest in the target, every
+//!   blob streamed; the same job again skips every blob;
+//! - a copy inside the token registry mounts every blob and streams none;
+//! - a daemon-source job reaching the daemon-free worker fails with `daemon_not_configured`,
+//!   naming the worker and the pool, is not retried and is dead-lettered; a missing source is
+//!   `source_image_missing`; an unknown source registry is `unknown_registry`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use pushfleet_shared::event::{CopyInfo, Event, JobState, TagPath};
+use pushfleet_shared::topology::Topology;
+use pushfleet_tests::config::TestConfig;
+use pushfleet_tests::fleet::{Broker, TestWorker, base_registries, expect_failed, job, terminal};
+use pushfleet_tests::oci::{self, OCI_INDEX, RawRepo, basic_repo, token_repo};
+use pushfleet_tests::{StackEnv, unique};
+use serde_json::json;
+
+/// Every test here finishes within this.
+const LIMIT: Duration = Duration::from_secs(180);
+
+async fn bounded<F: std::future::Future<Output = Result<()>>>(test: F) -> Result<()> {
+    tokio::time::timeout(LIMIT, test)
+        .await
+        .context("the test did not finish in time")?
+}
+
+/// A daemon-free worker on topology `prefix` with the base catalogue, serving `pools`.
+async fn daemon_free_worker(env: &StackEnv, prefix: &str, pools: &[&str]) -> Result<TestWorker> {
+    let config = TestConfig::new(env, prefix, &base_registries(env)?)?
+        .without_daemon()
+        .with_pools(pools)
+        .load()?;
+    ensure!(config.docker.is_none(), "the worker must have no daemon");
+    let worker = TestWorker::start(config).await?;
+    worker.wait_ready(LIMIT).await?;
+    Ok(worker)
+}
+
+/// A registry-source job copying `source` (`repository:tag`) of catalogue registry
+/// `source_registry` to `registry`'s `repository` under `tags`.
+fn copy_job(
+    source_registry: &str,
+    source: &str,
+    registry: &str,
+    repository: &str,
+    tags: &[&str],
+) -> serde_json::Value {
+    let mut body = job(source, registry, repository, tags);
+    body["source_registry"] = json!(source_registry);
+    body
+}
+
+/// A two-platform OCI index in `repo`, tagged `multi`: its digest and its children's.
+async fn multi_arch(repo: &RawRepo) -> Result<(String, Vec<String>)> {
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let layer = format!("layer of {} for {arch}", repo.repository()).into_bytes();
+        children.push((repo.push_image(arch, layer, None).await?, arch));
+    }
+    let refs: Vec<(&[u8], &str, &str)> = children
+        .iter()
+        .map(|((body, digest), arch)| (body.as_slice(), digest.as_str(), *arch))
+        .collect();
+    let index = oci::index(&refs)?;
+    let digest = repo.push_manifest("multi", OCI_INDEX, &index).await?;
+    Ok((digest, children.into_iter().map(|((_, d), _)| d).collect()))
+}
+
+/// The succeeded event of `events`, with its copy account.
+fn copied(events: &[Event]) -> Result<(&Event, &CopyInfo)> {
+    let last = terminal(events)?;
+    ensure!(last.state == JobState::Succeeded, "{last:#?}");
+    ensure!(last.path == Some(TagPath::Copy), "path: {last:#?}");
+    ensure!(
+        !last.tag_paths.is_empty() && last.tag_paths.values().all(|p| *p == TagPath::Copy),
+        "tag paths: {:?}",
+        last.tag_paths
+    );
+    ensure!(last.already_present == Some(false), "{last:#?}");
+    ensure!(
+        last.phases.as_ref().and_then(|p| p.copy_ms).is_some(),
+        "{last:#?}"
+    );
+    let copy = last.copy.as_ref().context("no copy object")?;
+    Ok((last, copy))
+}
+
+#[tokio::test]
+async fn a_daemon_free_worker_copies_a_multi_arch_index_between_registries() -> Result<()> {
+    bounded(async {
+        let env = StackEnv::load()?;
+        let prefix = unique("t-regsrc");
+        let worker = daemon_free_worker(&env, &prefix, &[]).await?;
+        let mut broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
+        let result = async {
+            let namespace = env.get("PUSHFLEET_TOKEN_PUSHER_NAMESPACE")?;
+            let source_repo = format!("{namespace}/{}", unique("src"));
+            let (index_digest, children) =
+                multi_arch(&token_repo(&env, &source_repo).await?).await?;
+            let target_repo = format!("production/{}", unique("copied"));
+            let source = format!("{source_repo}:multi");
+
+            // Read with the pull-only account, written with the basic registry's pusher.
+            let first = copy_job(
+                "token-reader",
+                &source,
+                "basic",
+                &target_repo,
+                &["1", "stable"],
+            );
+            let job_id = first["job_id"].as_str().context("job_id")?.to_owned();
+            broker.publish_job(&first).await?;
+            let events = broker.wait_for(&job_id).await?;
+            let (done, copy) = copied(&events)?;
+            ensure!(
+                done.digest.as_deref() == Some(index_digest.as_str()),
+                "{done:#?}"
+            );
+            ensure!(done.attempt == 1, "no retry: {done:#?}");
+            let token_host = env.get("PUSHFLEET_TOKEN_REGISTRY")?;
+            ensure!(
+                done.source.as_deref() == Some(format!("{token_host}/{source}").as_str()),
+                "source: {:?}",
+                done.source
+            );
+            ensure!(copy.source_registry == "token-reader", "{copy:?}");
+            ensure!(copy.media_type == OCI_INDEX, "{copy:?}");
+            ensure!(copy.children == children, "{copy:?} vs {children:?}");
+            // Two platforms, each a config and a layer: four blobs, all streamed.
+            ensure!(
+                (copy.blobs_skipped, copy.blobs_mounted, copy.blobs_streamed) == (0, 0, 4),
+                "{copy:?}"
+            );
+            ensure!(
+                copy.bytes_streamed == copy.bytes_total && copy.bytes_total > 0,
+                "{copy:?}"
+            );
+            ensure!(done.bytes == Some(copy.bytes_streamed), "{done:#?}");
+            ensure!(
+                done.preflight.is_some(),
+                "the target's push right was checked"
+            );
+
+            let target = basic_repo(&env, &target_repo)?;
+            for tag in ["1", "stable"] {
+                let (media_type, body) = target.manifest(tag).await?.context("tag missing")?;
+                ensure!(media_type == OCI_INDEX, "{tag}: {media_type}");
+                ensure!(oci::sha256(&body) == index_digest, "{tag}: other bytes");
+            }
+            for child in &children {
+                let (_, body) = target
+                    .manifest(child)
+                    .await?
+                    .with_context(|| format!("child {child} missing in the target"))?;
+                ensure!(&oci::sha256(&body) == child, "{child}: other bytes");
+            }
+
+            // The same copy again: every blob is already there.
+            let again = copy_job("token-reader", &source, "basic", &target_repo, &["1"]);
+            let again_id = again["job_id"].as_str().context("job_id")?.to_owned();
+            broker.publish_job(&again).await?;
+            let events = broker.wait_for(&again_id).await?;
+            let (done, copy) = copied(&events)?;
+            ensure!(
+                done.digest.as_deref() == Some(index_digest.as_str()),
+                "{done:#?}"
+            );
+            ensure!(
+                (copy.blobs_skipped, copy.blobs_streamed, copy.bytes_streamed) == (4, 0, 0),
+                "{copy:?}"
+            );
+            Ok(())
+        }
+        .await;
+        worker.stop().await?;
+        result
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_copy_inside_one_registry_mounts_every_blob() -> Result<()> {
+    bounded(async {
+        let env = StackEnv::load()?;
+        let prefix = unique("t-regsrc-mount");
+        let worker = daemon_free_worker(&env, &prefix, &[]).await?;
+        let mut broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
+        let result = async {
+            let namespace = env.get("PUSHFLEET_TOKEN_PUSHER_NAMESPACE")?;
+            let source_repo = format!("{namespace}/{}", unique("src"));
+            let raw = token_repo(&env, &source_repo).await?;
+            let (_, digest) = raw
+                .push_image("amd64", b"one layer to mount".to_vec(), Some("1.0"))
+                .await?;
+            let target_repo = format!("{namespace}/{}", unique("mounted"));
+            let body = copy_job(
+                "token",
+                &format!("{source_repo}@{digest}"),
+                "token",
+                &target_repo,
+                &["1.0"],
+            );
+            let job_id = body["job_id"].as_str().context("job_id")?.to_owned();
+            broker.publish_job(&body).await?;
+            let events = broker.wait_for(&job_id).await?;
+            let (done, copy) = copied(&events)?;
+            ensure!(done.digest.as_deref() == Some(digest.as_str()), "{done:#?}");
+            ensure!(
+                (copy.blobs_mounted, copy.blobs_streamed, copy.bytes_streamed) == (2, 0, 0),
+                "{copy:?}"
+            );
+            let (_, body) = token_repo(&env, &target_repo)
+                .await?
+                .manifest("1.0")
+                .await?
+                .context("the target tag is missing")?;
+            ensure!(
+                oci::sha256(&body) == digest,
+                "the target tag holds other bytes"
+            );
+            Ok(())
+        }
+        .await;
+        worker.stop().await?;
+        result
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_daemon_free_worker_refuses_daemon_jobs_with_a_coded_error() -> Result<()> {
+    bounded(async {
+        let env = StackEnv::load()?;
+        let prefix = unique("t-regsrc-nodaemon");
+        let pool = "copy";
+        let worker = daemon_free_worker(&env, &prefix, &[pool]).await?;
+        let mut broker = Broker::connect(&env, &Topology::new(&prefix)).await?;
+        let routing_key = format!("job.{pool}");
+        let result = async {
+            // A daemon-source job (no source_registry) published to the daemon-free pool.
+            let mut daemon_job = job("myapp:0722", "basic", "production/myapp", &["0722"]);
+            daemon_job["pool"] = json!(pool);
+            let job_id = daemon_job["job_id"].as_str().context("job_id")?.to_owned();
+            broker
+                .publish_job_with_key(&daemon_job, &routing_key)
+                .await?;
+            let events = broker.wait_for(&job_id).await?;
+            let failed = expect_failed(&events, "daemon_not_configured")?;
+            let error = failed.error.as_ref().context("error")?;
+            ensure!(!error.retryable, "{error:?}");
+            ensure!(
+                error.message.contains(&format!("pool {pool}"))
+                    && error.message.contains(&format!("{prefix}-worker"))
+                    && error.message.contains("no [docker] section"),
+                "{}",
+                error.message
+            );
+            ensure!(error.hint.contains("`pool`"), "{}", error.hint);
+            ensure!(
+                !events.iter().any(|e| e.state == JobState::Retrying),
+                "not retried: {events:#?}"
+            );
+            let dead = broker
+                .take_dead_letter()
+                .await?
+                .context("the job is dead-lettered, not lost")?;
+            ensure!(
+                serde_json::from_slice::<serde_json::Value>(&dead.data)?["job_id"]
+                    == job_id.as_str(),
+                "the dead letter is the job"
+            );
+
+            // A registry source that does not hold the image.
+            let namespace = env.get("PUSHFLEET_TOKEN_PUSHER_NAMESPACE")?;
+            let mut missing = copy_job(
+                "token-reader",
+                &format!("{namespace}/{}:1", unique("nothing")),
+                "basic",
+                "production/never",
+                &["1"],
+            );
+            missing["pool"] = json!(pool);
+            let missing_id = missing["job_id"].as_str().context("job_id")?.to_owned();
+            broker.publish_job_with_key(&missing, &routing_key).await?;
+            let events = broker.wait_for(&missing_id).await?;
+            let failed = expect_failed(&events, "source_image_missing")?;
+            let message = &failed.error.as_ref().context("error")?.message;
+            ensure!(message.contains("token-reader"), "{message}");
+
+            // A source registry the catalogue does not know.
+            let mut unknown = copy_job("staging", "ci/app:1", "basic", "production/never", &["1"]);
+            unknown["pool"] = json!(pool);
+            let unknown_id = unknown["job_id"].as_str().context("job_id")?.to_owned();
+            broker.publish_job_with_key(&unknown, &routing_key).await?;
+            let events = broker.wait_for(&unknown_id).await?;
+            let failed = expect_failed(&events, "unknown_registry")?;
+            let message = &failed.error.as_ref().context("error")?.message;
+            ensure!(
+                message.contains("source_registry") && message.contains("\"staging\""),
+                "{message}"
+            );
+            Ok(())
+        }
+        .await;
+        worker.stop().await?;
+        result
+    })
+    .await
+}
