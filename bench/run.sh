@@ -9,13 +9,11 @@
 # The stack must run first: bash deploy/local/start.sh. CARGO_TARGET_DIR is honoured (a
 # separate one keeps the benchmark's release build from blocking other builds).
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
+# shellcheck source-path=SCRIPTDIR source=../deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../deploy/local/lib.sh"
+cd "$PF_REPO_DIR"
 
-command -v cargo >/dev/null || {
-    echo "cargo not found: install the Rust toolchain (1.88 or newer) first" >&2
-    exit 1
-}
+need_cargo
 if [[ ! -f .stack/stack.env && -z ${PUSHFLEET_STACK_ENV:-} ]]; then
     echo "the local stack is not running (no .stack/stack.env): start it with bash deploy/local/start.sh" >&2
     exit 1

@@ -57,8 +57,7 @@ pub(crate) struct BrokerOnlyResult {
 impl BrokerOnlyResult {
     /// Jobs per second.
     pub(crate) fn jobs_per_s(&self) -> f64 {
-        let s = self.elapsed.as_secs_f64();
-        if s > 0.0 { self.jobs as f64 / s } else { 0.0 }
+        crate::stats::per_second(self.jobs, self.elapsed)
     }
 }
 
@@ -69,13 +68,10 @@ pub(crate) async fn run(
     concurrency: u16,
     jobs: usize,
 ) -> Result<BrokerOnlyResult> {
-    let prefix = format!("pfbench-{name}");
-    ctx.cleanup.add_topology(&prefix);
-    let result = measure(ctx, &prefix, name, concurrency, jobs).await;
-    ctx.cleanup
-        .topology_done(&ctx.stack.amqp_url, &prefix)
-        .await;
-    result
+    ctx.with_topology(name, |prefix| async move {
+        measure(ctx, &prefix, name, concurrency, jobs).await
+    })
+    .await
 }
 
 async fn measure(

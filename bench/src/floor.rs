@@ -92,12 +92,8 @@ async fn push(
 /// Runs `spec` as the floor; see the module doc.
 pub(crate) async fn run(ctx: &Ctx, spec: &RunSpec) -> Result<RunResult> {
     let prepared = workloads::prepare(&ctx.docker, spec.workload, &spec.name, spec.jobs).await?;
-    ctx.cleanup.add_images(&prepared.image_ids);
-    let result = measure(ctx, spec, &prepared).await;
-    ctx.cleanup
-        .images_done(&ctx.docker, &prepared.image_ids)
-        .await;
-    result
+    ctx.with_images(&prepared.image_ids, measure(ctx, spec, &prepared))
+        .await
 }
 
 async fn measure(ctx: &Ctx, spec: &RunSpec, prepared: &Prepared) -> Result<RunResult> {

@@ -407,22 +407,17 @@ async fn run_all(
             };
             for side in order {
                 done += 1;
+                let (workload, concurrency, jobs) = (cell.workload, cell.concurrency, cell.jobs);
+                let (number, side_name) = (rep + 1, side.name());
                 let base = format!(
-                    "{bench_id}-{}-c{}-r{}-{}",
-                    cell.workload.id(),
-                    cell.concurrency,
-                    rep + 1,
-                    side.name()
+                    "{bench_id}-{}-c{concurrency}-r{number}-{side_name}",
+                    workload.id()
                 );
                 let head = format!(
-                    "[{done}/{total_runs}] {} c={} rep {} {:<6}",
-                    cell.workload.label(),
-                    cell.concurrency,
-                    rep + 1,
-                    side.name()
+                    "[{done}/{total_runs}] {} c={concurrency} rep {number} {side_name:<6}",
+                    workload.label()
                 );
                 let t = Instant::now();
-                let (workload, concurrency, jobs) = (cell.workload, cell.concurrency, cell.jobs);
                 let outcome = with_retries(ctx, &head, |n| {
                     let spec = RunSpec {
                         workload,
@@ -450,8 +445,7 @@ async fn run_all(
                         }
                     }
                     Outcome::Failed(e) => {
-                        cell.errors
-                            .push(format!("rep {} {}: {e}", rep + 1, side.name()));
+                        cell.errors.push(format!("rep {number} {side_name}: {e}"));
                     }
                     Outcome::Abort(e) => return (cells, broker_only, Some(e)),
                 }

@@ -424,38 +424,35 @@ mod tests {
     #[test]
     fn requests_are_classified() {
         assert_eq!(classify("GET", "/v2/"), (None, Kind::Ping));
-        assert_eq!(
-            classify("HEAD", "/v2/bench/a/manifests/t1"),
-            (Some("bench/a"), Kind::ManifestHead)
-        );
-        assert_eq!(
-            classify("PUT", "/v2/bench/a/manifests/t1"),
-            (Some("bench/a"), Kind::ManifestPut)
-        );
-        assert_eq!(
-            classify("HEAD", "/v2/bench/a/blobs/sha256:00"),
-            (Some("bench/a"), Kind::BlobHead)
-        );
-        assert_eq!(
-            classify("POST", "/v2/bench/a/blobs/uploads/"),
-            (Some("bench/a"), Kind::UploadPost)
-        );
-        assert_eq!(
-            classify("PATCH", "/v2/bench/a/blobs/uploads/u-1?_state=x"),
-            (Some("bench/a"), Kind::UploadPatch)
-        );
-        assert_eq!(
-            classify(
-                "PUT",
-                "/v2/bench/a/blobs/uploads/u-1?_state=x&digest=sha256:0"
-            ),
-            (Some("bench/a"), Kind::UploadPut)
-        );
-        assert_eq!(
-            classify("DELETE", "/v2/bench/a/blobs/uploads/u-1"),
-            (Some("bench/a"), Kind::UploadDelete)
-        );
         assert_eq!(classify("GET", "/token?scope=x"), (None, Kind::Token));
+        let in_repository = [
+            ("HEAD", "/v2/bench/a/manifests/t1", Kind::ManifestHead),
+            ("PUT", "/v2/bench/a/manifests/t1", Kind::ManifestPut),
+            ("HEAD", "/v2/bench/a/blobs/sha256:00", Kind::BlobHead),
+            ("POST", "/v2/bench/a/blobs/uploads/", Kind::UploadPost),
+            (
+                "PATCH",
+                "/v2/bench/a/blobs/uploads/u-1?_state=x",
+                Kind::UploadPatch,
+            ),
+            (
+                "PUT",
+                "/v2/bench/a/blobs/uploads/u-1?_state=x&digest=sha256:0",
+                Kind::UploadPut,
+            ),
+            (
+                "DELETE",
+                "/v2/bench/a/blobs/uploads/u-1",
+                Kind::UploadDelete,
+            ),
+        ];
+        for (method, uri, kind) in in_repository {
+            assert_eq!(
+                classify(method, uri),
+                (Some("bench/a"), kind),
+                "{method} {uri}"
+            );
+        }
     }
 
     #[test]

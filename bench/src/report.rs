@@ -40,6 +40,16 @@ impl Cell {
         .flatten()
     }
 
+    /// The first columns of a table row about this cell's `side` runs: `| W1 retag | 4 | worker |`.
+    fn row_start(&self, side: Side) -> String {
+        format!(
+            "| {} | {} | {} |",
+            self.workload.label(),
+            self.concurrency,
+            side.name()
+        )
+    }
+
     fn spread(&self, side: Side, f: impl Fn(&RunResult) -> Option<f64>) -> Option<Spread> {
         Spread::of(self.runs(side).filter_map(f))
     }
@@ -238,10 +248,8 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {latency:.1} |",
-                    cell.workload.label(),
-                    cell.concurrency,
-                    side.name(),
+                    "{} {} | {latency:.1} |",
+                    cell.row_start(side),
                     shown.join(" | "),
                 );
             }
@@ -313,10 +321,8 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {all:.2} | {auth:.2} | {errors:.2} | {} |",
-                    cell.workload.label(),
-                    cell.concurrency,
-                    side.name(),
+                    "{} {} | {all:.2} | {auth:.2} | {errors:.2} | {} |",
+                    cell.row_start(side),
                     client.name(),
                     per_kind.join(" | ")
                 );
@@ -405,10 +411,8 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {worker} | {} |",
-                    cell.workload.label(),
-                    cell.concurrency,
-                    side.name(),
+                    "{} {worker} | {} |",
+                    cell.row_start(side),
                     stack.join(" | ")
                 );
             }
@@ -541,30 +545,24 @@ impl Report {
         );
 
         // Memory.
-        let idle = Spread::of(
-            self.cells
-                .iter()
-                .flat_map(|c| c.runs(Side::Worker))
-                .filter_map(|r| r.idle_rss_kib.map(mib)),
-        );
-        row(
+        let mut rss_row = |goal: &str, rss: Option<Spread>, limit_mib: f64| {
+            row(
+                goal,
+                rss.map_or("-".into(), |s| {
+                    format!("{:.1} MiB mean, {:.1} MiB max", s.mean, s.max)
+                }),
+                rss.map(|s| s.max < limit_mib),
+            );
+        };
+        rss_row(
             "worker RSS < 10 MiB idle (after start-up)",
-            idle.map_or("-".into(), |s| {
-                format!("{:.1} MiB mean, {:.1} MiB max", s.mean, s.max)
-            }),
-            idle.map(|s| s.max < 10.0),
+            worker_rss_mib(&self.cells, |r| r.idle_rss_kib),
+            10.0,
         );
-        let peak16 = Spread::of(
-            at16.iter()
-                .flat_map(|c| c.runs(Side::Worker))
-                .filter_map(|r| r.peak_rss_kib.map(mib)),
-        );
-        row(
+        rss_row(
             "worker RSS < 35 MiB at c=16 (VmHWM)",
-            peak16.map_or("-".into(), |s| {
-                format!("{:.1} MiB mean, {:.1} MiB max", s.mean, s.max)
-            }),
-            peak16.map(|s| s.max < 35.0),
+            worker_rss_mib(at16.iter().copied(), |r| r.peak_rss_kib),
+            35.0,
         );
 
         // Broker only.
@@ -593,9 +591,7 @@ impl Report {
                     let counts = r.requests.as_ref().ok()?;
                     Some(r.per_job(counts.auth(Some(client)) as f64))
                 })
-                .fold(None, |acc: Option<f64>, v| {
-                    Some(acc.map_or(v, |a| a.max(v)))
-                })
+                .reduce(f64::max)
         };
         let worker_auth = auth(Client::Worker);
         let daemon_auth = auth(Client::Daemon);
@@ -604,9 +600,7 @@ impl Report {
             .iter()
             .flat_map(|c| c.runs(Side::Worker))
             .filter_map(|r| Some(r.per_job(r.worker_counters?.preflight_misses as f64)))
-            .fold(None, |acc: Option<f64>, v| {
-                Some(acc.map_or(v, |a| a.max(v)))
-            });
+            .reduce(f64::max);
         row(
             "≤ 0.05 registry auth handshakes (GET /v2/ + token) per job from the worker, steady \
              state (after a warm-up job)",
@@ -709,6 +703,19 @@ impl Report {
     }
 }
 
+/// The spread, in MiB, of a worker's RSS figure `rss_kib` over the worker runs of `cells`.
+fn worker_rss_mib<'a>(
+    cells: impl IntoIterator<Item = &'a Cell>,
+    rss_kib: fn(&RunResult) -> Option<u64>,
+) -> Option<Spread> {
+    Spread::of(
+        cells
+            .into_iter()
+            .flat_map(|c| c.runs(Side::Worker))
+            .filter_map(|r| rss_kib(r).map(mib)),
+    )
+}
+
 fn or_dash(s: String) -> String {
     if s.is_empty() { "-".to_owned() } else { s }
 }
@@ -732,5 +739,18 @@ mod tests {
     fn durations() {
         assert_eq!(format_duration(Duration::from_millis(34_500)), "34.5s");
         assert_eq!(format_duration(Duration::from_secs(754)), "12m 34s");
+    }
+
+    #[test]
+    fn rows_start_with_the_workload_concurrency_and_side() {
+        let cell = Cell {
+            workload: Workload::Retag,
+            concurrency: 4,
+            jobs: 10,
+            worker: Vec::new(),
+            floor: Vec::new(),
+            errors: Vec::new(),
+        };
+        assert_eq!(cell.row_start(Side::Floor), "| W1 retag | 4 | floor |");
     }
 }

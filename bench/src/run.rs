@@ -70,6 +70,40 @@ pub(crate) struct Ctx {
     pub(crate) cleanup: Arc<Cleanup>,
 }
 
+impl Ctx {
+    /// Runs `body` with the topology prefix of run `name` (`pfbench-<name>`), registered for
+    /// [`Cleanup`] while it runs; the topology is deleted afterwards, whatever `body` returned.
+    pub(crate) async fn with_topology<T, Fut>(
+        &self,
+        name: &str,
+        body: impl FnOnce(String) -> Fut,
+    ) -> anyhow::Result<T>
+    where
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let prefix = format!("pfbench-{name}");
+        self.cleanup.add_topology(&prefix);
+        let result = body(prefix.clone()).await;
+        self.cleanup
+            .topology_done(&self.stack.amqp_url, &prefix)
+            .await;
+        result
+    }
+
+    /// Awaits `body` with the images `ids` registered for [`Cleanup`]; they are removed
+    /// afterwards, whatever `body` returned.
+    pub(crate) async fn with_images<T>(
+        &self,
+        ids: &[String],
+        body: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        self.cleanup.add_images(ids);
+        let result = body.await;
+        self.cleanup.images_done(&self.docker, ids).await;
+        result
+    }
+}
+
 /// The time per stage of a run's jobs, summed: a worker's from its `succeeded` events, the
 /// floor's from its own clock.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -197,8 +231,7 @@ pub(crate) struct RunResult {
 impl RunResult {
     /// Jobs per second.
     pub(crate) fn jobs_per_s(&self) -> f64 {
-        let s = self.elapsed.as_secs_f64();
-        if s > 0.0 { self.jobs as f64 / s } else { 0.0 }
+        crate::stats::per_second(self.jobs, self.elapsed)
     }
 
     /// Per-job figure: `value / jobs`.
@@ -260,9 +293,7 @@ impl Cleanup {
 
     /// Deletes the topology `prefix` now and forgets it.
     pub(crate) async fn topology_done(&self, amqp_url: &str, prefix: &str) {
-        if let Err(e) = amqp::delete_topology(amqp_url, prefix).await {
-            eprintln!("warning: could not delete topology {prefix}: {e:#}");
-        }
+        delete_topology(amqp_url, prefix).await;
         Self::lock(&self.topologies).retain(|p| p != prefix);
     }
 
@@ -276,11 +307,16 @@ impl Cleanup {
     pub(crate) async fn run(&self, amqp_url: &str, docker: &Docker) {
         let topologies = std::mem::take(&mut *Self::lock(&self.topologies));
         for prefix in topologies {
-            if let Err(e) = amqp::delete_topology(amqp_url, &prefix).await {
-                eprintln!("warning: could not delete topology {prefix}: {e:#}");
-            }
+            delete_topology(amqp_url, &prefix).await;
         }
         let images = std::mem::take(&mut *Self::lock(&self.images));
         workloads::remove_images(docker, &images).await;
+    }
+}
+
+/// Deletes the topology `prefix`; a failure is only a warning (the bench goes on).
+async fn delete_topology(amqp_url: &str, prefix: &str) {
+    if let Err(e) = amqp::delete_topology(amqp_url, prefix).await {
+        eprintln!("warning: could not delete topology {prefix}: {e:#}");
     }
 }

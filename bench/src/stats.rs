@@ -38,13 +38,7 @@ impl Spread {
     /// Formats as `mean (min–max)` with `decimals` digits after the point; a single value has
     /// no range.
     pub(crate) fn show(&self, decimals: usize) -> String {
-        if self.n < 2 {
-            return format!("{:.decimals$}", self.mean);
-        }
-        format!(
-            "{:.decimals$} ({:.decimals$}–{:.decimals$})",
-            self.mean, self.min, self.max
-        )
+        self.show_with(decimals, "")
     }
 
     /// Like [`show`](Self::show), with a unit suffix: `0.93x (0.88–0.97x)`.
@@ -68,6 +62,12 @@ impl fmt::Display for Spread {
 /// Formats an optional spread, `-` when absent.
 pub(crate) fn show(spread: Option<Spread>, decimals: usize) -> String {
     spread.map_or_else(|| "-".to_owned(), |s| s.show(decimals))
+}
+
+/// `count` things in `elapsed`, per second (0 when no time passed).
+pub(crate) fn per_second(count: usize, elapsed: Duration) -> f64 {
+    let s = elapsed.as_secs_f64();
+    if s > 0.0 { count as f64 / s } else { 0.0 }
 }
 
 /// The `p`-th percentile (0..=100, nearest rank) of `samples`, in milliseconds; `None` when
@@ -108,5 +108,11 @@ mod tests {
         assert_eq!(percentile_ms(&[], 50.0), None);
         let one = [Duration::from_millis(7)];
         assert_eq!(percentile_ms(&one, 95.0), Some(7.0));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(per_second(10, Duration::from_millis(2500)), 4.0);
+        assert_eq!(per_second(10, Duration::ZERO), 0.0);
     }
 }

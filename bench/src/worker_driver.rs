@@ -273,24 +273,16 @@ impl WorkerCounters {
 
 /// Runs `spec` through a worker process; see the module doc.
 pub(crate) async fn run(ctx: &Ctx, spec: &RunSpec) -> Result<RunResult> {
-    let prefix = format!("pfbench-{}", spec.name);
-    ctx.cleanup.add_topology(&prefix);
-    let prepared = workloads::prepare(&ctx.docker, spec.workload, &spec.name, spec.jobs).await;
-    let result = match prepared {
-        Ok(prepared) => {
-            ctx.cleanup.add_images(&prepared.image_ids);
-            let result = run_prepared(ctx, spec, &prefix, &prepared).await;
-            ctx.cleanup
-                .images_done(&ctx.docker, &prepared.image_ids)
-                .await;
-            result
-        }
-        Err(e) => Err(e),
-    };
-    ctx.cleanup
-        .topology_done(&ctx.stack.amqp_url, &prefix)
-        .await;
-    result
+    ctx.with_topology(&spec.name, |prefix| async move {
+        let prepared =
+            workloads::prepare(&ctx.docker, spec.workload, &spec.name, spec.jobs).await?;
+        ctx.with_images(
+            &prepared.image_ids,
+            run_prepared(ctx, spec, &prefix, &prepared),
+        )
+        .await
+    })
+    .await
 }
 
 async fn run_prepared(

@@ -12,7 +12,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$PF_REPO_DIR"
 
-command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (1.88 or newer) first"
+need_cargo
 bash "$PF_DEPLOY_DIR/start.sh"
 # shellcheck disable=SC1091
 source "$PF_STATE/stack.env"

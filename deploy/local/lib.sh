@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # the PF_* variables are used by the scripts sourcing this file
 # Shared functions of the local pushfleet stack (sourced by start.sh, stop.sh, status.sh,
-# restart-component.sh, rabbitmqctl.sh, cluster.sh). Not meant to be run on its own.
+# restart-component.sh, rabbitmqctl.sh, cluster.sh, demo.sh, test.sh and bench/run.sh). Not
+# meant to be run on its own.
 #
 # Everything lives under ONE state directory, ${PUSHFLEET_STACK_DIR:-<repo>/.stack}:
 #   settings.env   ports chosen on the first start (env vars override them later)
@@ -61,6 +62,11 @@ log() { printf '[pushfleet-stack] %s\n' "$*" >&2; }
 die() {
     printf '[pushfleet-stack] ERROR: %s\n' "$*" >&2
     exit 1
+}
+
+# Fails unless cargo is on PATH (for the scripts that build pushfleet).
+need_cargo() {
+    command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (1.88 or newer) first"
 }
 
 # Paths derived from the state directory.

@@ -7,13 +7,12 @@
 # come from PyPI).
 # This is the README's test command and what CI runs.
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+repo=$PF_REPO_DIR
 cd "$repo"
 
-command -v cargo >/dev/null || {
-    echo "cargo not found: install the Rust toolchain (1.88 or newer) first" >&2
-    exit 1
-}
+need_cargo
 bash deploy/local/start.sh
 # The three-node RabbitMQ cluster for tests/cluster (a node is stopped and started there).
 bash deploy/local/start.sh rabbitmq-cluster

@@ -266,10 +266,7 @@ class Client:
             )
             ensured()
         except amqp.exceptions.NotFound as e:
-            raise TopologyMissing(
-                f"exchange {exchange} does not exist: is a fleet running with topology prefix "
-                f"{self.topology.prefix!r}? ({e})"
-            ) from e
+            raise topology_missing(exchange, self.topology, e) from e
         except (OperationalError, OSError, amqp.exceptions.AMQPError) as e:
             # kombu counts a basic.nack as recoverable: it was published again (max_retries)
             # before this.
@@ -383,10 +380,7 @@ class EventSubscription:
             consumer.consume()
         except amqp.exceptions.NotFound as e:
             _close_quietly(conn)
-            raise TopologyMissing(
-                f"exchange {client.topology.events_exchange} does not exist: is a fleet running "
-                f"with topology prefix {client.topology.prefix!r}?"
-            ) from e
+            raise topology_missing(client.topology.events_exchange, client.topology) from e
         except (OperationalError, OSError, amqp.exceptions.AMQPError) as e:
             _close_quietly(conn)
             raise SubscriptionLost(f"cannot subscribe to events: {e}") from e
@@ -497,6 +491,18 @@ def message_body(message: Message) -> bytes:
     if isinstance(body, str):
         return body.encode(message.content_encoding or "utf-8")
     return bytes(body)
+
+
+def topology_missing(
+    exchange: str, topology: Topology, cause: Exception | None = None
+) -> TopologyMissing:
+    """The error of a publish or a passive declare that found no ``exchange`` of ``topology``
+    (the broker's ``NOT_FOUND``, given as ``cause`` to quote it)."""
+    quoted = "" if cause is None else f" ({cause})"
+    return TopologyMissing(
+        f"exchange {exchange} does not exist: is a fleet running with topology prefix "
+        f"{topology.prefix!r}?{quoted}"
+    )
 
 
 def cancel_body(job_id: str) -> bytes:

@@ -108,22 +108,36 @@ def _uppercase_repository(input: str, repository: str) -> ReferenceError:
     )
 
 
+def _invalid_part(
+    kind: str, what: str, input: str, part: str, reason: str, hint: str
+) -> ReferenceError:
+    """A part of ``input`` (its ``what``: tag, digest, registry, ...) that breaks its rule:
+    ``invalid <what> `<part>` in `<input>`: <reason>`` (without the ``in`` when the part is
+    the whole input)."""
+    return ReferenceError(kind, f"invalid {what} `{part}`{_context(input, part)}: {reason}", hint)
+
+
+_REPOSITORY_HINT = (
+    "a repository is lowercase path components joined by `/`, without registry, tag or digest, "
+    "e.g. `production/myapp`"
+)
+_TAG_HINT = (
+    "a tag is 1 to 128 characters from `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`, "
+    "e.g. `0722` or `v1.2.3`"
+)
+_DIGEST_HINT = (
+    "a digest is `sha256:` followed by 64 lowercase hex characters (sha384: 96, sha512: 128)"
+)
+
+
 def _invalid_repository(repository: str, reason: str) -> ReferenceError:
-    return ReferenceError(
-        "InvalidRepository",
-        f"invalid repository `{repository}`: {reason}",
-        "a repository is lowercase path components joined by `/`, without registry, tag or "
-        "digest, e.g. `production/myapp`",
+    return _invalid_part(
+        "InvalidRepository", "repository", repository, repository, reason, _REPOSITORY_HINT
     )
 
 
 def _invalid_tag(input: str, tag: str, reason: str) -> ReferenceError:
-    return ReferenceError(
-        "InvalidTag",
-        f"invalid tag `{tag}`{_context(input, tag)}: {reason}",
-        "a tag is 1 to 128 characters from `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`, "
-        "e.g. `0722` or `v1.2.3`",
-    )
+    return _invalid_part("InvalidTag", "tag", input, tag, reason, _TAG_HINT)
 
 
 def _tag_too_long(input: str, tag: str, length: int) -> ReferenceError:
@@ -135,11 +149,7 @@ def _tag_too_long(input: str, tag: str, length: int) -> ReferenceError:
 
 
 def _invalid_digest(input: str, digest: str, reason: str) -> ReferenceError:
-    return ReferenceError(
-        "InvalidDigest",
-        f"invalid digest `{digest}`{_context(input, digest)}: {reason}",
-        "a digest is `sha256:` followed by 64 lowercase hex characters (sha384: 96, sha512: 128)",
-    )
+    return _invalid_part("InvalidDigest", "digest", input, digest, reason, _DIGEST_HINT)
 
 
 _LENGTH_HINT = "shorten the repository path: `registry/repository` must fit in 255 characters"
@@ -164,10 +174,8 @@ def _repository_too_long(repository: str) -> ReferenceError:
 
 
 def _invalid_registry(input: str, registry: str, reason: str) -> ReferenceError:
-    return ReferenceError(
-        "InvalidRegistry",
-        f"invalid registry `{registry}`{_context(input, registry)}: {reason}",
-        _registry_hint(registry),
+    return _invalid_part(
+        "InvalidRegistry", "registry", input, registry, reason, _registry_hint(registry)
     )
 
 

@@ -25,6 +25,7 @@ operators) can declare the workers' topology identically, e.g. before any worker
 """
 
 from dataclasses import dataclass
+from typing import Self, overload
 
 from .pool import DEFAULT_POOL
 
@@ -58,6 +59,24 @@ class QueueSpec:
     binding_key: str
 
 
+class _Name:
+    """A fixed name of a :class:`Topology`, read as an attribute: ``<prefix>.<suffix>``."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    @overload
+    def __get__(self, topology: None, owner: type | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, topology: "Topology", owner: type | None = None) -> str: ...
+
+    def __get__(self, topology: "Topology | None", owner: type | None = None) -> "str | Self":
+        if topology is None:
+            return self
+        return f"{topology.prefix}.{self.suffix}"
+
+
 @dataclass(frozen=True)
 class Topology:
     """The names of one fleet, all derived from ``prefix``."""
@@ -66,9 +85,14 @@ class Topology:
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     replicas: int | None = None
 
-    @property
-    def jobs_exchange(self) -> str:
-        return f"{self.prefix}.jobs"
+    jobs_exchange = _Name("jobs")
+    retry_exchange = _Name("retry")
+    dead_letter_exchange = _Name("dlx")
+    dead_letter_queue = _Name("dead")
+    checks_queue = _Name("checks")
+    events_exchange = _Name("events")
+    control_exchange = _Name("control")
+    control_queue = _Name("control")
 
     @property
     def jobs_queue(self) -> str:
@@ -87,10 +111,6 @@ class Topology:
             return JOB_ROUTING_KEY
         return f"{JOB_ROUTING_KEY}.{pool}"
 
-    @property
-    def retry_exchange(self) -> str:
-        return f"{self.prefix}.retry"
-
     def retry_queue(self, bucket: int) -> str:
         return self.pool_retry_queue(DEFAULT_POOL, bucket)
 
@@ -104,30 +124,6 @@ class Topology:
         if pool == DEFAULT_POOL:
             return f"delay.{bucket}"
         return f"delay.{pool}.{bucket}"
-
-    @property
-    def dead_letter_exchange(self) -> str:
-        return f"{self.prefix}.dlx"
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"{self.prefix}.dead"
-
-    @property
-    def checks_queue(self) -> str:
-        return f"{self.prefix}.checks"
-
-    @property
-    def events_exchange(self) -> str:
-        return f"{self.prefix}.events"
-
-    @property
-    def control_exchange(self) -> str:
-        return f"{self.prefix}.control"
-
-    @property
-    def control_queue(self) -> str:
-        return f"{self.prefix}.control"
 
     def _quorum_arguments(self) -> list[tuple[str, QueueArg]]:
         args: list[tuple[str, QueueArg]] = [("x-queue-type", "quorum")]

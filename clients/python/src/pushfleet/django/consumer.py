@@ -25,8 +25,8 @@ from kombu.exceptions import OperationalError
 from kombu.message import Message
 from kombu.messaging import Consumer
 
-from ..client import Client, message_body
-from ..errors import SubscriptionLost, TopologyMissing
+from ..client import Client, message_body, topology_missing
+from ..errors import SubscriptionLost
 from ..events import Event, EventDeduper, InvalidEvent
 from .conf import PushfleetSettings, get_client, pushfleet_settings
 from .signals import push_event
@@ -67,10 +67,7 @@ def declare_events_queue() -> str:
         queue(conn.channel()).declare()
         return queue.name
     except amqp.exceptions.NotFound as e:
-        raise TopologyMissing(
-            f"exchange {client.topology.events_exchange} does not exist: is a fleet running "
-            f"with topology prefix {client.topology.prefix!r}?"
-        ) from e
+        raise topology_missing(client.topology.events_exchange, client.topology) from e
     except amqp.exceptions.PreconditionFailed as e:
         raise _queue_conflict(s, e) from e
     finally:
@@ -166,10 +163,8 @@ class EventsConsumer:
                 result.stopped_by = "stop"
             consumer.cancel()
         except amqp.exceptions.NotFound as e:
-            raise TopologyMissing(
-                f"exchange {self.client.topology.events_exchange} does not exist: is a fleet "
-                f"running with topology prefix {self.client.topology.prefix!r}?"
-            ) from e
+            topology = self.client.topology
+            raise topology_missing(topology.events_exchange, topology) from e
         except amqp.exceptions.PreconditionFailed as e:
             raise _queue_conflict(self.settings, e) from e
         except (OperationalError, OSError, amqp.exceptions.AMQPError) as e:
