@@ -232,6 +232,7 @@ impl Metrics {
             ("retag", phases.retag_ms),
             ("tag", phases.tag_ms),
             ("push", phases.push_ms),
+            ("copy", phases.copy_ms),
             ("verify", phases.verify_ms),
             ("untag", phases.untag_ms),
         ];

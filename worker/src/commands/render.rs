@@ -158,11 +158,17 @@ pub fn lines(event: &Event, with_job_id: bool) -> Vec<String> {
                 .and_then(|p| p.total_ms)
                 .map(|ms| format!(" in {}", seconds(ms)))
                 .unwrap_or_default();
-            let how = match event.path {
-                Some(TagPath::Noop) => " (already there: nothing pushed)",
-                Some(TagPath::Retag) => " (tagged in the registry: nothing pushed)",
-                _ if event.already_present == Some(true) => " (already there: nothing pushed)",
-                _ => "",
+            let how = match (event.path, &event.copy) {
+                (Some(TagPath::Copy), Some(c)) => format!(
+                    " (copied from registry {}: {} blobs streamed, {} mounted, {} already there)",
+                    c.source_registry, c.blobs_streamed, c.blobs_mounted, c.blobs_skipped
+                ),
+                (Some(TagPath::Noop), _) => " (already there: nothing pushed)".to_owned(),
+                (Some(TagPath::Retag), _) => " (tagged in the registry: nothing pushed)".to_owned(),
+                _ if event.already_present == Some(true) => {
+                    " (already there: nothing pushed)".to_owned()
+                }
+                _ => String::new(),
             };
             out.push(format!("{id}{state:<10} {digest}{took}{how}"));
             if !targets.is_empty() {
@@ -241,6 +247,24 @@ mod tests {
                 "job-1 succeeded  sha256:abc in 1.23 s",
                 "job-1            reg.example.com/production/myapp:0722"
             ]
+        );
+
+        let mut copied = event(JobState::Succeeded);
+        copied.digest = Some("sha256:abc".into());
+        copied.path = Some(TagPath::Copy);
+        copied.copy = Some(pushfleet_shared::event::CopyInfo {
+            source_registry: "ci".into(),
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            children: Vec::new(),
+            blobs_skipped: 1,
+            blobs_mounted: 0,
+            blobs_streamed: 3,
+            bytes_total: 10,
+            bytes_streamed: 8,
+        });
+        assert_eq!(
+            lines(&copied, false)[0],
+            "succeeded  sha256:abc (copied from registry ci: 3 blobs streamed, 0 mounted, 1 already there)"
         );
 
         let mut failed = event(JobState::Failed);
