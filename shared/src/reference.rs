@@ -8,37 +8,62 @@
 //! repository, and that "root" repository cannot be pushed to. So every reference in pushfleet
 //! is an [`ImageRef`], never a string that someone slices.
 //!
-//! # Why we wrap `oci_spec::distribution::Reference`
+//! # Docker's grammar, written here
 //!
-//! oci-spec carries Docker's reference grammar (the regular expression of
-//! `distribution/reference`) and Docker's normalisation (`myapp` ->
-//! `docker.io/library/myapp`, `index.docker.io` -> `docker.io`), so we do not write the grammar
-//! again. But on its own it gets these wrong, each checked by a test below:
+//! The grammar of Docker's `distribution/reference` is small, and it is written out here, one
+//! function per rule, rather than taken from a crate:
+//!
+//! ```text
+//! reference        := name [ ':' tag ] [ '@' digest ]
+//! name             := [ domain '/' ] path-component ( '/' path-component )*
+//! domain           := ( domain-component ( '.' domain-component )* | '[' ipv6 ']' ) [ ':' port ]
+//! domain-component := [a-zA-Z0-9] | [a-zA-Z0-9] [a-zA-Z0-9-]* [a-zA-Z0-9]
+//! path-component   := [a-z0-9]+ ( separator [a-z0-9]+ )*
+//! separator        := [_.] | '__' | [-]+
+//! tag              := [\w] [\w.-]{0,127}            (\w is ASCII: [A-Za-z0-9_])
+//! digest           := algorithm ':' hex             (lowercase hex of the algorithm's length)
+//! ```
+//!
+//! `Parts` cuts a reference into name, tag and digest; `validate_host` is `domain`,
+//! `is_path_component` is `path-component`, [`validate_tag`] and [`validate_digest`] are `tag`
+//! and `digest`, and [`validate_repository`] is a path given on its own. Every other place in
+//! pushfleet that checks a piece of a reference (the registry client's URL paths, the worker's
+//! configured namespaces, the digest the Docker daemon reports) calls these functions.
+//!
+//! Why not a crate: the crates that carry this grammar (oci-spec among them) match it with one
+//! large regular expression, compiled at first use, which costs a worker about 14 MiB of
+//! resident memory on its first job; the rules above need none. The parser that used oci-spec's
+//! `Reference` is kept as an oracle in `shared/tests/reference_equivalence.rs`, which checks
+//! that this one decides every generated input the same way.
+//!
+//! The grammar alone, with the normalisation oci-spec applied after it, gets these wrong; the
+//! rules here close each gap, each checked by a test below:
 //!
 //! - **uppercase repository paths are accepted** when the first component could be a domain
-//!   name: `MyOrg/app:1`, `Uppercase/lowercase` and `Localhost/x` all parse, as Docker Hub
+//!   name: `MyOrg/app:1`, `Uppercase/lowercase` and `Localhost/x` match, as Docker Hub
 //!   repositories with uppercase letters, which no registry accepts. We reject them
 //!   ([`ReferenceError::UppercaseRepository`]). (Docker itself has changed its mind here: old
 //!   releases said "repository name must be lowercase"; distribution/reference 0.6 reads an
 //!   uppercase first component as a *registry host*. Pushing to a host called `MyOrg` is never
 //!   what a pipeline meant, so we keep the older, stricter answer.)
 //! - **`registry-1.docker.io` is not folded** into `docker.io`, so `registry-1.docker.io/x/y` and
-//!   `docker.io/x/y` compare unequal and the first escapes the Docker Hub checks. We fold both
-//!   `registry-1.docker.io` and `index.docker.io`, and add `library/` to a single-component
-//!   path, as Docker does for `docker.io`.
-//! - **tags are matched with Rust's Unicode `\w`**, so `myapp:tåg` passes; Docker's `\w` is
-//!   ASCII. Tags are checked here against `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-//! - **digests in uppercase hex are accepted** (`sha256:ABC…`); Docker's `go-digest` wants
-//!   lowercase hex of the algorithm's exact length. Checked here.
-//! - **a bare 64-hex image ID is accepted as a repository name**; Docker refuses it ("cannot
+//!   `docker.io/x/y` would compare unequal and the first would escape the Docker Hub checks. We
+//!   fold both `registry-1.docker.io` and `index.docker.io`, and add `library/` to a
+//!   single-component path, as Docker does for `docker.io`.
+//! - **tags matched with a Unicode `\w`** let `myapp:tåg` pass; Docker's `\w` is ASCII. Tags
+//!   are checked here against `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+//! - **digests in uppercase hex** (`sha256:ABC…`) match `[[:xdigit:]]`; Docker's `go-digest`
+//!   wants lowercase hex of the algorithm's exact length. Checked here.
+//! - **a bare 64-hex image ID matches as a repository name**; Docker refuses it ("cannot
 //!   specify 64-byte hexadecimal strings"), since it is an image ID. Refused here too.
-//! - **IPv6 registries (`[::1]:5443/x`) are rejected**; Docker's grammar allows them. We accept
-//!   them, validating the bracketed host ourselves and passing the rest through oci-spec.
+//! - **IPv6 registries (`[::1]:5443/x`)** are missing from older copies of the grammar (oci-spec's
+//!   among them); Docker's grammar allows them, and so do we.
 //! - **the 255-character limit counts only the repository path**, not the registry. We apply it
 //!   to the whole normalised name `registry/repository`, as Docker's `NameTotalLengthMax` did
 //!   for years: slightly stricter than today's Docker, never looser.
 //! - **a registry that is not a host name is accepted** when it contains a dot:
-//!   `foo_bar.com/x` gives registry `foo_bar.com`. We reject it.
+//!   `foo_bar.com/x` matches as a two-component path and Docker then reads `foo_bar.com` as the
+//!   registry. We reject it.
 //! - **an absent tag becomes `latest`**. Here [`ImageRef::tag`] stays `None` so callers can tell
 //!   "no tag given" from "`latest` given" (seed 000); [`ImageRef::tag_or_latest`] is the explicit
 //!   fallback.
@@ -56,7 +81,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use oci_spec::distribution::{ParseError, Reference};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Docker Hub's canonical registry name.
@@ -132,61 +156,10 @@ impl ImageRef {
             ));
         }
 
-        // oci-spec's grammar has no IPv6 hosts: check the bracketed host here and let oci-spec
-        // judge the rest behind a stand-in host that its grammar always accepts.
-        let (ipv6_registry, oci_input) = match parts.name.split_once('/') {
-            Some((host, _)) if host.starts_with('[') => {
-                validate_host(host).map_err(|reason| ReferenceError::InvalidRegistry {
-                    input: input.to_owned(),
-                    registry: host.to_owned(),
-                    reason,
-                })?;
-                let rest = &input[host.len() + 1..];
-                (Some(host), Cow::Owned(format!("localhost/{rest}")))
-            }
-            _ => (None, Cow::Borrowed(input)),
-        };
-
-        let reference = Reference::try_from(oci_input.as_ref())
-            .map_err(|error| diagnose(input, parts.name, &error))?;
-        if reference.digest() != parts.digest {
-            // Both read the same grammar; a disagreement means we split the input wrongly.
-            return Err(invalid_format(
-                input,
-                "the digest could not be located unambiguously",
-            ));
-        }
-        if let Some(tag) = parts.tag
-            && reference.tag() != Some(tag)
-        {
-            return Err(invalid_format(
-                input,
-                "the tag could not be located unambiguously",
-            ));
-        }
-
-        // Gaps in oci-spec, closed here (see the module documentation).
-        if reference
-            .repository()
-            .bytes()
-            .any(|b| b.is_ascii_uppercase())
-        {
-            return Err(ReferenceError::UppercaseRepository {
-                input: input.to_owned(),
-                repository: split_registry(parts.name).1.to_owned(),
-            });
-        }
-        let registry = ipv6_registry.unwrap_or(reference.registry());
-        if ipv6_registry.is_none() && registry != DOCKER_HUB {
-            validate_host(registry).map_err(|reason| ReferenceError::InvalidRegistry {
-                input: input.to_owned(),
-                registry: registry.to_owned(),
-                reason,
-            })?;
-        }
+        let (registry, repository) = split_name(input, parts.name)?;
         let image = Self::normalised(
-            registry,
-            reference.repository(),
+            registry.unwrap_or(DOCKER_HUB),
+            repository,
             parts.tag.map(str::to_owned),
             parts.digest.map(str::to_owned),
         );
@@ -789,9 +762,83 @@ impl<'a> Parts<'a> {
     }
 }
 
-/// Splits a name into registry and path with Docker's rule: the first component is a registry
-/// when it contains `.` or `:`, is bracketed, or is `localhost`. Used for diagnostics and for
-/// deciding whether Docker would read a string as a host; oci-spec does the real parse.
+/// Checks the name part of a reference (`[domain '/'] path-component ('/' path-component)*`)
+/// and splits it into registry and repository path the way Docker does ([`split_registry`]).
+///
+/// Beyond the grammar, the repository path must be lowercase (Docker's grammar lets an
+/// uppercase first component through as a domain, which then names a Docker Hub repository
+/// that no registry accepts), and a registry must be a host name: `foo_bar.com/x` matches the
+/// grammar as a two-component path whose first component Docker then takes for a registry.
+fn split_name<'a>(
+    input: &str,
+    name: &'a str,
+) -> Result<(Option<&'a str>, &'a str), ReferenceError> {
+    let invalid_registry = |registry: &str, reason: String| ReferenceError::InvalidRegistry {
+        input: input.to_owned(),
+        registry: registry.to_owned(),
+        reason,
+    };
+    let (registry, path) = split_registry(name);
+    // A bracketed first component can only be an IPv6 host: it is judged as one first.
+    if let Some(host) = registry.filter(|host| host.starts_with('[')) {
+        validate_host(host).map_err(|reason| invalid_registry(host, reason))?;
+    }
+    if !is_name(name) {
+        return Err(diagnose(input, name));
+    }
+    if path.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(ReferenceError::UppercaseRepository {
+            input: input.to_owned(),
+            repository: path.to_owned(),
+        });
+    }
+    if let Some(registry) = registry {
+        validate_host(registry).map_err(|reason| invalid_registry(registry, reason))?;
+    }
+    Ok((registry, path))
+}
+
+/// Docker's `name`: `[domain '/'] path-component ('/' path-component)*`, where `domain` is a
+/// registry host ([`validate_host`]). The first component may read as either; which one it is
+/// is [`split_registry`]'s decision, not the grammar's.
+fn is_name(name: &str) -> bool {
+    is_path(name)
+        || name
+            .split_once('/')
+            .is_some_and(|(domain, path)| validate_host(domain).is_ok() && is_path(path))
+}
+
+/// A repository path: one or more [path components](is_path_component) joined by `/`.
+fn is_path(path: &str) -> bool {
+    path.split('/').all(is_path_component)
+}
+
+/// Docker's `path-component`: `[a-z0-9]+ (separator [a-z0-9]+)*`, where a separator is one
+/// `.`, one `_`, `__`, or any number of `-`.
+fn is_path_component(component: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let mut rest = component;
+    loop {
+        let run = rest.find(|c| !alphanumeric(c)).unwrap_or(rest.len());
+        if run == 0 {
+            return false;
+        }
+        rest = &rest[run..];
+        if rest.is_empty() {
+            return true;
+        }
+        let separator_len = rest.find(alphanumeric).unwrap_or(rest.len());
+        let separator = &rest[..separator_len];
+        if !(matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-')) {
+            return false;
+        }
+        rest = &rest[separator_len..];
+    }
+}
+
+/// Splits a name into registry and path with Docker's rule (`splitDockerDomain`): the first
+/// component is a registry when it contains `.` or `:`, is bracketed, or is `localhost`.
+/// Whether that registry is a valid host is [`validate_host`]'s question.
 fn split_registry(name: &str) -> (Option<&str>, &str) {
     match name.split_once('/') {
         Some((first, rest)) if first.contains(['.', ':', '[']) || first == "localhost" => {
@@ -809,8 +856,13 @@ fn is_image_id(input: &str) -> bool {
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Tags: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, with `\w` meaning ASCII as in Docker (Go).
-fn validate_tag(input: &str, tag: &str) -> Result<(), ReferenceError> {
+/// Checks a tag against Docker's grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, with `\w`
+/// meaning ASCII as in Docker (Go).
+///
+/// `input` is the text the tag was taken from, which errors name (`myapp:tåg`); pass the tag
+/// itself when it stands alone. Errors: [`ReferenceError::InvalidTag`],
+/// [`ReferenceError::TagTooLong`].
+pub fn validate_tag(input: &str, tag: &str) -> Result<(), ReferenceError> {
     let invalid = |reason: String| ReferenceError::InvalidTag {
         input: input.to_owned(),
         tag: tag.to_owned(),
@@ -850,9 +902,12 @@ fn validate_tag(input: &str, tag: &str) -> Result<(), ReferenceError> {
     Ok(())
 }
 
-/// Digests: `algorithm:hex` with an algorithm Docker registers and lowercase hex of its length,
-/// as `go-digest` validates them.
-fn validate_digest(input: &str, digest: &str) -> Result<(), ReferenceError> {
+/// Checks a digest: `algorithm:hex` with an algorithm Docker registers (`sha256`, `sha384`,
+/// `sha512`) and lowercase hex of its exact length, as `go-digest` validates them.
+///
+/// `input` is the text the digest was taken from, which errors name (`myapp@sha256:…`); pass
+/// the digest itself when it stands alone. Error: [`ReferenceError::InvalidDigest`].
+pub fn validate_digest(input: &str, digest: &str) -> Result<(), ReferenceError> {
     let invalid = |reason: String| ReferenceError::InvalidDigest {
         input: input.to_owned(),
         digest: digest.to_owned(),
@@ -946,9 +1001,14 @@ fn validate_host(registry: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A repository path given on its own: lowercase components joined by `/`, checked against
-/// oci-spec's grammar behind a stand-in host.
-fn validate_repository(repository: &str) -> Result<(), ReferenceError> {
+/// Checks a repository path given on its own (`production/myapp`): Docker's path components
+/// (lowercase letters and digits joined by one `.`, one or two `_`, or dashes) joined by `/`,
+/// with no registry, tag or digest.
+///
+/// Length is not checked here: the 255-character limit applies to `registry/repository`
+/// ([`ImageRef::for_registry`], [`ImageRef::check_target`]). Errors:
+/// [`ReferenceError::InvalidRepository`], [`ReferenceError::UppercaseRepository`].
+pub fn validate_repository(repository: &str) -> Result<(), ReferenceError> {
     let invalid = |reason: &str| ReferenceError::InvalidRepository {
         repository: repository.to_owned(),
         reason: reason.to_owned(),
@@ -975,14 +1035,10 @@ fn validate_repository(repository: &str) -> Result<(), ReferenceError> {
             repository: repository.to_owned(),
         });
     }
-    match Reference::try_from(format!("localhost/{repository}")) {
-        Ok(parsed) if parsed.registry() == "localhost" && parsed.repository() == repository => {
-            Ok(())
-        }
-        // Too long for oci-spec: the caller's length check on the whole name says so better.
-        Err(ParseError::NameTooLong) => Ok(()),
-        _ => Err(invalid(&path_grammar_reason(repository))),
+    if !is_path(repository) {
+        return Err(invalid(&path_grammar_reason(repository)));
     }
+    Ok(())
 }
 
 /// Slash problems in a path, which are easy to name precisely.
@@ -1009,49 +1065,8 @@ fn path_grammar_reason(path: &str) -> String {
     }
 }
 
-/// Turns oci-spec's one-word failure into the most specific error we can name.
-fn diagnose(input: &str, name: &str, error: &ParseError) -> ReferenceError {
-    match error {
-        ParseError::NameEmpty => ReferenceError::Empty,
-        ParseError::NameTooLong => {
-            let (registry, path) = split_registry(name);
-            let registry = registry.unwrap_or(DOCKER_HUB);
-            let full = format!("{registry}/{path}");
-            ReferenceError::NameTooLong {
-                length: full.len(),
-                name: full,
-            }
-        }
-        ParseError::NameContainsUppercase => ReferenceError::UppercaseRepository {
-            input: input.to_owned(),
-            repository: split_registry(name).1.to_owned(),
-        },
-        ParseError::TagInvalidFormat => ReferenceError::InvalidTag {
-            input: input.to_owned(),
-            tag: input
-                .rsplit_once(':')
-                .map(|(_, t)| t)
-                .unwrap_or_default()
-                .to_owned(),
-            reason: error.to_string(),
-        },
-        ParseError::DigestInvalidFormat
-        | ParseError::DigestInvalidLength
-        | ParseError::DigestUnsupported => ReferenceError::InvalidDigest {
-            input: input.to_owned(),
-            digest: input
-                .split_once('@')
-                .map(|(_, d)| d)
-                .unwrap_or_default()
-                .to_owned(),
-            reason: error.to_string(),
-        },
-        ParseError::ReferenceInvalidFormat => diagnose_name(input, name),
-    }
-}
-
 /// Says what is wrong with the name part (registry and path) of a reference the grammar refused.
-fn diagnose_name(input: &str, name: &str) -> ReferenceError {
+fn diagnose(input: &str, name: &str) -> ReferenceError {
     if input.contains("://") {
         return invalid_format(input, "a reference has no URL scheme (`https://`)");
     }
@@ -1068,14 +1083,11 @@ fn diagnose_name(input: &str, name: &str) -> ReferenceError {
             reason,
         };
     }
-    if path.bytes().any(|b| b.is_ascii_uppercase()) {
-        let lowered = format!("localhost/{}", path.to_lowercase());
-        if Reference::try_from(lowered.as_str()).is_ok() {
-            return ReferenceError::UppercaseRepository {
-                input: input.to_owned(),
-                repository: path.to_owned(),
-            };
-        }
+    if path.bytes().any(|b| b.is_ascii_uppercase()) && is_path(&path.to_lowercase()) {
+        return ReferenceError::UppercaseRepository {
+            input: input.to_owned(),
+            repository: path.to_owned(),
+        };
     }
     ReferenceError::InvalidFormat {
         input: input.to_owned(),

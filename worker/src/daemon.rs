@@ -27,6 +27,7 @@ use bollard::query_parameters::{
     ListImagesOptions, PushImageOptions, RemoveImageOptions, TagImageOptions,
 };
 use futures_util::StreamExt;
+use pushfleet_shared::reference::validate_digest;
 use pushfleet_shared::{ErrorCode, ImageRef};
 use secrecy::ExposeSecret;
 
@@ -421,14 +422,12 @@ pub fn reencode_registry_auth(value: &str) -> Option<String> {
 }
 
 /// Reads `(digest, size)` from the daemon's final push status,
-/// `"0722: digest: sha256:<64 hex> size: 528"`.
+/// `"0722: digest: sha256:<64 hex> size: 528"`. The digest must be one Docker's grammar accepts
+/// ([`validate_digest`]: lowercase hex of the algorithm's length).
 pub fn parse_digest_line(status: &str) -> Option<(String, u64)> {
     let (_, rest) = status.split_once(": digest: ")?;
     let (digest, size) = rest.split_once(" size: ")?;
-    let hex = digest.strip_prefix("sha256:")?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+    validate_digest(digest, digest).ok()?;
     Some((digest.to_owned(), size.trim().parse().ok()?))
 }
 
@@ -542,6 +541,11 @@ mod tests {
         );
         assert_eq!(parse_digest_line("Pushed"), None);
         assert_eq!(parse_digest_line("v1: digest: sha256:abc size: 1"), None);
+        let upper = hex.to_uppercase();
+        assert_eq!(
+            parse_digest_line(&format!("v1: digest: sha256:{upper} size: 1")),
+            None
+        );
         assert_eq!(
             parse_digest_line(&format!("v1: digest: sha256:{hex} size: x")),
             None

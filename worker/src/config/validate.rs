@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use pushfleet_shared::reference::{DOCKER_HUB, is_docker_hub};
+use pushfleet_shared::reference::{DOCKER_HUB, ReferenceError, is_docker_hub, validate_repository};
 
 use crate::registry::check_base_url;
 use serde::Deserialize;
@@ -454,32 +454,19 @@ checked_strings! {
         true => Err(format!("alias {alias:?} contains whitespace")),
         false => Ok(()),
     };
-    /// An entry of `namespaces`: `*`, or lowercase path components (`a-z 0-9`, with `. _ -`
-    /// between), without leading or trailing `/`.
-    Namespace = |ns| {
-        if ns == "*" {
-            return Ok(());
-        }
-        for component in ns.split('/') {
-            let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-            let bytes = component.as_bytes();
-            if bytes.is_empty() {
-                return Err(format!(
-                    "namespace {ns:?} has an empty path component (no leading, trailing or \
-                     double `/`)"
-                ));
+    /// An entry of `namespaces`: `*`, or a repository path in Docker's grammar (lowercase
+    /// path components joined by `/`, [`validate_repository`]).
+    Namespace = |ns| match ns {
+        "*" => Ok(()),
+        _ => validate_repository(ns).map_err(|error| match error {
+            ReferenceError::UppercaseRepository { .. } => {
+                format!("namespace {ns:?} must be lowercase, as repository paths are")
             }
-            let valid = bytes.first().is_some_and(alnum)
-                && bytes.last().is_some_and(alnum)
-                && bytes.iter().all(|b| alnum(b) || matches!(b, b'.' | b'_' | b'-'));
-            if !valid {
-                return Err(format!(
-                    "namespace {ns:?}: {component:?} is not a repository path component \
-                     (lowercase letters and digits, with `.`, `_` or `-` between them)"
-                ));
+            ReferenceError::InvalidRepository { reason, .. } => {
+                format!("namespace {ns:?} is not a repository path: {reason}")
             }
-        }
-        Ok(())
+            other => format!("namespace {ns:?}: {other}"),
+        }),
     };
 }
 

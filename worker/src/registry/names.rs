@@ -1,9 +1,17 @@
-//! Repository names and references go into URL paths: only Docker's grammar is let through.
+//! Repository names and references go into URL paths: only Docker's grammar is let through,
+//! as `pushfleet_shared::reference` defines it.
+
+use pushfleet_shared::reference::{self, ReferenceError};
 
 use super::error::{RegistryError, Target};
 
+/// The longest repository path a registry accepts (Docker's `NameTotalLengthMax`, which
+/// registries apply to the path).
+const REPOSITORY_MAX_LEN: usize = 255;
+
 /// Repository names go into URL paths: only Docker's grammar is accepted
-/// (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` components joined by `/`).
+/// ([`reference::validate_repository`]: lowercase path components joined by `/`), up to 255
+/// characters.
 pub(super) fn validate_repository(target: &Target, repository: &str) -> Result<(), RegistryError> {
     let fail = |reason: &'static str| {
         Err(RegistryError::InvalidName {
@@ -13,74 +21,45 @@ pub(super) fn validate_repository(target: &Target, repository: &str) -> Result<(
             reason,
         })
     };
-    if repository.is_empty() || repository.len() > 255 {
-        return fail("must be 1 to 255 characters");
+    match reference::validate_repository(repository) {
+        Ok(()) if repository.len() > REPOSITORY_MAX_LEN => fail("longer than 255 characters"),
+        Ok(()) => Ok(()),
+        Err(ReferenceError::UppercaseRepository { .. }) => {
+            fail("must be lowercase: registries accept lowercase repository names only")
+        }
+        Err(_) => fail(
+            "not a repository path: lowercase letters and digits joined by one `.`, one or two \
+             `_`, or dashes, in components joined by `/`",
+        ),
     }
-    for component in repository.split('/') {
-        let bytes = component.as_bytes();
-        let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
-            return fail("empty path component");
-        };
-        if !bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
-        {
-            return fail("only lowercase letters, digits, `.`, `_`, `-` and `/` are allowed");
-        }
-        if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
-            return fail("each path component must start and end with a letter or digit");
-        }
-        if component.contains("..")
-            || component.contains("___")
-            || component.contains("._")
-            || component.contains("_.")
-        {
-            return fail("separators `.`, `_`, `__` and `-` must stand between letters or digits");
-        }
-    }
-    Ok(())
 }
 
-/// A tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) or a digest (`algorithm:hex`).
-pub(super) fn validate_reference(target: &Target, reference: &str) -> Result<(), RegistryError> {
+/// A tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, [`reference::validate_tag`]) or, when it has a
+/// `:`, a digest (`sha256:` and 64 lowercase hex, or sha384/sha512,
+/// [`reference::validate_digest`]).
+pub(super) fn validate_reference(target: &Target, value: &str) -> Result<(), RegistryError> {
     let fail = |reason: &'static str| {
         Err(RegistryError::InvalidName {
             target: target.boxed(),
             what: "tag or digest",
-            value: reference.to_owned(),
+            value: value.to_owned(),
             reason,
         })
     };
-    if let Some((algorithm, encoded)) = reference.split_once(':') {
-        let algorithm_ok = !algorithm.is_empty()
-            && algorithm
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
-        let encoded_ok = encoded.len() >= 32
-            && encoded
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
-        return if algorithm_ok && encoded_ok {
-            Ok(())
-        } else {
-            fail("not a valid digest")
+    if value.contains(':') {
+        return match reference::validate_digest(value, value) {
+            Ok(()) => Ok(()),
+            Err(_) => fail(
+                "not a digest: `sha256:` and 64 lowercase hex characters (sha384: 96, sha512: 128)",
+            ),
         };
     }
-    let bytes = reference.as_bytes();
-    match bytes.first() {
-        None => fail("empty"),
-        Some(_) if bytes.len() > 128 => fail("longer than 128 characters"),
-        Some(first) if !(first.is_ascii_alphanumeric() || *first == b'_') => {
-            fail("must start with a letter, digit or `_`")
-        }
-        Some(_)
-            if !bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b)) =>
-        {
-            fail("only letters, digits, `_`, `.` and `-` are allowed")
-        }
-        Some(_) => Ok(()),
+    match reference::validate_tag(value, value) {
+        Ok(()) => Ok(()),
+        Err(ReferenceError::TagTooLong { .. }) => fail("longer than 128 characters"),
+        Err(_) => fail(
+            "not a tag: 1 to 128 of letters, digits, `_`, `.` and `-`, not starting with `.` or `-`",
+        ),
     }
 }
 
@@ -138,5 +117,27 @@ mod tests {
         ] {
             assert!(validate_reference(&t(), bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_rules_are_the_shared_grammar() {
+        // Separators stand alone between letters or digits; digests are Docker's.
+        for bad in ["a___b", "a._b", "a-.b", "a_-b"] {
+            assert!(validate_repository(&t(), bad).is_err(), "{bad}");
+        }
+        let upper = format!("sha256:{}", "A".repeat(64));
+        let md5 = format!("md5:{}", "a".repeat(32));
+        let short = format!("sha256:{}", "a".repeat(63));
+        for bad in [upper.as_str(), md5.as_str(), short.as_str()] {
+            let e = validate_reference(&t(), bad).expect_err(bad);
+            assert!(e.to_string().contains("not a digest"), "{e}");
+        }
+        let sha512 = format!("sha512:{}", "a".repeat(128));
+        assert!(validate_reference(&t(), &sha512).is_ok());
+        let e = validate_repository(&t(), "Team/app").expect_err("uppercase");
+        assert!(e.to_string().contains("lowercase"), "{e}");
+        let long = format!("team/{}", "a".repeat(251));
+        assert!(validate_repository(&t(), &long).is_err());
+        assert!(validate_repository(&t(), &long[1..]).is_ok());
     }
 }
