@@ -3,6 +3,7 @@
 import datetime
 import json
 import logging
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -213,6 +214,52 @@ def test_the_job_message_carries_what_the_worker_expects(
     headers = dict(props["application_headers"])
     headers.pop("x-delivery-count", None)  # the quorum queue's own
     assert headers == {"x-pushfleet-signature": pushfleet.sign(b"k" * 40, job.to_json())}
+
+
+def test_a_registry_source_job_is_the_bytes_pushfleet_submit_publishes(
+    env: dict[str, str], amqp_url: str, quiet_prefix: pushfleet.Topology, tmp_path: Path
+) -> None:
+    """`pushfleet submit --from-registry` publishes `serde_json::to_vec(&PushJob)`: the
+    client's wire form of the same job is the same bytes (`source_registry` after `source`,
+    before `pool`)."""
+    digest = "sha256:" + "5a1e0c2b" * 8
+    config = tmp_path / "submit.toml"
+    config.write_text(support.worker_config(env, quiet_prefix.prefix, support.base_registries(env)))
+    job = PushJob.new(
+        f"ci/myapp@{digest}",
+        "5",
+        "production/myapp",
+        ["0722", "stable"],
+        job_id=support.unique("copy"),
+        timeout_s=900,
+        metadata={"step": 131, "pipeline_run": 812},
+        pool="copy",
+        source_registry="ci",
+    )
+    queue = quiet_prefix.pool_queue("copy")
+    try:
+        subprocess.run(
+            [
+                str(support.worker_binary()),
+                *("submit", "--config", str(config), "--job-id", job.job_id),
+                *("--source", job.source, "--from-registry", "ci", "--pool", "copy"),
+                *("--registry", "5", "--repository", "production/myapp"),
+                *("--tag", "0722", "--tag", "stable", "--timeout-s", "900"),
+                *("--metadata", json.dumps(job.metadata)),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        with Connection(amqp_url) as conn:
+            message = conn.default_channel.basic_get(queue, no_ack=True)
+        assert message is not None
+        body = message.body if isinstance(message.body, bytes) else message.body.encode("utf-8")
+        assert body == job.to_json()
+        assert json.loads(body)["source_registry"] == "ci"
+    finally:
+        with Connection(amqp_url) as conn:
+            conn.default_channel.queue_delete(queue)
 
 
 @pytest.mark.timeout(60)

@@ -27,6 +27,7 @@ from .errors import (
     WaitTimeout,
 )
 from .events import (
+    CopyInfo,
     Event,
     EventDeduper,
     EventError,
@@ -41,7 +42,7 @@ from .events import (
 from .job import JobError, JobOptions, JobTarget, PushJob
 from .mapping import DjangoMappingError, from_django_step
 from .pool import DEFAULT_POOL, is_valid_pool
-from .reference import ImageRef, ReferenceError
+from .reference import ImageRef, InRegistry, ReferenceError, parse_in_registry
 from .signing import SigningKey, sign
 from .topology import Topology
 
@@ -52,6 +53,7 @@ __all__ = [
     "BrokerUnavailable",
     "Client",
     "ConfirmTimeout",
+    "CopyInfo",
     "CredentialKind",
     "DjangoMappingError",
     "ErrorCode",
@@ -60,6 +62,7 @@ __all__ = [
     "EventError",
     "EventSubscription",
     "ImageRef",
+    "InRegistry",
     "InvalidEvent",
     "JobError",
     "JobOptions",
@@ -86,5 +89,6 @@ __all__ = [
     "cancel_body",
     "from_django_step",
     "is_valid_pool",
+    "parse_in_registry",
     "sign",
 ]

@@ -49,6 +49,9 @@ class TagPath(enum.StrEnum):
     """The repository already held the manifest: the worker put its exact bytes under the tag."""
     NOOP = "noop"
     """The tag already pointed at the manifest: nothing was written."""
+    COPY = "copy"
+    """The image was copied from the job's ``source_registry`` and its manifest put under the
+    tag by the worker, with no daemon (see :class:`CopyInfo`)."""
 
 
 class InvalidEvent(PushfleetError, ValueError):
@@ -83,9 +86,46 @@ class PhaseTimings:
     tag_ms: int | None = None
     push_ms: int | None = None
     retag_ms: int | None = None
+    copy_ms: int | None = None
     verify_ms: int | None = None
     untag_ms: int | None = None
     total_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class CopyInfo:
+    """What a registry-to-registry copy did (``succeeded`` events of ``source_registry``
+    jobs, ``path`` ``copy``)."""
+
+    source_registry: str
+    """The catalogue key of the source registry."""
+    media_type: str
+    """The media type of the copied manifest (an image manifest, or an index of several)."""
+    blobs_skipped: int
+    """Blobs the target repository already had."""
+    blobs_mounted: int
+    """Blobs mounted from the source repository (same registry): nothing transferred."""
+    blobs_streamed: int
+    """Blobs streamed from the source registry into the target."""
+    bytes_total: int
+    """Bytes of all the image's blobs."""
+    bytes_streamed: int
+    """Bytes streamed from source to target (the rest was skipped or mounted)."""
+    children: tuple[str, ...] = ()
+    """The child manifests of an index, by digest, in index order (empty for an image)."""
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> "CopyInfo":
+        return cls(
+            source_registry=d["source_registry"],
+            media_type=d["media_type"],
+            blobs_skipped=d["blobs_skipped"],
+            blobs_mounted=d["blobs_mounted"],
+            blobs_streamed=d["blobs_streamed"],
+            bytes_total=d["bytes_total"],
+            bytes_streamed=d["bytes_streamed"],
+            children=tuple(d.get("children") or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +169,8 @@ class Event:
     #: How the preflight established the push right (``succeeded``): ``token_claims``,
     #: ``upload_probe`` or ``cached``.
     preflight_method: str | None = None
+    #: What the copy did (``succeeded``, when ``path`` is ``copy``).
+    copy: CopyInfo | None = None
     progress: Progress | None = None
     phases: PhaseTimings | None = None
     retry: RetryInfo | None = None
@@ -168,6 +210,7 @@ class Event:
         phases = d.get("phases")
         retry = d.get("retry")
         trace = d.get("trace")
+        copy = d.get("copy")
         return cls(
             version=d["version"],
             event_id=d["event_id"],
@@ -186,6 +229,7 @@ class Event:
             path=TagPath(d["path"]) if d.get("path") else None,
             tag_paths={k: TagPath(v) for k, v in (d.get("tag_paths") or {}).items()},
             preflight_method=(d.get("preflight") or {}).get("method"),
+            copy=CopyInfo._from_dict(copy) if copy is not None else None,
             progress=Progress(**progress) if progress else None,
             phases=PhaseTimings(**phases) if phases else None,
             retry=RetryInfo(

@@ -1,10 +1,11 @@
 """The push job (v1): building it, checking it exactly as a worker will, and its wire form.
 
 A port of ``PushJob::validate`` in ``shared/src/job.rs``: the same checks in the same order
-(version, job id, pool, tags, timeout, credentials in ``metadata``, source reference, target
-repository and tags) with the same messages. A job that passes here is one the worker accepts;
-one that fails is refused before anything is published, with the code a failed event would
-carry. :meth:`PushJob.to_json` writes the bytes ``pushfleet submit`` would write.
+(version, job id, pool, tags, timeout, credentials in ``metadata``, ``source_registry`` and the
+source reference, target repository and tags) with the same messages. A job that passes here
+is one the worker accepts; one that fails is refused before anything is published, with the
+code a failed event would carry. :meth:`PushJob.to_json` writes the bytes ``pushfleet submit``
+would write.
 """
 
 import json
@@ -17,13 +18,15 @@ from . import _json, _text
 from .credential import CredentialKind, find_credential
 from .errors import ErrorCode, PushfleetError
 from .pool import DEFAULT_POOL, INVALID_POOL_HINT, invalid_pool_message, is_valid_pool
-from .reference import ImageRef, ReferenceError
+from .reference import ImageRef, InRegistry, ReferenceError, parse_in_registry
 
 JOB_VERSION = 1
 MAX_JOB_BYTES = 64 * 1024
 MAX_TAGS = 16
 MAX_TIMEOUT_S = 1700
 MAX_JOB_ID_LEN = 128
+MAX_REGISTRY_NAME_LEN = 128
+"""The longest ``source_registry`` (a catalogue key or alias), in UTF-8 bytes as Rust counts."""
 
 _CREDENTIAL_HINT = (
     "remove it: the worker takes credentials from its registry catalogue (what counts as a "
@@ -108,6 +111,11 @@ class PushJob:
     checks it as a worker will, :meth:`to_json` gives its wire form. ``pool`` names the build
     host whose Docker daemon holds ``source`` (None: the default pool); the job is published
     to that pool's queue.
+
+    ``source_registry`` (a key or alias of the workers' registry catalogue, e.g. a CI registry)
+    makes it a registry-source job: ``source`` is then ``repository[:tag][@digest]`` in that
+    registry (``ci/myapp:0722``, ``ci/myapp@sha256:...``) and the worker copies the image
+    registry to registry, with no Docker daemon. None: ``source`` is in the worker's daemon.
     """
 
     job_id: str
@@ -117,6 +125,7 @@ class PushJob:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     version: int = JOB_VERSION
     pool: str | None = None
+    source_registry: str | None = None
 
     @property
     def pool_name(self) -> str:
@@ -136,13 +145,19 @@ class PushJob:
         timeout_s: int | None = None,
         metadata: Mapping[str, Any] | None = None,
         pool: str | None = None,
+        source_registry: str | None = None,
     ) -> "PushJob":
         """A job with a fresh UUID ``job_id`` unless one is given; without ``tags``, the
-        source's own tag (``latest`` when it has none), as ``pushfleet submit`` does. The job
-        is validated."""
+        source's own tag (``latest`` when it has none), as ``pushfleet submit`` does (with
+        ``source_registry``, as ``pushfleet submit --from-registry`` does: the tag written in
+        the registry reference, else ``latest``). The job is validated."""
         if tags is None:
             try:
-                tag_list = [ImageRef.parse(source).tag_or_latest()]
+                if source_registry is None:
+                    tag_list = [ImageRef.parse(source).tag_or_latest()]
+                else:
+                    in_registry = parse_in_registry(source)
+                    tag_list = [in_registry.tag if in_registry.tag is not None else "latest"]
             except ReferenceError as e:
                 raise JobError.reference("source", e) from e
         else:
@@ -154,12 +169,15 @@ class PushJob:
             options=JobOptions(remove_local_tag, timeout_s),
             metadata=dict(metadata or {}),
             pool=pool,
+            source_registry=source_registry,
         )
         job.validate()
         return job
 
-    def validate(self) -> ImageRef:
-        """Checks the job as ``PushJob::validate`` does; returns the normalised source.
+    def validate(self) -> ImageRef | InRegistry:
+        """Checks the job as ``PushJob::validate`` does; returns the source: the normalised
+        :class:`ImageRef` of a daemon image, or the :class:`InRegistry` reference of a
+        registry-source job (``source_registry`` set).
 
         Raises :class:`JobError` for the first check that fails.
         """
@@ -198,8 +216,21 @@ class PushJob:
             if finding.kind is None:
                 raise JobError.credential_field(finding.path)
             raise JobError.credential_value(finding.path, finding.kind)
+        source: ImageRef | InRegistry
+        if self.source_registry is not None:
+            # Bytes, as Rust's `str::len` counts them (the schema counts characters).
+            length = len(self.source_registry.encode("utf-8", "surrogatepass"))
+            if not 0 < length <= MAX_REGISTRY_NAME_LEN:
+                raise JobError(
+                    "InvalidSourceRegistry",
+                    f"source_registry must be 1 to {MAX_REGISTRY_NAME_LEN} characters: a "
+                    "catalogue key or alias",
+                )
         try:
-            source = ImageRef.parse(self.source)
+            if self.source_registry is None:
+                source = ImageRef.parse(self.source)
+            else:
+                source = parse_in_registry(self.source)
         except ReferenceError as e:
             raise JobError.reference("source", e) from e
         for i, tag in enumerate(tags):
@@ -221,8 +252,8 @@ class PushJob:
 
     def to_json(self) -> bytes:
         """The wire form: compact UTF-8 JSON, byte-identical to what ``pushfleet submit``
-        publishes for the same job (fields in the Rust struct's order, ``metadata`` keys
-        sorted).
+        publishes for the same job (fields in the Rust struct's order, ``source_registry`` and
+        ``pool`` left out when None, ``metadata`` keys sorted).
 
         Raises :class:`JobError` (``invalid_message``) for metadata that has no JSON form
         (non-finite floats, lone surrogates, non-string keys) or when the job is larger than
@@ -236,6 +267,8 @@ class PushJob:
             ("job_id", self.job_id),
             ("source", self.source),
         ]
+        if self.source_registry is not None:
+            head.append(("source_registry", self.source_registry))
         if self.pool is not None:
             head.append(("pool", self.pool))
         wire = _json.Fields(
@@ -286,6 +319,7 @@ class PushJob:
             metadata=dict(data.get("metadata") or {}),
             version=data["version"],
             pool=data.get("pool"),
+            source_registry=data.get("source_registry"),
         )
         job.validate()
         return job

@@ -561,3 +561,61 @@ def _diagnose_name(input: str, name: str) -> ReferenceError:
         if _NAME_RE.fullmatch(f"localhost/{lowered}") and len(lowered) <= _NAME_MAX_LEN:
             return _uppercase_repository(input, path)
     return _invalid_format(input, _path_grammar_reason(path))
+
+
+@dataclass(frozen=True)
+class InRegistry:
+    """An image inside a registry named elsewhere (a job's ``source`` with
+    ``source_registry``): ``repository[:tag][@digest]``, no host. A port of ``InRegistry`` in
+    ``shared/src/reference.rs``; build one with :func:`parse_in_registry`.
+
+    ``str()`` gives ``repository[:tag][@digest]`` as written.
+    """
+
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def reference(self) -> str:
+        """What a registry is asked for: the digest when one is written, else the tag
+        (``latest`` when none is, as in Docker)."""
+        if self.digest is not None:
+            return self.digest
+        return self.tag if self.tag is not None else _DEFAULT_TAG
+
+    def at(self, host: str) -> str:
+        """The image written out on ``host``: ``host/repository[:tag][@digest]``."""
+        out = f"{host}/{self.repository}"
+        if self.tag is not None:
+            out += f":{self.tag}"
+        if self.digest is not None:
+            out += f"@{self.digest}"
+        return out
+
+    def __str__(self) -> str:
+        return self.at("")[1:]
+
+
+def parse_in_registry(input: str) -> InRegistry:
+    """Reads a reference to an image inside a registry known by other means (a job's
+    ``source`` with ``source_registry``): ``repository[:tag][@digest]``, no host.
+
+    ``ImageRef::parse_in_registry`` in Rust, with the same checks in the same order and the
+    same messages: the characters as in :meth:`ImageRef.parse`; the split into name, tag and
+    digest as Docker cuts it; the digest, then the tag; the repository as in
+    :meth:`ImageRef.check_target`, with its length bound. A first component with a ``.`` or a
+    ``:`` is not a host here: ``ci.team/app`` is a repository path, and
+    ``localhost:5000/app`` is refused (a repository has no ``:``).
+
+    Raises :class:`ReferenceError`.
+    """
+    _check_characters(input)
+    name, tag, digest = _split_parts(input)
+    if digest is not None:
+        _validate_digest(input, digest)
+    if tag is not None:
+        _validate_tag(input, tag)
+    _validate_repository(name)
+    if len(name) > REPOSITORY_MAX_LEN:
+        raise _repository_too_long(name)
+    return InRegistry(name, tag, digest)
