@@ -163,14 +163,15 @@ async fn happy_path_to_the_token_registry_then_redelivery_pushes_nothing() -> Re
     );
 
     // The same job as a first delivery: the daemon knows the image's digest in this
-    // repository and the tag already points at it, so nothing is pushed or written.
+    // repository, so nothing is pushed; the tag is written registry-side without looking
+    // first (the same bytes again).
     let fresh = h
         .run(&job(&format!("{name}:1.0"), "token", &repo, &["1.0"]))
         .await?;
     let done_fresh = terminal(&fresh)?;
     assert_eq!(done_fresh.state, JobState::Succeeded, "{done_fresh:#?}");
-    assert_eq!(done_fresh.already_present, Some(true));
-    assert_eq!(done_fresh.path, Some(TagPath::Noop));
+    assert_eq!(done_fresh.already_present, Some(false));
+    assert_eq!(done_fresh.path, Some(TagPath::Retag));
     assert_eq!(done_fresh.digest, done.digest);
     assert_eq!(
         done_fresh.preflight.as_ref().map(|p| p.method),

@@ -133,13 +133,24 @@ fn by_daemon(lines: &[String]) -> Vec<&String> {
     lines.iter().filter(|l| l.contains("\"docker/")).collect()
 }
 
-/// Manifest `PUT`s of `tag`, by the worker's own client.
-fn worker_puts(lines: &[String], repository: &str, tag: &str) -> usize {
-    let put = format!("\"PUT /v2/{repository}/manifests/{tag} ");
+/// Manifest requests `method` of `reference` (a tag or digest; empty: any), by the worker's
+/// own client.
+fn worker_manifest_requests(
+    lines: &[String],
+    method: &str,
+    repository: &str,
+    reference: &str,
+) -> usize {
+    let request = format!("\"{method} /v2/{repository}/manifests/{reference}");
     lines
         .iter()
-        .filter(|l| l.contains(&put) && l.contains("\"pushfleet/"))
+        .filter(|l| l.contains(&request) && l.contains("\"pushfleet/"))
         .count()
+}
+
+/// Manifest `PUT`s of `tag`, by the worker's own client.
+fn worker_puts(lines: &[String], repository: &str, tag: &str) -> usize {
+    worker_manifest_requests(lines, "PUT", repository, &format!("{tag} "))
 }
 
 async fn run(broker: &mut Broker, job: &Value) -> Result<Vec<Event>> {
@@ -223,14 +234,57 @@ async fn retag_scenario(registry: &Registry, repository: &str) -> Result<()> {
         (digest.as_str(), digest.as_str())
     );
 
-    // The same job again: every tag is in place, nothing is written.
+    // The same job again, as a first delivery: the manifest comes from the worker's cache
+    // (no GET), and the tag is written without looking first (the same bytes again).
     let before = registry.log_end()?;
     let again = run(&mut broker, &job(&source, registry.key, repository, &["2"])).await?;
     let again = succeeded(&again)?;
     let lines = registry.requests_since(before, repository).await?;
-    assert_eq!(again.path, Some(TagPath::Noop), "{again:#?}");
-    assert_eq!(again.already_present, Some(true));
+    assert_eq!(again.path, Some(TagPath::Retag), "{again:#?}");
+    assert_eq!(again.already_present, Some(false));
+    assert_eq!(again.digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(worker_puts(&lines, repository, "2"), 1, "{lines:#?}");
+    assert_eq!(
+        worker_manifest_requests(&lines, "GET", repository, ""),
+        0,
+        "the manifest was served from the cache: {lines:#?}"
+    );
+    assert_eq!(
+        worker_manifest_requests(&lines, "HEAD", repository, ""),
+        0,
+        "a first delivery does not look before writing: {lines:#?}"
+    );
+    assert!(by_daemon(&lines).is_empty(), "{lines:#?}");
+
+    // The same job as a retry (attempt 2): each tag is looked at first; it already points
+    // at the manifest, so nothing is written.
+    let before = registry.log_end()?;
+    let retried = job(&source, registry.key, repository, &["2"]);
+    let retried_id = retried["job_id"].as_str().context("job_id")?.to_owned();
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-pushfleet-attempt".into(),
+        lapin::types::AMQPValue::LongLongInt(2),
+    );
+    broker
+        .publish_raw(
+            &serde_json::to_vec(&retried)?,
+            lapin::BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_headers(headers),
+        )
+        .await?;
+    let retried = broker.wait_for(&retried_id).await?;
+    let retried = succeeded(&retried)?;
+    let lines = registry.requests_since(before, repository).await?;
+    assert_eq!(retried.path, Some(TagPath::Noop), "{retried:#?}");
+    assert_eq!(retried.already_present, Some(true));
     assert_eq!(worker_puts(&lines, repository, "2"), 0, "{lines:#?}");
+    assert_eq!(
+        worker_manifest_requests(&lines, "HEAD", repository, "2 "),
+        1,
+        "{lines:#?}"
+    );
     assert!(by_daemon(&lines).is_empty(), "{lines:#?}");
 
     // A multi-tag job for an image the repository does not hold: one daemon push, the other

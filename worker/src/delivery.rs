@@ -40,7 +40,7 @@ use crate::cancel::Cancels;
 use crate::config::Config;
 use crate::failure::{Coded, JobFailure};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, Success};
+use crate::pipeline::{Attempt, Pipeline, Success};
 use crate::plan::plan;
 use crate::properties;
 use crate::report::Reporter;
@@ -299,7 +299,7 @@ async fn run_job(
     let result = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
-        r = tokio::time::timeout(limit, run_stages(shared, &valid, &plan, registries, &progress_tx)) => r.ok(),
+        r = tokio::time::timeout(limit, run_stages(shared, &valid, &plan, registries, Attempt::of(attempt, delivery.redelivered), &progress_tx)) => r.ok(),
     };
     shared.cancels.finish(&valid.job.job_id);
     stop_progress.cancel();
@@ -362,10 +362,15 @@ async fn run_stages(
     valid: &ValidJob,
     plan: &crate::plan::Plan,
     registries: crate::plan::PlannedRegistries<'_>,
+    attempt: Attempt,
     progress: &watch::Sender<Option<pushfleet_shared::event::Progress>>,
 ) -> Result<Success, crate::pipeline::Failure> {
     match &shared.pipeline {
-        Some(pipeline) => pipeline.run(valid, plan, registries, progress).await,
+        Some(pipeline) => {
+            pipeline
+                .run(valid, plan, registries, attempt, progress)
+                .await
+        }
         None => Ok(Success {
             digest: BROKER_ONLY_DIGEST.to_owned(),
             size: None,

@@ -43,7 +43,7 @@ use crate::failure::{Coded, JobFailure};
 use crate::metrics::Metrics;
 use crate::plan::{Plan, PlannedRegistries};
 use crate::registry::{Manifest, RegistryClient, RegistryEndpoint, RegistryError};
-use crate::retag::{self, HeldDigest};
+use crate::retag::{self, HeldDigest, ManifestCache};
 
 /// A finished job.
 #[derive(Debug, Clone)]
@@ -66,6 +66,27 @@ pub struct Success {
     pub preflight: Option<PreflightMethod>,
     /// What the copy did (registry-source jobs).
     pub copy: Option<CopyInfo>,
+}
+
+/// Whether an attempt may find its own job's earlier work in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The first delivery of the first attempt: nothing of this job was written before.
+    First,
+    /// A retried or redelivered job: an earlier attempt may have written some tags.
+    Again,
+}
+
+impl Attempt {
+    /// The attempt of a delivery numbered `number` (from 1) that the broker may have
+    /// `redelivered`.
+    pub fn of(number: u32, redelivered: bool) -> Self {
+        if number <= 1 && !redelivered {
+            Attempt::First
+        } else {
+            Attempt::Again
+        }
+    }
 }
 
 /// A failed job attempt, with the time its stages took until it failed.
@@ -113,6 +134,8 @@ pub struct Pipeline {
     registries: HashMap<String, RegistryClient>,
     /// Per-registry push slots, for registries with `max_concurrent_pushes`.
     push_slots: HashMap<String, Arc<Semaphore>>,
+    /// Manifests found usable for registry-side tags (see [`crate::retag`]).
+    manifests: ManifestCache,
     metrics: Arc<Metrics>,
 }
 
@@ -169,6 +192,7 @@ impl Pipeline {
             daemon,
             registries,
             push_slots,
+            manifests: ManifestCache::default(),
             metrics,
         })
     }
@@ -196,10 +220,10 @@ impl Pipeline {
         job: &ValidJob,
         plan: &Plan,
         registries: PlannedRegistries<'_>,
+        attempt: Attempt,
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<Success, Failure> {
-        let mut phases = PhaseTimings::default();
-        let mut preflight = None;
+        let mut record = Record::default();
         let started = Instant::now();
         let outcome = match registries.source {
             Some((source, image)) => {
@@ -210,24 +234,20 @@ impl Pipeline {
                     repository: &job.job.target.repository,
                     tags: &job.job.target.tags,
                 };
-                self.run_copy(&copy, progress, &mut phases, &mut preflight)
-                    .await
+                self.run_copy(&copy, progress, &mut record).await
             }
             None => {
-                self.run_planned(
-                    job,
-                    plan,
-                    registries.target,
-                    progress,
-                    &mut phases,
-                    &mut preflight,
-                )
-                .await
+                self.run_planned(job, plan, registries.target, attempt, progress, &mut record)
+                    .await
             }
         };
+        let Record {
+            mut phases,
+            preflight,
+        } = record;
+        phases.total_ms = ms(started);
         match outcome {
             Ok(outcome) => {
-                phases.total_ms = ms(started);
                 let path = TagPath::of_job(outcome.paths.iter().copied());
                 let tag_paths = plan
                     .targets
@@ -247,10 +267,7 @@ impl Pipeline {
                     copy: outcome.copy,
                 })
             }
-            Err(failure) => {
-                phases.total_ms = ms(started);
-                Err(Failure { failure, phases })
-            }
+            Err(failure) => Err(Failure { failure, phases }),
         }
     }
 
@@ -259,10 +276,11 @@ impl Pipeline {
         job: &ValidJob,
         plan: &Plan,
         registry: &Registry,
+        attempt: Attempt,
         progress: &watch::Sender<Option<Progress>>,
-        phases: &mut PhaseTimings,
-        preflight: &mut Option<PreflightMethod>,
+        record: &mut Record,
     ) -> Result<Outcome, JobFailure> {
+        let phases = &mut record.phases;
         let repository = &job.job.target.repository;
         let client = self.client(registry)?;
         let (Some(daemon), Some(image)) = (&self.daemon, job.source.daemon_image()) else {
@@ -289,7 +307,7 @@ impl Pipeline {
             .await
             .map_err(|e| coded(&e))?;
         self.metrics.preflight(access.cached());
-        *preflight = Some(access.method);
+        record.preflight = Some(access.method);
         phases.preflight_ms = ms(t);
 
         let targets = plan.target_refs();
@@ -301,31 +319,33 @@ impl Pipeline {
         };
         let tags = RegistryTags {
             client,
+            registry: &registry.key,
             repository,
             image_id: &source.id,
             login,
+            cache: &self.manifests,
+            look_first: attempt == Attempt::Again,
         };
 
         // The repository already holds this image's manifest (the daemon pushed it there
-        // before): every tag is written registry-side, or already points at it. This also
-        // makes a redelivered or retried job harmless: its tags are `noop`.
+        // before): every tag is written registry-side. A retried or redelivered job looks
+        // first, so what its earlier attempt wrote is `noop`.
         let t = Instant::now();
         let held_digest = retag::held_digest(&source.repo_digests, &first.name());
         let looked = held_digest != HeldDigest::None;
         let held = match held_digest {
-            HeldDigest::One(digest) => tags.usable_manifest(&digest).await?,
+            HeldDigest::One(digest) => tags.retag(&digest, targets).await?,
             HeldDigest::Several => {
                 tracing::debug!("several digests of this image for the target repository; pushing");
                 None
             }
             HeldDigest::None => None,
         };
-        if let Some(manifest) = held {
-            let paths = tags.write(targets, &manifest).await?;
+        if let Some((manifest, paths)) = held {
             phases.retag_ms = ms(t);
             return Ok(Outcome {
                 size: Some(u64::try_from(manifest.body.len()).unwrap_or(u64::MAX)),
-                digest: manifest.digest,
+                digest: manifest.digest.clone(),
                 bytes: 0,
                 paths,
                 copy: None,
@@ -359,9 +379,9 @@ impl Pipeline {
         // daemon only if that manifest cannot be used.
         if !rest.is_empty() {
             let t = Instant::now();
-            match tags.usable_manifest(&digest).await? {
-                Some(manifest) => {
-                    paths.extend(tags.write(rest, &manifest).await?);
+            match tags.retag(&digest, rest).await? {
+                Some((_, written)) => {
+                    paths.extend(written);
                     add_ms(&mut phases.retag_ms, t);
                 }
                 None => {
@@ -453,9 +473,9 @@ impl Pipeline {
         &self,
         job: &CopyJob<'_>,
         progress: &watch::Sender<Option<Progress>>,
-        phases: &mut PhaseTimings,
-        preflight: &mut Option<PreflightMethod>,
+        record: &mut Record,
     ) -> Result<Outcome, JobFailure> {
+        let phases = &mut record.phases;
         let source_client = self.client(job.source)?;
         let target_client = self.client(job.target)?;
         let reference = job.image.reference();
@@ -489,7 +509,7 @@ impl Pipeline {
             .await
             .map_err(|e| coded(&e))?;
         self.metrics.preflight(access.cached());
-        *preflight = Some(access.method);
+        record.preflight = Some(access.method);
         phases.preflight_ms = ms(t);
 
         let t = Instant::now();
@@ -571,6 +591,14 @@ impl Pipeline {
     }
 }
 
+/// What an attempt's stages record as they go, kept when one fails.
+#[derive(Debug, Default)]
+struct Record {
+    phases: PhaseTimings,
+    /// How the preflight established the push right.
+    preflight: Option<PreflightMethod>,
+}
+
 /// What the stages produced.
 #[derive(Debug)]
 struct Outcome {
@@ -635,12 +663,46 @@ fn add_ms(slot: &mut Option<u64>, start: Instant) {
 /// The registry-side tag operations of one job (see [`crate::retag`]).
 struct RegistryTags<'a> {
     client: &'a RegistryClient,
+    registry: &'a str,
     repository: &'a str,
     image_id: &'a str,
     login: Option<&'a Credentials>,
+    cache: &'a ManifestCache,
+    /// `HEAD` each tag before writing it (a retried or redelivered job).
+    look_first: bool,
 }
 
 impl RegistryTags<'_> {
+    /// Writes every tag of `targets` from the manifest the repository holds under `digest`;
+    /// `None` (push instead) when that manifest cannot be used. A manifest kept in the cache
+    /// is used without reading it again; if writing from it fails, the entry is dropped and
+    /// the manifest read afresh (the registry may have lost it).
+    async fn retag(
+        &self,
+        digest: &str,
+        targets: &[ImageRef],
+    ) -> Result<Option<(Arc<Manifest>, Vec<TagPath>)>, JobFailure> {
+        if let Some(kept) = self.cache.get(self.registry, self.repository, digest)
+            && retag::check_manifest(&kept, self.image_id).is_ok()
+        {
+            match self.write(targets, &kept).await {
+                Ok(paths) => return Ok(Some((kept, paths))),
+                Err(failure) => {
+                    tracing::info!(digest, error = %failure, "writing a tag from the kept manifest failed; reading it again");
+                    self.cache.forget(self.registry, self.repository, digest);
+                }
+            }
+        }
+        let Some(manifest) = self.usable_manifest(digest).await? else {
+            return Ok(None);
+        };
+        let manifest = Arc::new(manifest);
+        self.cache
+            .put(self.registry, self.repository, Arc::clone(&manifest));
+        let paths = self.write(targets, &manifest).await?;
+        Ok(Some((manifest, paths)))
+    }
+
     /// The manifest the repository holds under `digest`, when it may be written under other
     /// tags as this image; `None` (push instead) when the registry does not have it, or when
     /// [`retag::check_manifest`] or the registry's answer leaves any doubt.
@@ -675,9 +737,9 @@ impl RegistryTags<'_> {
         }
     }
 
-    /// Makes every tag of `targets` point at `manifest`: `noop` when it already does, else the
-    /// manifest's exact bytes are put under it (`retag`) and the registry's answer must name
-    /// the same digest.
+    /// Makes every tag of `targets` point at `manifest`: its exact bytes are put under it
+    /// (`retag`) and the registry's answer must name the same digest. With `look_first`, a
+    /// tag that already points at it is left alone (`noop`).
     async fn write(
         &self,
         targets: &[ImageRef],
@@ -686,14 +748,16 @@ impl RegistryTags<'_> {
         let mut paths = Vec::with_capacity(targets.len());
         for target in targets {
             let tag = target.tag_or_latest();
-            let now = self
-                .client
-                .manifest_digest(self.repository, tag, self.login)
-                .await
-                .map_err(|e| coded(&e))?;
-            if now.as_deref() == Some(manifest.digest.as_str()) {
-                paths.push(TagPath::Noop);
-                continue;
+            if self.look_first {
+                let now = self
+                    .client
+                    .manifest_digest(self.repository, tag, self.login)
+                    .await
+                    .map_err(|e| coded(&e))?;
+                if now.as_deref() == Some(manifest.digest.as_str()) {
+                    paths.push(TagPath::Noop);
+                    continue;
+                }
             }
             let stored = self
                 .client

@@ -14,14 +14,25 @@
 //!    and indexes, anything unknown push), its body agrees with that type, and its config
 //!    digest is the source image's id (so the manifest is this very image, not just a
 //!    manifest the daemon once saw).
-//! 3. Each tag is then `HEAD`ed: already at the digest is `noop`; otherwise the exact bytes
-//!    are put under it with that media type, and the registry's `Docker-Content-Digest`
-//!    answer must be the digest.
+//! 3. The exact bytes are put under each tag with that media type, and the registry's
+//!    `Docker-Content-Digest` answer must be the digest. A retried or redelivered job first
+//!    `HEAD`s each tag: already at the digest is `noop` (its earlier attempt may have written
+//!    it); a first delivery skips that request, as the `PUT` of the same bytes is harmless.
 //!
 //! A multi-tag job whose image the repository does not hold yet pushes its first tag through
 //! the daemon and writes the others this way, from the manifest that push produced.
+//!
+//! Manifests that passed step 2 are kept in a [`ManifestCache`] per registry, repository and
+//! digest, so the next job retagging the same image skips the `GET`: a digest names its
+//! bytes forever. What the cache cannot know is that the registry lost the manifest (deleted,
+//! garbage-collected): a failed `PUT` from a cached manifest drops the entry, and the job
+//! reads the manifest again (step 2) before it decides.
 
 use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use lru::LruCache;
 
 use pushfleet_shared::ImageRef;
 use sha2::{Digest, Sha256};
@@ -71,6 +82,73 @@ pub fn held_digest(repo_digests: &[String], target_name: &str) -> HeldDigest {
     match found {
         Some(d) => HeldDigest::One(d.to_owned()),
         None => HeldDigest::None,
+    }
+}
+
+/// How many manifests a [`ManifestCache`] keeps by default.
+pub const MANIFEST_CACHE_ENTRIES: usize = 256;
+/// The largest manifest a [`ManifestCache`] keeps (single-image manifests are a few KiB).
+pub const MANIFEST_CACHE_MAX_BYTES: usize = 64 * 1024;
+
+/// Manifests found usable for registry-side tags, by registry key, repository and digest;
+/// the least recently used go first. Shared by all jobs of a worker.
+pub struct ManifestCache {
+    entries: Mutex<LruCache<(String, String, String), Arc<Manifest>>>,
+}
+
+impl fmt::Debug for ManifestCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self.entries.lock().map_or(0, |e| e.len());
+        f.debug_struct("ManifestCache")
+            .field("entries", &len)
+            .finish()
+    }
+}
+
+impl Default for ManifestCache {
+    fn default() -> Self {
+        Self::with_capacity(NonZeroUsize::new(MANIFEST_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN))
+    }
+}
+
+impl ManifestCache {
+    /// A cache of at most `capacity` manifests.
+    pub fn with_capacity(capacity: NonZeroUsize) -> Self {
+        Self {
+            entries: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    fn key(registry: &str, repository: &str, digest: &str) -> (String, String, String) {
+        (
+            registry.to_owned(),
+            repository.to_owned(),
+            digest.to_owned(),
+        )
+    }
+
+    /// The manifest kept for `digest` in `registry`'s `repository`.
+    pub fn get(&self, registry: &str, repository: &str, digest: &str) -> Option<Arc<Manifest>> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(&Self::key(registry, repository, digest))
+            .cloned()
+    }
+
+    /// Keeps `manifest` (unless it is larger than [`MANIFEST_CACHE_MAX_BYTES`]).
+    pub fn put(&self, registry: &str, repository: &str, manifest: Arc<Manifest>) {
+        if manifest.body.len() > MANIFEST_CACHE_MAX_BYTES {
+            return;
+        }
+        let key = Self::key(registry, repository, &manifest.digest);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.put(key, manifest);
+    }
+
+    /// Drops what is kept for `digest` in `registry`'s `repository`.
+    pub fn forget(&self, registry: &str, repository: &str, digest: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.pop(&Self::key(registry, repository, digest));
     }
 }
 
@@ -340,5 +418,41 @@ mod tests {
             check_manifest(&manifest(DOCKER_MANIFEST_V2, &no_type), IMAGE),
             Err(Unsure::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn the_manifest_cache_is_keyed_by_registry_repository_and_digest_and_bounded() {
+        let cache = ManifestCache::with_capacity(NonZeroUsize::new(2).expect("2"));
+        let a = Arc::new(manifest(
+            DOCKER_MANIFEST_V2,
+            &v2_body(DOCKER_MANIFEST_V2, IMAGE),
+        ));
+        let b = Arc::new(manifest(OCI_MANIFEST, &v2_body(OCI_MANIFEST, IMAGE)));
+        cache.put("basic", "production/app", Arc::clone(&a));
+        assert_eq!(
+            cache.get("basic", "production/app", &a.digest),
+            Some(Arc::clone(&a))
+        );
+        // Another repository or registry holds nothing yet, even for the same digest.
+        assert_eq!(cache.get("basic", "production/other", &a.digest), None);
+        assert_eq!(cache.get("token", "production/app", &a.digest), None);
+
+        cache.put("basic", "production/other", Arc::clone(&a));
+        cache.put("basic", "production/app", Arc::clone(&b));
+        // Capacity 2: the least recently used entry went.
+        assert_eq!(cache.get("basic", "production/app", &a.digest), None);
+        assert!(cache.get("basic", "production/other", &a.digest).is_some());
+        assert!(cache.get("basic", "production/app", &b.digest).is_some());
+
+        cache.forget("basic", "production/app", &b.digest);
+        assert_eq!(cache.get("basic", "production/app", &b.digest), None);
+
+        let big = Arc::new(Manifest {
+            digest: "sha256:big".to_owned(),
+            media_type: OCI_MANIFEST.to_owned(),
+            body: vec![b' '; MANIFEST_CACHE_MAX_BYTES + 1],
+        });
+        cache.put("basic", "production/app", big);
+        assert_eq!(cache.get("basic", "production/app", "sha256:big"), None);
     }
 }
