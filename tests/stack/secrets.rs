@@ -28,14 +28,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::Engine;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
 use lapin::{Connection, Consumer};
 use pushfleet_shared::event::{Event, JobState};
 use pushfleet_shared::topology::{JOB_ROUTING_KEY, MAX_RETRY_BUCKET, Topology};
 use pushfleet_tests::fleet::make_image;
 use pushfleet_tests::{StackEnv, docker, unique};
-use pushfleet_worker::broker::{ConfirmedPublisher, connect, declare_topology};
+use pushfleet_worker::broker::{
+    ConfirmedPublisher, connect, declare_topology, subscribe_exclusive_to,
+};
 use pushfleet_worker::config::{Config, load_from_str};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -382,18 +384,6 @@ impl Tap {
         let conn = connect(&env.get("PUSHFLEET_AMQP_URL")?, "pushfleet-tests secrets").await?;
         let publisher = ConfirmedPublisher::open(&conn).await?;
         declare_topology(publisher.channel(), topology).await?;
-        let channel = conn.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
         // The retry exchange routes by delay bucket (`delay.<n>`): every bucket is tapped.
         let mut bindings = vec![
             (topology.events_exchange(), "#".to_owned()),
@@ -406,28 +396,12 @@ impl Tap {
                 Topology::retry_routing_key(bucket),
             ));
         }
-        for (exchange, key) in bindings {
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    exchange.as_str().into(),
-                    key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let bindings: Vec<(&str, &str)> = bindings
+            .iter()
+            .map(|(exchange, key)| (exchange.as_str(), key.as_str()))
+            .collect();
+        let channel = conn.create_channel().await?;
+        let consumer = subscribe_exclusive_to(&channel, &bindings).await?;
         Ok(Self {
             conn,
             consumer,

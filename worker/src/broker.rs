@@ -181,6 +181,15 @@ pub async fn subscribe_exclusive(
     exchange: &str,
     binding_key: &str,
 ) -> Result<Consumer, BrokerError> {
+    subscribe_exclusive_to(channel, &[(exchange, binding_key)]).await
+}
+
+/// Like [`subscribe_exclusive`], with the queue bound once for each `(exchange, binding key)`
+/// of `bindings` (a tap on several exchanges sees all they route to it, in one stream).
+pub async fn subscribe_exclusive_to(
+    channel: &Channel,
+    bindings: &[(&str, &str)],
+) -> Result<Consumer, BrokerError> {
     let queue = channel
         .queue_declare(
             "".into(),
@@ -192,15 +201,17 @@ pub async fn subscribe_exclusive(
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            binding_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    for (exchange, binding_key) in bindings {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                (*exchange).into(),
+                (*binding_key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     let consumer = channel
         .basic_consume(
             queue.name().clone(),

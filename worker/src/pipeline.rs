@@ -715,7 +715,7 @@ impl RegistryTags<'_> {
             Ok(found) => found,
             // An answer that does not follow the API (a registry or proxy that cannot serve
             // manifests by digest) is a doubt, not a failure: the daemon's push is always right.
-            Err(e @ RegistryError::Protocol { .. }) => {
+            Err(e) if e.is_protocol() => {
                 tracing::info!(error = %e, "cannot read the manifest the repository holds; pushing");
                 return Ok(None);
             }

@@ -11,21 +11,31 @@ use url::Url;
 
 use super::cache::{self, Authorization};
 use super::challenge::{self, Challenge};
-use super::error::{RegistryError, Target, from_transport};
+use super::classify::from_transport;
+use super::error::{ErrorKind, RegistryError, Target};
 use super::{Credentials, MAX_BODY, RegistryClient, read_body, sensitive, www_authenticate};
 
 /// The actions a token is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Actions {
+pub(super) enum Actions<'a> {
+    /// Pull on the repository.
     Pull,
+    /// Pull and push on the repository.
     PullPush,
+    /// Pull and push on the repository, and pull on `from`: a cross-repository mount, asked
+    /// as a second `scope` (as Docker asks it).
+    Mount {
+        /// The repository the blob is mounted from.
+        from: &'a str,
+    },
 }
 
-impl Actions {
+impl Actions<'_> {
+    /// The `scope` on `repository` itself.
     pub(super) fn scope(self, repository: &str) -> String {
         match self {
             Self::Pull => format!("repository:{repository}:pull"),
-            Self::PullPush => format!("repository:{repository}:pull,push"),
+            Self::PullPush | Self::Mount { .. } => format!("repository:{repository}:pull,push"),
         }
     }
 }
@@ -49,23 +59,23 @@ impl RegistryClient {
             match challenge::challenge_from_headers(www_authenticate(response.headers())) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    return Err(RegistryError::Protocol {
-                        target: target.boxed(),
-                        request: request.to_owned(),
-                        detail: e.to_string(),
-                    });
+                    return Err(RegistryError::new(ErrorKind::Protocol, target)
+                        .at(request)
+                        .with_detail(e.to_string()));
                 }
             }
         } else if status == StatusCode::FORBIDDEN {
             let detail = self.body_summary(response, &[]).await;
-            return Err(RegistryError::Denied {
-                target: target.boxed(),
-                request: request.to_owned(),
-                status: status.as_u16(),
-                detail,
-            });
+            return Err(RegistryError::new(
+                ErrorKind::Denied {
+                    status: status.as_u16(),
+                },
+                target,
+            )
+            .at(request)
+            .with_detail(detail));
         } else {
-            return Err(self.unexpected(target, request, response, None, &[]).await);
+            return Err(self.unexpected(target, request, response, None, None).await);
         };
         self.lock().put_ping(challenge.clone(), Instant::now());
         Ok((challenge, false))
@@ -80,18 +90,18 @@ impl RegistryClient {
         repository: &str,
         login: Option<&Credentials>,
         challenge: Option<&Challenge>,
-        actions: Actions,
+        actions: Actions<'_>,
         check_basic: bool,
     ) -> Result<(Authorization, Duration), RegistryError> {
         match challenge {
             None => Ok((Authorization::Anonymous, cache::BASIC_TTL)),
             Some(Challenge::Basic) => {
                 let Some(login) = login else {
-                    return Err(RegistryError::CredentialsMissing {
-                        target: target.boxed(),
-                        request: "GET /v2/".to_owned(),
-                        scheme: "Basic",
-                    });
+                    return Err(RegistryError::new(
+                        ErrorKind::CredentialsMissing { scheme: "Basic" },
+                        target,
+                    )
+                    .at("GET /v2/"));
                 };
                 let authorization = Authorization::Basic(basic_header(login));
                 if check_basic {
@@ -107,7 +117,6 @@ impl RegistryClient {
                     realm,
                     service.as_deref(),
                     actions,
-                    None,
                 )
                 .await
             }
@@ -136,35 +145,35 @@ impl RegistryClient {
             let detail = self
                 .body_summary(response, &[login.password.expose_secret()])
                 .await;
-            return Err(RegistryError::AuthFailed {
-                target: target.boxed(),
-                request: request.to_owned(),
-                username: login.username.clone(),
-                detail,
-            });
+            return Err(RegistryError::new(
+                ErrorKind::AuthFailed {
+                    username: login.username.clone(),
+                },
+                target,
+            )
+            .at(request)
+            .with_detail(detail));
         }
         Err(self
-            .unexpected(target, request, response, Some(login), &[])
+            .unexpected(target, request, response, Some(login), None)
             .await)
     }
 
-    /// Asks the token service for a token with `actions` on `repository` and, for a
-    /// cross-repository mount, pull on `also_pull` as a second `scope` (as Docker asks).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn fetch_token(
+    /// Asks the token service for a token with `actions` on `repository` (and, for a
+    /// cross-repository mount, pull on the repository it mounts from).
+    async fn fetch_token(
         &self,
         target: &Target,
         repository: &str,
         login: Option<&Credentials>,
         realm: &str,
         service: Option<&str>,
-        actions: Actions,
-        also_pull: Option<&str>,
+        actions: Actions<'_>,
     ) -> Result<(Authorization, Duration), RegistryError> {
-        let protocol = |detail: String| RegistryError::Protocol {
-            target: target.boxed(),
-            request: "GET /v2/".to_owned(),
-            detail,
+        let protocol = |detail: String| {
+            RegistryError::new(ErrorKind::Protocol, target)
+                .at("GET /v2/")
+                .with_detail(detail)
         };
         let mut url = self.base.join(realm).map_err(|e| {
             protocol(format!(
@@ -173,10 +182,12 @@ impl RegistryClient {
         })?;
         match (self.base.scheme(), url.scheme()) {
             ("https", "http") => {
-                return Err(RegistryError::InsecureRealm {
-                    target: target.boxed(),
-                    realm: url.to_string(),
-                });
+                return Err(RegistryError::new(
+                    ErrorKind::InsecureRealm {
+                        realm: url.to_string(),
+                    },
+                    target,
+                ));
             }
             (_, "http" | "https") => {}
             (_, other) => return Err(protocol(format!("the token realm has scheme `{other}`"))),
@@ -191,54 +202,53 @@ impl RegistryClient {
                 pairs.append_pair("service", service);
             }
             pairs.append_pair("scope", &actions.scope(repository));
-            if let Some(from) = also_pull {
+            if let Actions::Mount { from } = actions {
                 pairs.append_pair("scope", &Actions::Pull.scope(from));
             }
         }
         let mut builder = self.http.get(url);
         if let Some(login) = login {
             let value = sensitive(basic_header(login).expose_secret()).map_err(|()| {
-                RegistryError::InvalidEndpoint {
-                    target: target.boxed(),
-                    reason: "the user name cannot be sent in an HTTP header".to_owned(),
-                }
+                RegistryError::new(ErrorKind::InvalidEndpoint, target)
+                    .with_detail("the user name cannot be sent in an HTTP header")
             })?;
             builder = builder.header(header::AUTHORIZATION, value);
         }
         let response = self.send(target, &request, builder).await?;
         let status = response.status();
-        let secrets: Vec<&str> = login
-            .map(|l| l.password.expose_secret())
-            .into_iter()
-            .collect();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            let detail = self.body_summary(response, &secrets).await;
             return Err(match login {
-                Some(l) => RegistryError::AuthFailed {
-                    target: target.boxed(),
-                    request,
-                    username: l.username.clone(),
-                    detail,
-                },
-                None => RegistryError::CredentialsMissing {
-                    target: target.boxed(),
-                    request,
-                    scheme: "Bearer",
-                },
+                Some(l) => {
+                    let detail = self
+                        .body_summary(response, &[l.password.expose_secret()])
+                        .await;
+                    RegistryError::new(
+                        ErrorKind::AuthFailed {
+                            username: l.username.clone(),
+                        },
+                        target,
+                    )
+                    .at(request)
+                    .with_detail(detail)
+                }
+                None => {
+                    RegistryError::new(ErrorKind::CredentialsMissing { scheme: "Bearer" }, target)
+                        .at(request)
+                }
             });
         }
         if !status.is_success() {
             return Err(self
-                .unexpected(target, &request, response, login, &secrets)
+                .unexpected(target, &request, response, login, None)
                 .await);
         }
         let body = read_body(response, MAX_BODY)
             .await
             .map_err(|e| from_transport(target, &request, e, self.timeout))?;
-        let token = parse_token_response(&body).map_err(|detail| RegistryError::Protocol {
-            target: target.boxed(),
-            request: request.clone(),
-            detail,
+        let token = parse_token_response(&body).map_err(|detail| {
+            RegistryError::new(ErrorKind::Protocol, target)
+                .at(request)
+                .with_detail(detail)
         })?;
         Ok((
             Authorization::Bearer(token.token),
@@ -335,5 +345,9 @@ mod tests {
             "repository:team-a/app:pull,push"
         );
         assert_eq!(Actions::Pull.scope("x"), "repository:x:pull");
+        assert_eq!(
+            Actions::Mount { from: "team-b/lib" }.scope("team-a/app"),
+            "repository:team-a/app:pull,push"
+        );
     }
 }

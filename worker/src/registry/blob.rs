@@ -15,19 +15,18 @@
 //! the client's per-request limit is meant for small answers.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header;
 use reqwest::{Method, Response, StatusCode};
-use secrecy::ExposeSecret;
 use url::Url;
 
-use super::auth::Actions;
-use super::cache::{AccessEntry, Authorization};
-use super::challenge::Challenge;
-use super::error::{RegistryError, Right, Target, summarize_body};
+use super::access::Access;
+use super::cache::Authorization;
+use super::classify::from_transport;
+use super::error::{ErrorKind, RegistryError, Right, Target};
 use super::names::{validate_reference, validate_repository};
-use super::{Credentials, MAX_BODY, Read, RegistryClient, content_digest, read_body};
+use super::{Credentials, Read, RegistryClient, content_digest};
 
 /// The slowest transfer rate a blob request is given time for, on top of the request limit.
 const MIN_BLOB_RATE: u64 = 1024 * 1024;
@@ -87,21 +86,9 @@ impl RegistryClient {
         digest: &str,
         login: Option<&Credentials>,
     ) -> Result<bool, RegistryError> {
-        self.with_read_retries(repository, || {
-            self.blob_exists_once(repository, digest, login)
-        })
-        .await
-    }
-
-    async fn blob_exists_once(
-        &self,
-        repository: &str,
-        digest: &str,
-        login: Option<&Credentials>,
-    ) -> Result<bool, RegistryError> {
         let read = Read::new(Method::HEAD, "blobs", digest);
-        let response = self.authorized_read(repository, &read, login, None).await?;
-        Ok(response.is_some())
+        let found = self.read(repository, &read, login, None, |_| async { Ok(()) });
+        Ok(found.await?.is_some())
     }
 
     /// The answer to `GET /v2/<repo>/blobs/<digest>`, to stream the blob from
@@ -117,8 +104,8 @@ impl RegistryClient {
     ) -> Result<Option<Response>, RegistryError> {
         let read = Read::new(Method::GET, "blobs", digest);
         let limit = self.blob_time_limit(size);
-        self.with_read_retries(repository, || {
-            self.authorized_read(repository, &read, login, Some(limit))
+        self.read(repository, &read, login, Some(limit), |response| async {
+            Ok(response)
         })
         .await
     }
@@ -133,31 +120,16 @@ impl RegistryClient {
         let target = self.target(repository);
         let request = format!("POST /v2/{repository}/blobs/uploads/");
         let url = self.url(&format!("v2/{repository}/blobs/uploads/"), &target)?;
-        let key = self.access_key(repository, login);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let access = self.preflight_push(repository, login).await?;
-            let authorization = access.authorization;
-            let mut builder = self.http.post(url.clone()).body(Vec::<u8>::new());
-            if let Some(v) = self.header_value(&target, &request, &authorization)? {
-                builder = builder.header(header::AUTHORIZATION, v);
-            }
-            let response = self.send(&target, &request, builder).await?;
-            match response.status() {
-                StatusCode::ACCEPTED => {
-                    return self.session(&target, &request, repository, &response, authorization);
-                }
-                StatusCode::UNAUTHORIZED if attempt < 2 => {
-                    self.forget_after_401(&key);
-                }
-                _ => {
-                    return Err(self
-                        .refused_upload(&target, request, response, login, &authorization)
-                        .await);
-                }
-            }
+        let post = || self.http.post(url.clone()).body(Vec::<u8>::new());
+        let (response, authorization) = self
+            .send_authorized(repository, &target, &request, Access::Push, login, post)
+            .await?;
+        if response.status() == StatusCode::ACCEPTED {
+            return self.session(&target, &request, repository, &response, authorization);
         }
+        Err(self
+            .refused_upload(&target, request, response, login, &authorization)
+            .await)
     }
 
     /// Mounts blob `digest` from repository `from` of this registry into `repository`. 201 is
@@ -179,38 +151,25 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("mount", digest)
             .append_pair("from", from);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let authorization = self
-                .mount_authorization(&target, repository, from, login)
-                .await?;
-            let mut builder = self.http.post(url.clone()).body(Vec::<u8>::new());
-            if let Some(v) = self.header_value(&target, &request, &authorization)? {
-                builder = builder.header(header::AUTHORIZATION, v);
+        let post = || self.http.post(url.clone()).body(Vec::<u8>::new());
+        let access = Access::Mount { from };
+        let (response, authorization) = self
+            .send_authorized(repository, &target, &request, access, login, post)
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            StatusCode::ACCEPTED => {
+                let session =
+                    self.session(&target, &request, repository, &response, authorization)?;
+                Ok(Mount::Upload(session))
             }
-            let response = self.send(&target, &request, builder).await?;
-            match response.status() {
-                StatusCode::CREATED => return Ok(Mount::Mounted),
-                StatusCode::ACCEPTED => {
-                    let session =
-                        self.session(&target, &request, repository, &response, authorization)?;
-                    return Ok(Mount::Upload(session));
-                }
-                StatusCode::UNAUTHORIZED => {
-                    self.forget_after_401(&self.mount_key(repository, from, login));
-                    if attempt < 2 {
-                        continue;
-                    }
-                    tracing::debug!(registry = %self.key, repository, from, "mount not allowed; uploading instead");
-                    return Ok(Mount::Upload(self.open_upload(repository, login).await?));
-                }
-                _ => {
-                    return Err(self
-                        .refused_upload(&target, request, response, login, &authorization)
-                        .await);
-                }
+            StatusCode::UNAUTHORIZED => {
+                tracing::debug!(registry = %self.key, repository, from, "mount not allowed; uploading instead");
+                Ok(Mount::Upload(self.open_upload(repository, login).await?))
             }
+            _ => Err(self
+                .refused_upload(&target, request, response, login, &authorization)
+                .await),
         }
     }
 
@@ -237,6 +196,7 @@ impl RegistryClient {
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, size)
             .body(body);
+        // The body streams once: the request cannot be sent again with fresh authentication.
         let authorization = session.authorization.unwrap_or(Authorization::Anonymous);
         if let Some(value) = self.header_value(&target, &request, &authorization)? {
             builder = builder.header(header::AUTHORIZATION, value);
@@ -246,11 +206,9 @@ impl RegistryClient {
             if let Some(stored) = content_digest(response.headers())
                 && stored != digest
             {
-                return Err(RegistryError::BlobUploadInvalid {
-                    target: target.boxed(),
-                    request,
-                    detail: format!("the registry stored the blob as {stored}"),
-                });
+                return Err(RegistryError::new(ErrorKind::BlobUploadInvalid, &target)
+                    .at(request)
+                    .with_detail(format!("the registry stored the blob as {stored}")));
             }
             return Ok(());
         }
@@ -272,10 +230,10 @@ impl RegistryClient {
         response: &Response,
         authorization: Authorization,
     ) -> Result<UploadSession, RegistryError> {
-        let protocol = |detail: &str| RegistryError::Protocol {
-            target: target.boxed(),
-            request: request.to_owned(),
-            detail: detail.to_owned(),
+        let protocol = |detail: &str| {
+            RegistryError::new(ErrorKind::Protocol, target)
+                .at(request)
+                .with_detail(detail)
         };
         let location = response
             .headers()
@@ -294,60 +252,6 @@ impl RegistryClient {
         })
     }
 
-    /// The authorisation for a mount into `repository` from `from`: push on the one, pull on
-    /// the other. Only a Bearer token differs from the push access.
-    async fn mount_authorization(
-        &self,
-        target: &Target,
-        repository: &str,
-        from: &str,
-        login: Option<&Credentials>,
-    ) -> Result<Authorization, RegistryError> {
-        let access = self.preflight_push(repository, login).await?;
-        if !matches!(access.authorization, Authorization::Bearer(_)) {
-            return Ok(access.authorization);
-        }
-        let key = self.mount_key(repository, from, login);
-        if let Some(entry) = self.lock().access(&key, false, Instant::now()) {
-            return Ok(entry.authorization);
-        }
-        let (challenge, _) = self.challenge(target).await?;
-        let Some(Challenge::Bearer { realm, service, .. }) = challenge.as_ref() else {
-            return Ok(access.authorization);
-        };
-        let obtained_at = Instant::now();
-        let (authorization, validity) = self
-            .fetch_token(
-                target,
-                repository,
-                login,
-                realm,
-                service.as_deref(),
-                Actions::PullPush,
-                Some(from),
-            )
-            .await?;
-        if !validity.is_zero() {
-            let entry = AccessEntry {
-                authorization: authorization.clone(),
-                push: false,
-                expires_at: obtained_at + validity,
-            };
-            self.lock().put_access(key, entry, Instant::now());
-        }
-        Ok(authorization)
-    }
-
-    fn mount_key(
-        &self,
-        repository: &str,
-        from: &str,
-        login: Option<&Credentials>,
-    ) -> super::cache::AccessKey {
-        // `<` is not allowed in repository names, so this key meets no repository's.
-        self.access_key(&format!("{repository}<-{from}"), login)
-    }
-
     /// The error of a refused upload request (`POST` or `PUT`).
     async fn refused_upload(
         &self,
@@ -359,50 +263,27 @@ impl RegistryClient {
     ) -> RegistryError {
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED {
-            let headers = response.headers().clone();
-            return self.unauthorized(target, request, &headers, login, authorization, Right::Push);
+            let headers = response.headers();
+            return self.unauthorized(target, request, headers, login, authorization, Right::Push);
         }
         let code = status.as_u16();
-        let secrets = self.secrets(login, authorization);
-        let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
-        match code {
-            400 | 404 | 413 | 403 | 405 => {
-                let body = read_body(response, MAX_BODY).await.unwrap_or_default();
-                let detail = summarize_body(code, &body, &secrets);
-                let target = target.boxed();
-                match code {
-                    413 => RegistryError::PayloadTooLarge {
-                        target,
-                        request,
-                        detail,
-                    },
-                    400 | 404 if request.starts_with("PUT") => RegistryError::BlobUploadInvalid {
-                        target,
-                        request,
-                        detail,
-                    },
-                    400 => RegistryError::Protocol {
-                        target,
-                        request,
-                        detail,
-                    },
-                    _ => RegistryError::Denied {
-                        target,
-                        request,
-                        status: code,
-                        detail,
-                    },
-                }
-            }
+        let kind = match code {
+            413 => ErrorKind::PayloadTooLarge,
+            400 | 404 if request.starts_with("PUT") => ErrorKind::BlobUploadInvalid,
+            400 => ErrorKind::Protocol,
+            403..=405 => ErrorKind::Denied { status: code },
             _ => {
-                self.unexpected(target, &request, response, login, &secrets)
-                    .await
+                return self
+                    .unexpected(target, &request, response, login, Some(authorization))
+                    .await;
             }
-        }
+        };
+        let detail = self.refusal_detail(response, login, authorization).await;
+        RegistryError::new(kind, target)
+            .at(request)
+            .with_detail(detail)
     }
-}
 
-impl RegistryClient {
     /// The error of a blob body that broke off while being read from `repository`.
     pub fn blob_read_failed(
         &self,
@@ -412,6 +293,6 @@ impl RegistryClient {
     ) -> RegistryError {
         let target = self.target(repository);
         let request = format!("GET /v2/{repository}/blobs/{digest}");
-        super::error::from_transport(&target, &request, err, self.timeout)
+        from_transport(&target, &request, err, self.timeout)
     }
 }

@@ -123,7 +123,7 @@ impl Cache {
 
     /// Forgets every credential's entry for `repository`.
     pub(crate) fn invalidate_repository(&mut self, repository: &str) {
-        // Mount authorisations are kept under `<repository><-<from>` (see `blob.rs`).
+        // Mount authorisations are kept under `<repository><-<from>` (see `access.rs`).
         let mounts = format!("{repository}<-");
         self.access
             .retain(|k, _| k.repository != repository && !k.repository.starts_with(&mounts));

@@ -11,10 +11,11 @@
 use std::fmt;
 
 use reqwest::header;
-use reqwest::{Method, StatusCode};
-use secrecy::ExposeSecret;
+use reqwest::{Method, Response};
 
-use super::error::{RegistryError, Right, Target, from_transport, summarize_body};
+use super::access::Access;
+use super::classify::from_transport;
+use super::error::{ErrorKind, RegistryError, Right, Target};
 use super::names::{validate_reference, validate_repository};
 use super::{Credentials, Read, RegistryClient, content_digest, read_body};
 
@@ -55,54 +56,43 @@ pub(crate) fn is_immutable_refusal(status: u16, detail: &str) -> bool {
 impl RegistryClient {
     /// The manifest `repository` holds under `digest`, byte for byte, or `None` when the
     /// registry has no such manifest (404). Asked with the manifest types of
-    /// [`super::MANIFEST_ACCEPT`]; the caller checks the bytes against the digest.
+    /// [`super::MANIFEST_ACCEPT`]; the caller checks the bytes against the digest. Asked
+    /// again in-process on a transient answer, also when the body breaks off.
     pub async fn manifest_by_digest(
         &self,
         repository: &str,
         digest: &str,
         login: Option<&Credentials>,
     ) -> Result<Option<Manifest>, RegistryError> {
-        self.with_read_retries(repository, || {
-            self.manifest_by_digest_once(repository, digest, login)
-        })
-        .await
-    }
-
-    async fn manifest_by_digest_once(
-        &self,
-        repository: &str,
-        digest: &str,
-        login: Option<&Credentials>,
-    ) -> Result<Option<Manifest>, RegistryError> {
         let read = Read::new(Method::GET, "manifests", digest);
-        let Some(response) = self.authorized_read(repository, &read, login, None).await? else {
-            return Ok(None);
+        let target = &self.target(repository);
+        let request = &read.request(repository);
+        let answer = |response: Response| async move {
+            let media_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned();
+            let body = read_body(response, MAX_MANIFEST_BYTES + 1)
+                .await
+                .map_err(|e| from_transport(target, request, e, self.timeout))?;
+            if body.len() > MAX_MANIFEST_BYTES {
+                return Err(RegistryError::new(ErrorKind::Protocol, target)
+                    .at(request)
+                    .with_detail(format!(
+                        "the manifest is larger than {MAX_MANIFEST_BYTES} bytes"
+                    )));
+            }
+            Ok(Manifest {
+                digest: digest.to_owned(),
+                media_type,
+                body,
+            })
         };
-        let target = self.target(repository);
-        let request = read.request(repository);
-        let media_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_owned();
-        let body = read_body(response, MAX_MANIFEST_BYTES + 1)
-            .await
-            .map_err(|e| from_transport(&target, &request, e, self.timeout))?;
-        if body.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::Protocol {
-                target: target.boxed(),
-                request,
-                detail: format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
-            });
-        }
-        Ok(Some(Manifest {
-            digest: digest.to_owned(),
-            media_type,
-            body,
-        }))
+        self.read(repository, &read, login, None, answer).await
     }
 
     /// Puts `manifest`'s exact bytes, with its media type, under `tag` in `repository`, and
@@ -117,72 +107,47 @@ impl RegistryClient {
         manifest: &Manifest,
         login: Option<&Credentials>,
     ) -> Result<Option<String>, RegistryError> {
-        // Putting the same bytes under the same tag twice has the effect of once.
-        self.with_read_retries(repository, || {
-            self.put_manifest_once(repository, tag, manifest, login)
-        })
-        .await
-    }
-
-    async fn put_manifest_once(
-        &self,
-        repository: &str,
-        tag: &str,
-        manifest: &Manifest,
-        login: Option<&Credentials>,
-    ) -> Result<Option<String>, RegistryError> {
-        let target = self.target(repository);
-        validate_repository(&target, repository)?;
-        validate_reference(&target, tag)?;
-        let key = self.access_key(repository, login);
-        let request = format!("PUT /v2/{repository}/manifests/{tag}");
-        let url = self.url(&format!("v2/{repository}/manifests/{tag}"), &target)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let access = self.preflight_push(repository, login).await?;
-            let mut builder = self
-                .http
+        let target = &self.target(repository);
+        validate_repository(target, repository)?;
+        validate_reference(target, tag)?;
+        let request = &format!("PUT /v2/{repository}/manifests/{tag}");
+        let url = self.url(&format!("v2/{repository}/manifests/{tag}"), target)?;
+        let put = &|| {
+            self.http
                 .put(url.clone())
                 .header(header::CONTENT_TYPE, manifest.media_type.as_str())
-                .body(manifest.body.clone());
-            if let Some(value) = self.header_value(&target, &request, &access.authorization)? {
-                builder = builder.header(header::AUTHORIZATION, value);
-            }
-            let response = self.send(&target, &request, builder).await?;
+                .body(manifest.body.clone())
+        };
+        // Putting the same bytes under the same tag twice has the effect of once.
+        self.with_read_retries(repository, || async move {
+            let (response, authorization) = self
+                .send_authorized(repository, target, request, Access::Push, login, put)
+                .await?;
             let status = response.status();
             if status.is_success() {
                 return Ok(content_digest(response.headers()));
             }
-            if status == StatusCode::UNAUTHORIZED {
-                self.forget_after_401(&key);
-                if attempt < 2 {
-                    tracing::debug!(registry = %self.key, repository, "401 on manifest PUT; retrying with fresh auth");
-                    continue;
-                }
-                return Err(self.unauthorized(
-                    &target,
-                    request,
+            let code = status.as_u16();
+            Err(match code {
+                401 => self.unauthorized(
+                    target,
+                    request.clone(),
                     response.headers(),
                     login,
-                    &access.authorization,
+                    &authorization,
                     Right::Push,
-                ));
-            }
-            let code = status.as_u16();
-            if matches!(code, 400 | 403 | 404 | 405 | 409 | 412) {
-                let secrets = self.secrets(login, &access.authorization);
-                let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
-                let body = read_body(response, super::MAX_BODY)
-                    .await
-                    .unwrap_or_default();
-                let detail = summarize_body(code, &body, &secrets);
-                return Err(refused_put(&target, request, tag, code, detail));
-            }
-            return Err(self
-                .unexpected(&target, &request, response, login, &[])
-                .await);
-        }
+                ),
+                400 | 403 | 404 | 405 | 409 | 412 => {
+                    let detail = self.refusal_detail(response, login, &authorization).await;
+                    refused_put(target, request.clone(), tag, code, detail)
+                }
+                _ => {
+                    self.unexpected(target, request, response, login, Some(&authorization))
+                        .await
+                }
+            })
+        })
+        .await
     }
 }
 
@@ -194,28 +159,19 @@ fn refused_put(
     status: u16,
     detail: String,
 ) -> RegistryError {
-    if is_immutable_refusal(status, &detail) {
-        RegistryError::TagImmutable {
-            target: target.boxed(),
-            request,
+    let kind = if is_immutable_refusal(status, &detail) {
+        ErrorKind::TagImmutable {
             tag: tag.to_owned(),
             status,
-            detail,
         }
     } else if (403..=405).contains(&status) {
-        RegistryError::Denied {
-            target: target.boxed(),
-            request,
-            status,
-            detail,
-        }
+        ErrorKind::Denied { status }
     } else {
-        RegistryError::Protocol {
-            target: target.boxed(),
-            request,
-            detail,
-        }
-    }
+        ErrorKind::Protocol
+    };
+    RegistryError::new(kind, target)
+        .at(request)
+        .with_detail(detail)
 }
 
 #[cfg(test)]
@@ -224,6 +180,7 @@ mod tests {
 
     use super::*;
     use crate::failure::Coded;
+    use crate::registry::classify::summarize_body;
 
     fn target() -> Target {
         Target {

@@ -53,10 +53,10 @@
 //! [`RegistryError`] implements [`crate::failure::Coded`]. Decisions worth knowing:
 //! - a `401` without a usable challenge (missing, unparsable, `Negotiate` only, Bearer
 //!   without realm) and `/v2/` answering anything but 200/401/403/429/5xx are
-//!   [`RegistryError::Protocol`] → `push_failed`, not retryable: the URL most likely does not
+//!   [`ErrorKind::Protocol`] → `push_failed`, not retryable: the URL most likely does not
 //!   point at a registry, and retrying will not change that;
 //! - an `https` registry whose token realm is `http` is refused
-//!   ([`RegistryError::InsecureRealm`], `push_failed`) rather than sending the password in
+//!   ([`ErrorKind::InsecureRealm`], `push_failed`) rather than sending the password in
 //!   clear text;
 //! - with no login, any demand for authentication (Basic challenge, 401 from the token
 //!   server, or a 401 on the upload probe with an anonymous token) is
@@ -70,12 +70,14 @@
 //! `https_only`, and a redirect from `https` to `http` is refused. Every request has a time
 //! limit ([`DEFAULT_REQUEST_TIMEOUT`] unless given to [`RegistryClient::with_timeout`]).
 
+mod access;
 mod auth;
 mod base_url;
 mod blob;
 mod cache;
 mod challenge;
 mod claims;
+mod classify;
 mod error;
 mod flight;
 mod manifest;
@@ -94,14 +96,15 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use self::auth::{Actions, scheme_name};
+use self::access::Access;
+use self::auth::Actions;
 pub use self::base_url::check_base_url;
 pub use self::blob::{Mount, UploadSession};
-use self::cache::{AccessEntry, AccessKey, Authorization, Cache};
+use self::cache::{AccessKey, Authorization, Cache};
 use self::challenge::Challenge;
 use self::claims::PushClaim;
-use self::error::from_transport;
-pub use self::error::{RegistryError, Right, Target};
+use self::classify::from_transport;
+pub use self::error::{ErrorKind, RegistryError, Right, Target};
 use self::flight::Flights;
 pub use self::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use self::names::{validate_reference, validate_repository};
@@ -257,9 +260,8 @@ impl RegistryClient {
             registry: endpoint.key.clone(),
             repository: None,
         };
-        let invalid = |reason: String| RegistryError::InvalidEndpoint {
-            target: target.boxed(),
-            reason,
+        let invalid = |reason: String| {
+            RegistryError::new(ErrorKind::InvalidEndpoint, &target).with_detail(reason)
         };
         let base = endpoint.base_url;
         check_base_url(&base).map_err(invalid)?;
@@ -388,14 +390,7 @@ impl RegistryClient {
                 }
             };
             let valid_until = obtained_at + validity;
-            if !validity.is_zero() {
-                let entry = AccessEntry {
-                    authorization: authorization.clone(),
-                    push: true,
-                    expires_at: valid_until,
-                };
-                self.lock().put_access(key, entry, Instant::now());
-            }
+            self.remember(&key, &authorization, true, obtained_at, validity);
             tracing::debug!(registry = %self.key, repository, method = method.as_str(), "push access proven");
             return Ok(PushAccess {
                 authorization,
@@ -431,10 +426,18 @@ impl RegistryClient {
         reference: &str,
         login: Option<&Credentials>,
     ) -> Result<Option<String>, RegistryError> {
-        self.with_read_retries(repository, || {
-            self.manifest_digest_once(repository, reference, login)
-        })
-        .await
+        let read = &Read::new(Method::HEAD, "manifests", reference);
+        let answer = |response: Response| async move {
+            content_digest(response.headers()).ok_or_else(|| {
+                RegistryError::new(ErrorKind::Protocol, &self.target(repository))
+                    .at(read.request(repository))
+                    .with_detail(format!(
+                        "HTTP {} without a Docker-Content-Digest header",
+                        response.status().as_u16()
+                    ))
+            })
+        };
+        self.read(repository, read, login, None, answer).await
     }
 
     /// Runs `once` until it succeeds, fails for good, or has been sent [`READ_ATTEMPTS`]
@@ -469,180 +472,75 @@ impl RegistryClient {
         }
     }
 
-    /// The authorisation for reading `repository`: the cached one (pull or push), else a
-    /// fresh pull authorisation, cached for its validity.
-    async fn read_authorization(
-        &self,
-        target: &Target,
-        repository: &str,
-        key: &AccessKey,
-        login: Option<&Credentials>,
-    ) -> Result<Authorization, RegistryError> {
-        if let Some(entry) = self.lock().access(key, false, Instant::now()) {
-            return Ok(entry.authorization);
-        }
-        let (challenge, _) = self.challenge(target).await?;
-        let obtained_at = Instant::now();
-        let (authorization, validity) = self
-            .authorize(
-                target,
-                repository,
-                login,
-                challenge.as_ref(),
-                Actions::Pull,
-                false,
-            )
-            .await?;
-        if !validity.is_zero() {
-            let entry = AccessEntry {
-                authorization: authorization.clone(),
-                push: false,
-                expires_at: obtained_at + validity,
-            };
-            self.lock().put_access(key.clone(), entry, Instant::now());
-        }
-        Ok(authorization)
-    }
-
-    /// Drops what a 401 proved stale: the key's authorisation and the cached challenge.
-    fn forget_after_401(&self, key: &AccessKey) {
-        let mut cache = self.lock();
-        cache.invalidate_key(key);
-        cache.drop_ping();
-    }
-
-    /// The error of a request answered 401 even with fresh authentication, for `right`.
-    fn unauthorized(
-        &self,
-        target: &Target,
-        request: String,
-        headers: &HeaderMap,
-        login: Option<&Credentials>,
-        authorization: &Authorization,
-        right: Right,
-    ) -> RegistryError {
-        let bearer_error = challenge::bearer_error(www_authenticate(headers));
-        let detail = match &bearer_error {
-            Some(e) => format!("HTTP 401 ({e})"),
-            None => "HTTP 401".to_owned(),
-        };
-        match (login, bearer_error.as_deref()) {
-            (None, _) => RegistryError::CredentialsMissing {
-                target: target.boxed(),
-                request,
-                scheme: scheme_name(authorization),
-            },
-            (Some(l), Some("insufficient_scope")) => RegistryError::InsufficientScope {
-                target: target.boxed(),
-                request,
-                username: l.username.clone(),
-                action: right,
-                detail,
-            },
-            (Some(l), _) => RegistryError::AuthFailed {
-                target: target.boxed(),
-                request,
-                username: l.username.clone(),
-                detail,
-            },
-        }
-    }
-
-    async fn manifest_digest_once(
-        &self,
-        repository: &str,
-        reference: &str,
-        login: Option<&Credentials>,
-    ) -> Result<Option<String>, RegistryError> {
-        let read = Read::new(Method::HEAD, "manifests", reference);
-        let Some(response) = self.authorized_read(repository, &read, login, None).await? else {
-            return Ok(None);
-        };
-        match content_digest(response.headers()) {
-            Some(d) => Ok(Some(d)),
-            None => Err(RegistryError::Protocol {
-                target: self.target(repository).boxed(),
-                request: read.request(repository),
-                detail: format!(
-                    "HTTP {} without a Docker-Content-Digest header",
-                    response.status().as_u16()
-                ),
-            }),
-        }
-    }
-
     /// The one way a read (`HEAD` or `GET` of a manifest or blob) is sent: with the read
-    /// authorisation (from the cache, or obtained and cached), a 401 dropping it and asked
-    /// once more with fresh authentication. A success is the response, a 404 `None`; every
-    /// other answer is the matching error. `limit` replaces the client's request time limit.
-    pub(crate) async fn authorized_read(
+    /// authorisation ([`Access::Pull`]: a 401 is asked once more with fresh authentication),
+    /// and asked again on a transient answer ([`RegistryClient::with_read_retries`]). `then`
+    /// turns a success into the result, within those retries (a body that breaks off is read
+    /// again); a 404 is `None`, every other answer the matching error. `limit` replaces the
+    /// client's request time limit.
+    pub(crate) async fn read<T, F, Fut>(
         &self,
         repository: &str,
         read: &Read<'_>,
         login: Option<&Credentials>,
         limit: Option<Duration>,
-    ) -> Result<Option<Response>, RegistryError> {
-        let target = self.target(repository);
-        validate_repository(&target, repository)?;
-        validate_reference(&target, read.reference)?;
-        let key = self.access_key(repository, login);
-        let request = read.request(repository);
+        then: F,
+    ) -> Result<Option<T>, RegistryError>
+    where
+        F: Fn(Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let target = &self.target(repository);
+        validate_repository(target, repository)?;
+        validate_reference(target, read.reference)?;
+        let request = &read.request(repository);
         let url = self.url(
             &format!("v2/{repository}/{}/{}", read.kind, read.reference),
-            &target,
+            target,
         )?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let authorization = self
-                .read_authorization(&target, repository, &key, login)
+        let build = &|| {
+            let builder = self.http.request(read.method.clone(), url.clone());
+            let builder = match read.kind {
+                "manifests" => builder.header(header::ACCEPT, MANIFEST_ACCEPT),
+                _ => builder,
+            };
+            match limit {
+                Some(limit) => builder.timeout(limit),
+                None => builder,
+            }
+        };
+        let then = &then;
+        self.with_read_retries(repository, || async move {
+            let (response, authorization) = self
+                .send_authorized(repository, target, request, Access::Pull, login, build)
                 .await?;
-            let mut builder = self.http.request(read.method.clone(), url.clone());
-            if read.kind == "manifests" {
-                builder = builder.header(header::ACCEPT, MANIFEST_ACCEPT);
-            }
-            if let Some(limit) = limit {
-                builder = builder.timeout(limit);
-            }
-            if let Some(value) = self.header_value(&target, &request, &authorization)? {
-                builder = builder.header(header::AUTHORIZATION, value);
-            }
-            let response = self.send(&target, &request, builder).await?;
             let status = response.status();
             match status {
-                s if s.is_success() => return Ok(Some(response)),
-                StatusCode::NOT_FOUND => return Ok(None),
-                StatusCode::UNAUTHORIZED => {
-                    self.forget_after_401(&key);
-                    if attempt < 2 {
-                        tracing::debug!(registry = %self.key, repository, %request, "401 on a read; asking again with fresh auth");
-                        continue;
-                    }
-                    return Err(self.unauthorized(
-                        &target,
-                        request,
-                        response.headers(),
-                        login,
-                        &authorization,
-                        Right::Pull,
-                    ));
-                }
+                s if s.is_success() => then(response).await.map(Some),
+                StatusCode::NOT_FOUND => Ok(None),
+                StatusCode::UNAUTHORIZED => Err(self.unauthorized(
+                    target,
+                    request.clone(),
+                    response.headers(),
+                    login,
+                    &authorization,
+                    Right::Pull,
+                )),
                 StatusCode::FORBIDDEN => {
                     let detail = self.body_summary(response, &[]).await;
-                    return Err(RegistryError::Denied {
-                        target: target.boxed(),
-                        request,
+                    let kind = ErrorKind::Denied {
                         status: status.as_u16(),
-                        detail,
-                    });
+                    };
+                    Err(RegistryError::new(kind, target)
+                        .at(request)
+                        .with_detail(detail))
                 }
-                _ => {
-                    return Err(self
-                        .unexpected(&target, &request, response, login, &[])
-                        .await);
-                }
+                _ => Err(self
+                    .unexpected(target, request, response, login, Some(&authorization))
+                    .await),
             }
-        }
+        })
+        .await
     }
 
     /// Forgets the cached authorisation for `repository` (every credential), and the
@@ -686,12 +584,10 @@ impl RegistryClient {
     }
 
     fn url(&self, path: &str, target: &Target) -> Result<Url, RegistryError> {
-        self.base
-            .join(path)
-            .map_err(|e| RegistryError::InvalidEndpoint {
-                target: target.boxed(),
-                reason: format!("cannot build the URL for {path}: {e}"),
-            })
+        self.base.join(path).map_err(|e| {
+            RegistryError::new(ErrorKind::InvalidEndpoint, target)
+                .with_detail(format!("cannot build the URL for {path}: {e}"))
+        })
     }
 
     async fn send(
@@ -720,20 +616,19 @@ fn claims_refusal(
 ) -> RegistryError {
     let request = format!("token request to {realm}");
     match login {
-        None => RegistryError::CredentialsMissing {
-            target: target.boxed(),
-            request,
-            scheme: "Bearer",
-        },
-        Some(l) => RegistryError::InsufficientScope {
-            target: target.boxed(),
-            request,
-            username: l.username.clone(),
-            action: Right::Push,
-            detail: format!(
-                "the token service granted no push right on {repository} (the token's access claim)"
-            ),
-        },
+        None => RegistryError::new(ErrorKind::CredentialsMissing { scheme: "Bearer" }, target)
+            .at(request),
+        Some(l) => RegistryError::new(
+            ErrorKind::InsufficientScope {
+                username: l.username.clone(),
+                right: Right::Push,
+            },
+            target,
+        )
+        .at(request)
+        .with_detail(format!(
+            "the token service granted no push right on {repository} (the token's access claim)"
+        )),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use pushfleet_shared::reference::{self, ReferenceError};
 
-use super::error::{RegistryError, Target};
+use super::error::{ErrorKind, RegistryError, Target};
 
 /// The longest repository path a registry accepts (Docker's `NameTotalLengthMax`, which
 /// registries apply to the path).
@@ -13,14 +13,7 @@ const REPOSITORY_MAX_LEN: usize = 255;
 /// ([`reference::validate_repository`]: lowercase path components joined by `/`), up to 255
 /// characters.
 pub(super) fn validate_repository(target: &Target, repository: &str) -> Result<(), RegistryError> {
-    let fail = |reason: &'static str| {
-        Err(RegistryError::InvalidName {
-            target: target.boxed(),
-            what: "repository name",
-            value: repository.to_owned(),
-            reason,
-        })
-    };
+    let fail = |reason| invalid(target, "repository name", repository, reason);
     match reference::validate_repository(repository) {
         Ok(()) if repository.len() > REPOSITORY_MAX_LEN => fail("longer than 255 characters"),
         Ok(()) => Ok(()),
@@ -38,14 +31,7 @@ pub(super) fn validate_repository(target: &Target, repository: &str) -> Result<(
 /// `:`, a digest (`sha256:` and 64 lowercase hex, or sha384/sha512,
 /// [`reference::validate_digest`]).
 pub(super) fn validate_reference(target: &Target, value: &str) -> Result<(), RegistryError> {
-    let fail = |reason: &'static str| {
-        Err(RegistryError::InvalidName {
-            target: target.boxed(),
-            what: "tag or digest",
-            value: value.to_owned(),
-            reason,
-        })
-    };
+    let fail = |reason| invalid(target, "tag or digest", value, reason);
     if value.contains(':') {
         return match reference::validate_digest(value, value) {
             Ok(()) => Ok(()),
@@ -61,6 +47,20 @@ pub(super) fn validate_reference(target: &Target, value: &str) -> Result<(), Reg
             "not a tag: 1 to 128 of letters, digits, `_`, `.` and `-`, not starting with `.` or `-`",
         ),
     }
+}
+
+/// The refusal of `value` (a `what`) for `reason`.
+fn invalid(
+    target: &Target,
+    what: &'static str,
+    value: &str,
+    reason: &'static str,
+) -> Result<(), RegistryError> {
+    let kind = ErrorKind::InvalidName {
+        what,
+        value: value.to_owned(),
+    };
+    Err(RegistryError::new(kind, target).with_detail(reason))
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::cache::Authorization;
 use super::challenge::{self, Challenge};
-use super::error::{RegistryError, Right, Target, parse_retry_after, summarize_body};
+use super::classify::{parse_retry_after, summarize_body};
+use super::error::{ErrorKind, RegistryError, Right, Target};
 use super::{Credentials, MAX_BODY, RegistryClient, read_body, sensitive, www_authenticate};
 
 /// The blob the probe uploads: `{}`, the OCI "empty JSON" descriptor's content, which most
@@ -63,7 +64,6 @@ impl RegistryClient {
             .await
             .map_err(ProbeFailure::Failed)?;
         let status = response.status();
-        let username = || login.map_or_else(|| "<anonymous>".to_owned(), |l| l.username.clone());
         match status {
             StatusCode::CREATED => Ok(()),
             StatusCode::ACCEPTED => {
@@ -85,38 +85,40 @@ impl RegistryClient {
                     Some(Challenge::Bearer { error, .. }) => error.clone(),
                     _ => None,
                 };
-                let secrets = self.secrets(login, authorization);
-                let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
-                let body = self.body_summary(response, &secrets).await;
+                let body = self.refusal_detail(response, login, authorization).await;
                 let detail = match &bearer_error {
                     Some(e) => format!("{body} ({e})"),
                     None => body,
                 };
                 let err = match (login, bearer_error.as_deref()) {
-                    (None, _) => RegistryError::CredentialsMissing {
-                        target: target.boxed(),
-                        request,
-                        scheme: if matches!(now, Some(Challenge::Bearer { .. })) {
+                    (None, _) => {
+                        let scheme = if matches!(now, Some(Challenge::Bearer { .. })) {
                             "Bearer"
                         } else {
                             "Basic"
+                        };
+                        RegistryError::new(ErrorKind::CredentialsMissing { scheme }, target)
+                            .at(request)
+                    }
+                    (Some(l), Some("invalid_token")) => RegistryError::new(
+                        ErrorKind::AuthFailed {
+                            username: l.username.clone(),
                         },
-                    },
-                    (Some(l), Some("invalid_token")) => RegistryError::AuthFailed {
-                        target: target.boxed(),
-                        request,
-                        username: l.username.clone(),
-                        detail: format!(
-                            "{detail}: the registry did not accept the token its token service issued"
-                        ),
-                    },
-                    (Some(_), _) => RegistryError::InsufficientScope {
-                        target: target.boxed(),
-                        request,
-                        username: username(),
-                        action: Right::Push,
-                        detail,
-                    },
+                        target,
+                    )
+                    .at(request)
+                    .with_detail(format!(
+                        "{detail}: the registry did not accept the token its token service issued"
+                    )),
+                    (Some(l), _) => RegistryError::new(
+                        ErrorKind::InsufficientScope {
+                            username: l.username.clone(),
+                            right: Right::Push,
+                        },
+                        target,
+                    )
+                    .at(request)
+                    .with_detail(detail),
                 };
                 if now.is_some() && !same_kind(now.as_ref(), challenge) {
                     Err(ProbeFailure::StaleChallenge(err))
@@ -125,24 +127,22 @@ impl RegistryClient {
                 }
             }
             StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
-                let secrets = self.secrets(login, authorization);
-                let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
-                let detail = self.body_summary(response, &secrets).await;
-                Err(ProbeFailure::Failed(RegistryError::Denied {
-                    target: target.boxed(),
-                    request,
-                    status: status.as_u16(),
-                    detail,
-                }))
-            }
-            _ => {
-                let secrets = self.secrets(login, authorization);
-                let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+                let detail = self.refusal_detail(response, login, authorization).await;
                 Err(ProbeFailure::Failed(
-                    self.unexpected(target, &request, response, login, &secrets)
-                        .await,
+                    RegistryError::new(
+                        ErrorKind::Denied {
+                            status: status.as_u16(),
+                        },
+                        target,
+                    )
+                    .at(request)
+                    .with_detail(detail),
                 ))
             }
+            _ => Err(ProbeFailure::Failed(
+                self.unexpected(target, &request, response, login, Some(authorization))
+                    .await,
+            )),
         }
     }
 
@@ -239,45 +239,46 @@ impl RegistryClient {
             Authorization::Basic(value) => value.expose_secret().to_owned(),
             Authorization::Bearer(token) => format!("Bearer {}", token.expose_secret()),
         };
-        sensitive(&text)
-            .map(Some)
-            .map_err(|()| RegistryError::Protocol {
-                target: target.boxed(),
-                request: request.to_owned(),
-                detail: "the credentials or token cannot be sent in an HTTP header".to_owned(),
-            })
+        sensitive(&text).map(Some).map_err(|()| {
+            RegistryError::new(ErrorKind::Protocol, target)
+                .at(request)
+                .with_detail("the credentials or token cannot be sent in an HTTP header")
+        })
     }
 
-    /// Secrets that must not appear in a kept error body.
-    pub(super) fn secrets(
-        &self,
-        login: Option<&Credentials>,
-        authorization: &Authorization,
-    ) -> Vec<SecretString> {
-        let mut out: Vec<SecretString> = login.map(|l| l.password.clone()).into_iter().collect();
-        match authorization {
-            Authorization::Bearer(token) => out.push(token.clone()),
-            Authorization::Basic(value) => out.push(value.clone()),
-            Authorization::Anonymous => {}
-        }
-        out
-    }
-
+    /// The summary of an error body (see [`summarize_body`]), scrubbed of `secrets`.
     pub(super) async fn body_summary(&self, response: Response, secrets: &[&str]) -> String {
         let status = response.status().as_u16();
         let body = read_body(response, MAX_BODY).await.unwrap_or_default();
         summarize_body(status, &body, secrets)
     }
 
+    /// The summary of the body of an answer to a request sent with `authorization` (and
+    /// `login`'s password behind it), scrubbed of both.
+    pub(super) async fn refusal_detail(
+        &self,
+        response: Response,
+        login: Option<&Credentials>,
+        authorization: &Authorization,
+    ) -> String {
+        let mut secrets: Vec<&SecretString> = login.map(|l| &l.password).into_iter().collect();
+        match authorization {
+            Authorization::Bearer(secret) | Authorization::Basic(secret) => secrets.push(secret),
+            Authorization::Anonymous => {}
+        }
+        let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+        self.body_summary(response, &secrets).await
+    }
+
     /// Maps an answer no caller handled: 429, 5xx and 408 as transient, the rest as protocol
-    /// errors.
+    /// errors. The body is scrubbed of `login`'s password and of `authorization`.
     pub(super) async fn unexpected(
         &self,
         target: &Target,
         request: &str,
         response: Response,
         login: Option<&Credentials>,
-        secrets: &[&str],
+        authorization: Option<&Authorization>,
     ) -> RegistryError {
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -286,31 +287,23 @@ impl RegistryClient {
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()));
-            return RegistryError::RateLimited {
-                target: target.boxed(),
-                request: request.to_owned(),
-                retry_after,
-            };
+            return RegistryError::new(ErrorKind::RateLimited { retry_after }, target).at(request);
         }
-        let mut all: Vec<&str> = secrets.to_vec();
-        if let Some(l) = login {
-            all.push(l.password.expose_secret());
-        }
-        let detail = self.body_summary(response, &all).await;
-        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-            RegistryError::Unreachable {
-                target: target.boxed(),
-                request: request.to_owned(),
-                detail,
-                source: None,
-            }
+        let detail = self
+            .refusal_detail(
+                response,
+                login,
+                authorization.unwrap_or(&Authorization::Anonymous),
+            )
+            .await;
+        let kind = if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+            ErrorKind::Unreachable
         } else {
-            RegistryError::Protocol {
-                target: target.boxed(),
-                request: request.to_owned(),
-                detail,
-            }
-        }
+            ErrorKind::Protocol
+        };
+        RegistryError::new(kind, target)
+            .at(request)
+            .with_detail(detail)
     }
 }
 
