@@ -9,7 +9,11 @@
 //! - a copy inside the token registry mounts every blob and streams none;
 //! - a daemon-source job reaching the daemon-free worker fails with `daemon_not_configured`,
 //!   naming the worker and the pool, is not retried and is dead-lettered; a missing source is
-//!   `source_image_missing`; an unknown source registry is `unknown_registry`.
+//!   `source_image_missing`; an unknown source registry is `unknown_registry`;
+//! - a 200 MiB layer streams through a daemon-free worker *process* (the real program, not
+//!   the test harness) in bounded memory: its peak resident set (`VmHWM` of
+//!   `/proc/<pid>/status`, read after the job and before the worker stops) stays under
+//!   60 MiB, and `progress` events come while the layer streams.
 
 use std::time::Duration;
 
@@ -18,12 +22,17 @@ use pushfleet_shared::event::{CopyInfo, Event, JobState, TagPath};
 use pushfleet_shared::topology::Topology;
 use pushfleet_tests::config::TestConfig;
 use pushfleet_tests::fleet::{Broker, TestWorker, base_registries, expect_failed, job, terminal};
-use pushfleet_tests::oci::{self, OCI_INDEX, RawRepo, basic_repo, token_repo};
+use pushfleet_tests::oci::{
+    self, OCI_INDEX, OCI_MANIFEST, RawRepo, basic_repo, random_chunks, token_repo,
+};
+use pushfleet_tests::process::{EventLog, Logs, WorkerProcess, delete_topology};
 use pushfleet_tests::{StackEnv, unique};
 use serde_json::json;
 
 /// Every test here finishes within this.
 const LIMIT: Duration = Duration::from_secs(180);
+/// Peak resident memory allowed to the worker process copying a 200 MiB layer.
+const RSS_LIMIT_KIB: u64 = 60 * 1024;
 
 async fn bounded<F: std::future::Future<Output = Result<()>>>(test: F) -> Result<()> {
     tokio::time::timeout(LIMIT, test)
@@ -313,4 +322,161 @@ async fn a_daemon_free_worker_refuses_daemon_jobs_with_a_coded_error() -> Result
         result
     })
     .await
+}
+
+/// `VmHWM` (peak resident set) and `VmRSS` (resident set now) of process `pid`, in KiB.
+fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in {path}"))?;
+        let kib = line
+            .split_whitespace()
+            .nth(1)
+            .with_context(|| format!("{name} without a value"))?;
+        Ok(kib.parse()?)
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+#[tokio::test]
+async fn a_200_mib_layer_streams_through_a_worker_process_in_bounded_memory() -> Result<()> {
+    let env = StackEnv::load()?;
+    let logs = Logs::new("regsrc-big")?;
+    let prefix = unique("t-regsrc-big");
+    let id = format!("{prefix}-worker");
+    let toml = TestConfig::new(&env, &prefix, &base_registries(&env)?)?
+        .without_daemon()
+        .with_id(&id)
+        .toml()?;
+    let events = EventLog::start(&env, &Topology::new(&prefix)).await?;
+    let result = match WorkerProcess::spawn(&logs, &id, &toml).await {
+        Ok(mut worker) => {
+            let result = bounded(stream_200_mib(&env, &events, &worker)).await;
+            let stopped = stop(&mut worker).await;
+            result.and(stopped)
+        }
+        Err(e) => Err(e),
+    };
+    events.close().await;
+    if result.is_err() {
+        logs.dump(80);
+    } else {
+        logs.remove();
+    }
+    delete_topology(&env, &prefix).await;
+    result
+}
+
+/// Stops `worker` with SIGTERM (it drains and exits), or SIGKILL when it does not exit.
+async fn stop(worker: &mut WorkerProcess) -> Result<()> {
+    worker.terminate().await?;
+    if let Err(e) = worker.wait_exit(Duration::from_secs(30)).await {
+        worker.kill().await?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Copies a 200 MiB layer from the token registry to the basic one through `worker` (a
+/// daemon-free worker process on `events`' topology) and measures the process's memory.
+async fn stream_200_mib(env: &StackEnv, events: &EventLog, worker: &WorkerProcess) -> Result<()> {
+    worker.wait_ready(LIMIT).await?;
+    let pid = worker.pid().context("the worker exited")?;
+    let (idle_hwm, idle_rss) = memory_kib(pid)?;
+
+    let namespace = env.get("PUSHFLEET_TOKEN_PUSHER_NAMESPACE")?;
+    let source_repo = format!("{namespace}/{}", unique("big"));
+    let raw_source = token_repo(env, &source_repo).await?;
+    // The same bytes on every run: registries store a blob once whatever the repositories
+    // linking it, so repeated runs do not fill the stack's disk. Each run still streams the
+    // whole layer, as its target repository is new (asserted below).
+    let seed = 0x9e37_79b9_7f4a_7c15;
+    let (layer_digest, layer_size) = raw_source
+        .push_blob_stream(random_chunks(200, seed))
+        .await?;
+    ensure!(layer_size == 200 * 1024 * 1024);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": [layer_digest] }
+    }))?;
+    let config_size = config.len();
+    let config_digest = raw_source.push_blob(config).await?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": oci::OCI_CONFIG, "digest": config_digest, "size": config_size },
+        "layers": [ { "mediaType": oci::OCI_LAYER, "digest": layer_digest, "size": layer_size } ]
+    }))?;
+    let digest = raw_source
+        .push_manifest("big", OCI_MANIFEST, &manifest)
+        .await?;
+
+    let target_repo = format!("production/{}", unique("big"));
+    let body = copy_job(
+        "token-reader",
+        &format!("{source_repo}:big"),
+        "basic",
+        &target_repo,
+        &["big"],
+    );
+    let job_id = body["job_id"].as_str().context("job_id")?.to_owned();
+    events.publish_job(&body).await?;
+    let all = events
+        .wait_terminal(std::slice::from_ref(&job_id), LIMIT)
+        .await?;
+    // Read before the worker stops: the peak of the process that streamed the layer.
+    let (peak_hwm, rss) = memory_kib(pid)?;
+    let of_job: Vec<Event> = all
+        .into_iter()
+        .filter(|e| e.job_id.as_deref() == Some(job_id.as_str()))
+        .collect();
+    let (done, copy) = copied(&of_job)?;
+    let during: Vec<(u64, u64)> = of_job
+        .iter()
+        .filter_map(|e| e.progress.as_ref())
+        .filter(|p| p.phase == "copy")
+        .map(|p| (p.bytes_done, p.bytes_total))
+        .collect();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "200 MiB copy by a worker process: {} bytes streamed of {}; worker VmHWM {:.1} MiB idle (VmRSS {:.1} MiB), {:.1} MiB peak after the job (VmRSS {:.1} MiB); {} copy progress events",
+        copy.bytes_streamed,
+        copy.bytes_total,
+        mib(idle_hwm),
+        mib(idle_rss),
+        mib(peak_hwm),
+        mib(rss),
+        during.len(),
+    );
+
+    ensure!(done.digest.as_deref() == Some(digest.as_str()), "{done:#?}");
+    ensure!(
+        copy.bytes_streamed == layer_size + config_size as u64,
+        "{copy:?}"
+    );
+    ensure!(copy.blobs_streamed == 2, "{copy:?}");
+    // Progress came while the layer streamed, not only at the end.
+    ensure!(
+        during.iter().any(|(done, total)| done < total),
+        "no copy progress during the stream: {during:?}"
+    );
+    let raw_target = basic_repo(env, &target_repo)?;
+    let (_, copied_manifest) = raw_target.manifest("big").await?.context("no manifest")?;
+    ensure!(
+        copied_manifest == manifest,
+        "the manifest is not byte-identical"
+    );
+    ensure!(
+        raw_target.has_blob(&layer_digest).await?,
+        "the layer is missing in the target"
+    );
+    ensure!(
+        peak_hwm < RSS_LIMIT_KIB,
+        "the worker's peak RSS was {peak_hwm} KiB, over {RSS_LIMIT_KIB} KiB"
+    );
+    Ok(())
 }

@@ -309,3 +309,20 @@ pub fn index(children: &[(&[u8], &str, &str)]) -> Result<Vec<u8>> {
         "manifests": manifests
     }))?)
 }
+
+/// `n` MiB of pseudo-random bytes (xorshift from `seed`), generated chunk by chunk: a large
+/// layer for [`RawRepo::push_blob_stream`] that is never held whole. One seed gives the same
+/// bytes on every run.
+pub fn random_chunks(n: usize, seed: u64) -> impl Stream<Item = Bytes> + Send {
+    let mut state = seed | 1;
+    futures_util::stream::iter((0..n).map(move |_| {
+        let mut chunk = Vec::with_capacity(1024 * 1024);
+        for _ in 0..(1024 * 1024 / 8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.extend_from_slice(&state.to_le_bytes());
+        }
+        Bytes::from(chunk)
+    }))
+}
