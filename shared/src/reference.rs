@@ -135,14 +135,7 @@ impl ImageRef {
     /// The tag stays `None` when none is written (no implicit `latest`). A reference may carry a
     /// tag and a digest together (`myapp:1@sha256:…`), as Docker allows.
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
-        check_characters(input)?;
-        let parts = Parts::split(input)?;
-        if let Some(digest) = parts.digest {
-            validate_digest(input, digest)?;
-        }
-        if let Some(tag) = parts.tag {
-            validate_tag(input, tag)?;
-        }
+        let parts = Parts::checked(input)?;
         if parts.name.is_empty() {
             return Err(invalid_format(
                 input,
@@ -221,14 +214,7 @@ impl ImageRef {
     /// `source` with `source_registry`): `repository[:tag][@digest]`, no host. Each part is
     /// checked as in [`ImageRef::check_target`]; the digest as in [`ImageRef::parse`].
     pub fn parse_in_registry(input: &str) -> Result<InRegistry, ReferenceError> {
-        check_characters(input)?;
-        let parts = Parts::split(input)?;
-        if let Some(digest) = parts.digest {
-            validate_digest(input, digest)?;
-        }
-        if let Some(tag) = parts.tag {
-            validate_tag(input, tag)?;
-        }
+        let parts = Parts::checked(input)?;
         validate_repository(parts.name)?;
         if parts.name.len() > REPOSITORY_MAX_LEN {
             return Err(ReferenceError::RepositoryTooLong {
@@ -739,6 +725,19 @@ struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
+    /// [`Parts::split`] of an input whose characters, digest and tag are checked.
+    fn checked(input: &'a str) -> Result<Self, ReferenceError> {
+        check_characters(input)?;
+        let parts = Self::split(input)?;
+        if let Some(digest) = parts.digest {
+            validate_digest(input, digest)?;
+        }
+        if let Some(tag) = parts.tag {
+            validate_tag(input, tag)?;
+        }
+        Ok(parts)
+    }
+
     fn split(input: &'a str) -> Result<Self, ReferenceError> {
         let (name_and_tag, digest) = match input.split_once('@') {
             Some((before, after)) => (before, Some(after)),

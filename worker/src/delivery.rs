@@ -40,7 +40,7 @@ use crate::cancel::Cancels;
 use crate::config::Config;
 use crate::failure::{Coded, JobFailure};
 use crate::metrics::Metrics;
-use crate::pipeline::{Attempt, Pipeline, Success};
+use crate::pipeline::{Attempt, JobAttempt, Pipeline, Success};
 use crate::plan::plan;
 use crate::properties;
 use crate::report::Reporter;
@@ -367,9 +367,13 @@ async fn run_stages(
 ) -> Result<Success, crate::pipeline::Failure> {
     match &shared.pipeline {
         Some(pipeline) => {
-            pipeline
-                .run(valid, plan, registries, attempt, progress)
-                .await
+            let attempt = JobAttempt {
+                job: valid,
+                plan,
+                registries,
+                attempt,
+            };
+            pipeline.run(&attempt, progress).await
         }
         None => Ok(Success {
             digest: BROKER_ONLY_DIGEST.to_owned(),

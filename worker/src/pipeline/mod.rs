@@ -74,6 +74,19 @@ pub struct Success {
     pub copy: Option<CopyInfo>,
 }
 
+/// One attempt of a planned job, as [`Pipeline::run`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobAttempt<'a> {
+    /// The job.
+    pub job: &'a ValidJob,
+    /// Its plan, made by [`crate::plan::plan`] against the pipeline's catalogue.
+    pub plan: &'a Plan,
+    /// The catalogue entries the plan uses.
+    pub registries: PlannedRegistries<'a>,
+    /// Whether earlier attempts may have written some of it.
+    pub attempt: Attempt,
+}
+
 /// Whether an attempt may find its own job's earlier work in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
@@ -218,22 +231,16 @@ impl Pipeline {
         self.registries.get(key)
     }
 
-    /// Runs one attempt of `job` as `plan` (made by [`crate::plan::plan`] against this
-    /// pipeline's catalogue, which gave `registries`), publishing upload progress into
-    /// `progress`.
+    /// Runs one attempt of a job, publishing upload progress into `progress`.
     pub async fn run(
         &self,
-        job: &ValidJob,
-        plan: &Plan,
-        registries: PlannedRegistries<'_>,
-        attempt: Attempt,
+        attempt: &JobAttempt<'_>,
         progress: &watch::Sender<Option<Progress>>,
     ) -> Result<Success, Failure> {
         let mut record = Record::default();
         let started = Instant::now();
-        let outcome = self
-            .stages(job, plan, registries, attempt, progress, &mut record)
-            .await;
+        let outcome = self.stages(attempt, progress, &mut record).await;
+        let plan = attempt.plan;
         let Record {
             mut phases,
             preflight,
@@ -268,13 +275,16 @@ impl Pipeline {
     /// job's push (refused with `daemon_not_configured` on a worker without a daemon).
     async fn stages(
         &self,
-        job: &ValidJob,
-        plan: &Plan,
-        registries: PlannedRegistries<'_>,
-        attempt: Attempt,
+        attempt: &JobAttempt<'_>,
         progress: &watch::Sender<Option<Progress>>,
         record: &mut Record,
     ) -> Result<Outcome, JobFailure> {
+        let JobAttempt {
+            job,
+            plan,
+            registries,
+            attempt,
+        } = *attempt;
         let target = registries.target;
         let target_client = self.client(target)?;
         if let Some((source, image)) = registries.source {

@@ -335,15 +335,20 @@ class ImageRef:
         return out + self._tag_and_digest()
 
     def _tag_and_digest(self) -> str:
-        out = ""
-        if self.tag is not None:
-            out += f":{self.tag}"
-        if self.digest is not None:
-            out += f"@{self.digest}"
-        return out
+        return _tag_and_digest(self.tag, self.digest)
 
     def __str__(self) -> str:
         return self.name() + self._tag_and_digest()
+
+
+def _tag_and_digest(tag: str | None, digest: str | None) -> str:
+    """``:tag`` and ``@digest``, each when given."""
+    out = ""
+    if tag is not None:
+        out += f":{tag}"
+    if digest is not None:
+        out += f"@{digest}"
+    return out
 
 
 def source_reference(image: str, tag: str | None) -> ImageRef:
@@ -585,12 +590,7 @@ class InRegistry:
 
     def at(self, host: str) -> str:
         """The image written out on ``host``: ``host/repository[:tag][@digest]``."""
-        out = f"{host}/{self.repository}"
-        if self.tag is not None:
-            out += f":{self.tag}"
-        if self.digest is not None:
-            out += f"@{self.digest}"
-        return out
+        return f"{host}/{self.repository}" + _tag_and_digest(self.tag, self.digest)
 
     def __str__(self) -> str:
         return self.at("")[1:]
