@@ -127,6 +127,19 @@ async fn jobs_reach_the_worker_whose_daemon_holds_their_image() -> Result<()> {
                 );
             }
         }
+        let per_worker: Vec<usize> = ids
+            .iter()
+            .map(|id| {
+                all.iter()
+                    .filter(|e| e.state == JobState::Succeeded && e.worker == *id)
+                    .count()
+            })
+            .collect();
+        println!(
+            "pools: 20 jobs, succeeded per worker: {} (pool a, daemon A) {}, {} (pool b, daemon B) {}",
+            ids[0], per_worker[0], ids[1], per_worker[1]
+        );
+        ensure!(per_worker == [10, 10], "jobs per worker: {per_worker:?}");
         let checked = verify_in_basic_registry(&env, &all, &job_ids).await?;
         ensure!(checked == 20, "{checked} tags checked in the registry");
         Ok(())
