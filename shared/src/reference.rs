@@ -354,18 +354,22 @@ impl ImageRef {
     }
 
     fn push_tag_and_digest(&self, out: &mut String) {
-        if let Some(tag) = &self.tag {
-            out.push(':');
-            out.push_str(tag);
-        }
-        if let Some(digest) = &self.digest {
-            out.push('@');
-            out.push_str(digest);
-        }
+        push_tag_and_digest(out, self.tag.as_deref(), self.digest.as_deref());
     }
 }
 
-/// The fully-qualified form: `docker.io/library/myapp:0722`, with `@digest` when present.
+/// Appends `:tag` and `@digest`, each when given.
+fn push_tag_and_digest(out: &mut String, tag: Option<&str>, digest: Option<&str>) {
+    if let Some(tag) = tag {
+        out.push(':');
+        out.push_str(tag);
+    }
+    if let Some(digest) = digest {
+        out.push('@');
+        out.push_str(digest);
+    }
+}
+
 /// An image inside a registry named elsewhere: `repository[:tag][@digest]`
 /// ([`ImageRef::parse_in_registry`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,18 +395,12 @@ impl InRegistry {
     /// The image written out on `host`: `host/repository[:tag][@digest]`.
     pub fn at(&self, host: &str) -> String {
         let mut out = format!("{host}/{}", self.repository);
-        if let Some(tag) = &self.tag {
-            out.push(':');
-            out.push_str(tag);
-        }
-        if let Some(digest) = &self.digest {
-            out.push('@');
-            out.push_str(digest);
-        }
+        push_tag_and_digest(&mut out, self.tag.as_deref(), self.digest.as_deref());
         out
     }
 }
 
+/// The fully-qualified form: `docker.io/library/myapp:0722`, with `@digest` when present.
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = self.name();

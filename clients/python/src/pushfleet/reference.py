@@ -215,12 +215,7 @@ class ImageRef:
     @classmethod
     def parse(cls, input: str) -> "ImageRef":
         """Parses a reference written the way the ``docker`` CLI takes it, and normalises it."""
-        _check_characters(input)
-        name, tag, digest = _split_parts(input)
-        if digest is not None:
-            _validate_digest(input, digest)
-        if tag is not None:
-            _validate_tag(input, tag)
+        name, tag, digest = _checked_parts(input)
         if not name:
             raise _invalid_format(input, "there is no repository name before the `:` or `@`")
         if _is_image_id(input):
@@ -339,6 +334,18 @@ class ImageRef:
 
     def __str__(self) -> str:
         return self.name() + self._tag_and_digest()
+
+
+def _checked_parts(input: str) -> tuple[str, str | None, str | None]:
+    """``_split_parts`` of an input whose characters, digest and tag are checked
+    (``Parts::checked`` in Rust)."""
+    _check_characters(input)
+    name, tag, digest = _split_parts(input)
+    if digest is not None:
+        _validate_digest(input, digest)
+    if tag is not None:
+        _validate_tag(input, tag)
+    return name, tag, digest
 
 
 def _tag_and_digest(tag: str | None, digest: str | None) -> str:
@@ -609,12 +616,7 @@ def parse_in_registry(input: str) -> InRegistry:
 
     Raises :class:`ReferenceError`.
     """
-    _check_characters(input)
-    name, tag, digest = _split_parts(input)
-    if digest is not None:
-        _validate_digest(input, digest)
-    if tag is not None:
-        _validate_tag(input, tag)
+    name, tag, digest = _checked_parts(input)
     _validate_repository(name)
     if len(name) > REPOSITORY_MAX_LEN:
         raise _repository_too_long(name)
