@@ -94,15 +94,8 @@ const STACK_WAIT: Duration = Duration::from_secs(300);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = pushfleet_worker::cli::runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(bench(args)) {
         Ok(code) => code,

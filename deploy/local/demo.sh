@@ -44,13 +44,6 @@ password_file = "$PUSHFLEET_BASIC_PASSWORD_FILE"
 aliases = ["5"]
 namespaces = ["production"]
 
-# The token-auth registry, as Harbor, GitLab or Docker Hub authenticate.
-[registries.gitlab]
-url = "http://$PUSHFLEET_TOKEN_REGISTRY"
-username = "$PUSHFLEET_TOKEN_PUSHER_USER"
-password_file = "$PUSHFLEET_TOKEN_PUSHER_PASSWORD_FILE"
-aliases = ["7"]
-namespaces = ["$PUSHFLEET_TOKEN_PUSHER_NAMESPACE"]
 TOML
 "$bin" check-config -c "$config" >"$demo/check-config.txt"
 log "configuration OK ($config)"

@@ -80,15 +80,18 @@ pub(crate) enum Finding {
 /// and at camelCase humps, and lowercased. Terms of [`LONG_TERM_LEN`] characters or more also
 /// count with a plural `s` (`passwords`, `tokens`) and at the end of the words run together
 /// (`registrytoken`, `dockerpassword`, `mykubeconfig`).
-static CREDENTIAL_TERMS: LazyLock<Vec<String>> = LazyLock::new(|| {
-    #[derive(serde::Deserialize)]
-    struct Terms {
-        terms: Vec<String>,
-    }
-    // The file is part of this crate's source (compiled in); a test parses it.
-    serde_json::from_str::<Terms>(include_str!("../../schemas/credential-terms.json"))
-        .map(|t| t.terms)
-        .unwrap_or_default()
+static CREDENTIAL_TERMS: LazyLock<Vec<String>> = LazyLock::new(|| VOCABULARY.terms.clone());
+
+/// `schemas/credential-terms.json`: the credential terms and the token prefixes.
+#[derive(Default, serde::Deserialize)]
+struct Vocabulary {
+    terms: Vec<String>,
+    token_prefixes: Vec<String>,
+}
+
+// The file is part of this crate's source (compiled in); a test parses it.
+static VOCABULARY: LazyLock<Vocabulary> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../../schemas/credential-terms.json")).unwrap_or_default()
 });
 
 /// Terms this long also count in the plural and at the end of a run-together word; shorter ones
@@ -294,22 +297,10 @@ fn is_json_web_token(text: &str) -> bool {
         })
 }
 
-/// Prefixes of access tokens that registries and forges issue, each followed by at least 16
-/// characters of `[A-Za-z0-9_-]`.
-const TOKEN_PREFIXES: [&str; 9] = [
-    "dckr_pat_",
-    "dckr_oat_",
-    "glpat-",
-    "github_pat_",
-    "ghp_",
-    "gho_",
-    "ghu_",
-    "ghs_",
-    "ghr_",
-];
-
 fn is_prefixed_access_token(text: &str) -> bool {
-    TOKEN_PREFIXES.iter().any(|prefix| {
+    // Prefixes of access tokens that registries and forges issue (`schemas/credential-terms.json`),
+    // each followed by at least 16 characters of `[A-Za-z0-9_-]`.
+    VOCABULARY.token_prefixes.iter().any(|prefix| {
         text.strip_prefix(prefix).is_some_and(|rest| {
             rest.len() >= 16
                 && rest
@@ -470,10 +461,12 @@ pub(crate) fn find_credential_key(map: &Map<String, Value>, prefix: &str) -> Opt
 
 #[cfg(test)]
 mod tests {
-    use super::CREDENTIAL_TERMS;
+    use super::{CREDENTIAL_TERMS, VOCABULARY};
 
     #[test]
     fn the_terms_file_is_read() {
+        assert_eq!(VOCABULARY.token_prefixes.len(), 9);
+        assert!(VOCABULARY.token_prefixes.iter().any(|p| p == "glpat-"));
         assert_eq!(CREDENTIAL_TERMS.len(), 24);
         assert!(CREDENTIAL_TERMS.iter().any(|t| t == "password"));
         assert!(CREDENTIAL_TERMS.iter().any(|t| t == "kubeconfig"));

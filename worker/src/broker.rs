@@ -266,8 +266,7 @@ impl ConfirmedPublisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        let properties = properties.with_content_type(topology::CONTENT_TYPE_JSON.into());
-        self.publish_raw(exchange, routing_key, body, properties)
+        self.publish_raw(exchange, routing_key, body, json(properties))
             .await
     }
 
@@ -336,6 +335,11 @@ impl PublisherSlot {
     }
 }
 
+/// `properties` marked as a JSON message (`content_type: application/json`).
+pub fn json(properties: BasicProperties) -> BasicProperties {
+    properties.with_content_type(topology::CONTENT_TYPE_JSON.into())
+}
+
 /// Publishes with confirms through the current broker session, and survives the loss of a
 /// node: a publish whose channel dies before the broker confirmed it (the node went away, the
 /// connection broke) waits for the next session, at most [`REPUBLISH_WITHIN`], and is
@@ -378,22 +382,8 @@ impl SessionPublisher {
             .map_or(FRAME_MIN_SIZE, ConfirmedPublisher::frame_max)
     }
 
-    /// As [`ConfirmedPublisher::publish_json`], published again on the next session when the
-    /// current one is lost first.
-    pub async fn publish_json(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), BrokerError> {
-        let properties = properties.with_content_type(topology::CONTENT_TYPE_JSON.into());
-        self.publish_raw(exchange, routing_key, body, properties)
-            .await
-    }
-
     /// As [`ConfirmedPublisher::publish_raw`], published again on the next session when the
-    /// current one is lost first.
+    /// current one is lost first (JSON: give [`json`] properties).
     pub async fn publish_raw(
         &self,
         exchange: &str,

@@ -375,11 +375,11 @@ pub(crate) async fn answer(shared: &crate::delivery::Shared, delivery: lapin::me
     );
     let published = shared
         .publisher
-        .publish_json(
+        .publish_raw(
             &shared.topology.events_exchange(),
             CHECKED_ROUTING_KEY,
             &answer.to_json(),
-            lapin::BasicProperties::default(),
+            crate::broker::json(lapin::BasicProperties::default()),
         )
         .await;
     let settled = match published {

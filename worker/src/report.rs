@@ -81,11 +81,11 @@ impl Reporter {
             .with_message_id(event.event_id.to_string().into())
             .with_type(format!("pushfleet.event.{}", event.state.as_str()).into());
         self.publisher
-            .publish_json(
+            .publish_raw(
                 &self.exchange,
                 &event.routing_key(),
                 &event.to_json(),
-                properties,
+                crate::broker::json(properties),
             )
             .await
     }

@@ -43,25 +43,14 @@ class Finding:
     kind: CredentialKind | None = None
 
 
-_CREDENTIAL_TERMS = frozenset(
-    json.loads(
-        resources.files("pushfleet").joinpath("schemas", "credential-terms.json").read_bytes()
-    )["terms"]
+_VOCABULARY = json.loads(
+    resources.files("pushfleet").joinpath("schemas", "credential-terms.json").read_bytes()
 )
+_CREDENTIAL_TERMS = frozenset(_VOCABULARY["terms"])
 _LONG_TERM_LEN = 5
 _LONGEST_RUN = max(len(t) for t in _CREDENTIAL_TERMS) + 1
 _OPENSSH_KEY_BASE64 = "b3BlbnNzaC1rZXktdjE"
-_TOKEN_PREFIXES = (
-    "dckr_pat_",
-    "dckr_oat_",
-    "glpat-",
-    "github_pat_",
-    "ghp_",
-    "gho_",
-    "ghu_",
-    "ghs_",
-    "ghr_",
-)
+_TOKEN_PREFIXES = tuple(_VOCABULARY["token_prefixes"])
 _BASE64_MIN_LEN = 8
 
 

@@ -64,24 +64,24 @@ class DjangoMappingError(PushfleetError, ValueError):
 _STEP_HINT = "check the step's image, tag and registry_id"
 
 
+_PARAMS_HINT = (
+    "give the step's parameters as a JSON object with a string `image`, a `registry_id` and "
+    "optionally a string `tag`"
+)
+_PROJECT_PATH_HINT = (
+    "the project path is lowercase path components joined by `/`, e.g. `production` or `team-a/sub`"
+)
+
+
 def _params_error(detail: str) -> DjangoMappingError:
-    return DjangoMappingError(
-        "Params",
-        f"the step parameters are not a docker-push step: {detail}",
-        code=ErrorCode.INVALID_MESSAGE,
-        hint="give the step's parameters as a JSON object with a string `image`, a `registry_id` "
-        "and optionally a string `tag`",
-    )
+    message = f"the step parameters are not a docker-push step: {detail}"
+    return DjangoMappingError("Params", message, code=ErrorCode.INVALID_MESSAGE, hint=_PARAMS_HINT)
 
 
 def _project_path_error(project: str) -> DjangoMappingError:
-    return DjangoMappingError(
-        "ProjectPath",
-        f"project path {_text.debug_str(project)} is not a valid repository namespace",
-        code=ErrorCode.INVALID_REFERENCE,
-        hint="the project path is lowercase path components joined by `/`, e.g. `production` or "
-        "`team-a/sub`",
-    )
+    message = f"project path {_text.debug_str(project)} is not a valid repository namespace"
+    code = ErrorCode.INVALID_REFERENCE
+    return DjangoMappingError("ProjectPath", message, code=code, hint=_PROJECT_PATH_HINT)
 
 
 def _json_type(value: object) -> str:
