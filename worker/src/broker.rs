@@ -335,6 +335,19 @@ impl PublisherSlot {
     }
 }
 
+/// A message for [`SessionPublisher::publish`]: where it goes, and what it is.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    /// The exchange.
+    pub exchange: &'a str,
+    /// The routing key.
+    pub routing_key: &'a str,
+    /// The body, as published.
+    pub body: &'a [u8],
+    /// The properties, as given (made persistent when published).
+    pub properties: BasicProperties,
+}
+
 /// `properties` marked as a JSON message (`content_type: application/json`).
 pub fn json(properties: BasicProperties) -> BasicProperties {
     properties.with_content_type(topology::CONTENT_TYPE_JSON.into())
@@ -384,13 +397,13 @@ impl SessionPublisher {
 
     /// As [`ConfirmedPublisher::publish_raw`], published again on the next session when the
     /// current one is lost first (JSON: give [`json`] properties).
-    pub async fn publish_raw(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), BrokerError> {
+    pub async fn publish(&self, message: Message<'_>) -> Result<(), BrokerError> {
+        let Message {
+            exchange,
+            routing_key,
+            body,
+            properties,
+        } = message;
         let deadline = tokio::time::Instant::now() + REPUBLISH_WITHIN;
         loop {
             let publisher = self.current_until(deadline).await?;

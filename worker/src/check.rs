@@ -375,12 +375,12 @@ pub(crate) async fn answer(shared: &crate::delivery::Shared, delivery: lapin::me
     );
     let published = shared
         .publisher
-        .publish_raw(
-            &shared.topology.events_exchange(),
-            CHECKED_ROUTING_KEY,
-            &answer.to_json(),
-            crate::broker::json(lapin::BasicProperties::default()),
-        )
+        .publish(crate::broker::Message {
+            exchange: &shared.topology.events_exchange(),
+            routing_key: CHECKED_ROUTING_KEY,
+            body: &answer.to_json(),
+            properties: crate::broker::json(lapin::BasicProperties::default()),
+        })
         .await;
     let settled = match published {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await,

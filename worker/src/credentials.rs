@@ -84,6 +84,26 @@ pub struct Login {
     env: EnvSource,
 }
 
+/// Reading a catalogue registry's secret: the configuration says where it is
+/// ([`Registry::login`](crate::config::Registry::login)); this module reads it.
+impl crate::config::Registry {
+    /// The credentials to push with, read now (see [`Login::resolve`]): None for an
+    /// anonymous registry. Blocking; from async code, use
+    /// [`credentials_async`](Self::credentials_async).
+    pub fn credentials(&self) -> Result<Option<Credentials>, CredentialError> {
+        self.login.as_ref().map(Login::resolve).transpose()
+    }
+
+    /// As [`credentials`](Self::credentials), read on tokio's blocking pool (see
+    /// [`Login::resolve_async`]), so a slow credential helper does not stall other jobs.
+    pub async fn credentials_async(&self) -> Result<Option<Credentials>, CredentialError> {
+        match &self.login {
+            Some(login) => login.resolve_async().await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
 impl Login {
     pub(crate) fn new(username: Option<String>, password: PasswordSource, env: EnvSource) -> Self {
         Self {

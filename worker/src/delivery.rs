@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{BrokerError, SessionPublisher};
+use crate::broker::{BrokerError, Message, SessionPublisher};
 use crate::cancel::Cancels;
 use crate::config::Config;
 use crate::failure::{Coded, JobFailure};
@@ -79,6 +79,30 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// What the job tasks of one broker session share: the worker's identity, topology, time
+    /// limit, retry policy and signing key come from `config`.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        pipeline: Option<Arc<Pipeline>>,
+        metrics: Arc<Metrics>,
+        publisher: SessionPublisher,
+        cancels: Arc<Cancels>,
+    ) -> Self {
+        Self {
+            topology: config.amqp.topology(),
+            worker_id: config.worker.id.clone(),
+            job_timeout: config.worker.job_timeout(),
+            retry: config.worker.retry_policy(),
+            signing_key: config.amqp.signing_key.clone(),
+            retry_buckets: Default::default(),
+            config,
+            pipeline,
+            metrics,
+            publisher,
+            cancels,
+        }
+    }
+
     /// Declares `pool`'s delay queue for `delay` once per session; returns its routing key.
     async fn retry_route(&self, pool: &Pool, delay: Duration) -> Result<String, BrokerError> {
         let bucket = Topology::retry_bucket(delay);
@@ -445,12 +469,12 @@ async fn settle_failure(
             let route = shared.retry_route(pool, delay).await?;
             shared
                 .publisher
-                .publish_raw(
-                    &shared.topology.retry_exchange(),
-                    &route,
-                    &delivery.data,
+                .publish(Message {
+                    exchange: &shared.topology.retry_exchange(),
+                    routing_key: &route,
+                    body: &delivery.data,
                     properties,
-                )
+                })
                 .await?;
             reporter.publish(&event).await?;
             info!(?delay, next_attempt, "retry scheduled");
@@ -514,12 +538,12 @@ async fn finish_failed(
         properties::copy_of(&delivery.properties, headers, shared.publisher.frame_max());
     shared
         .publisher
-        .publish_raw(
-            &shared.topology.dead_letter_exchange(),
-            &Topology::pool_routing_key(pool),
-            &delivery.data,
+        .publish(Message {
+            exchange: &shared.topology.dead_letter_exchange(),
+            routing_key: &Topology::pool_routing_key(pool),
+            body: &delivery.data,
             properties,
-        )
+        })
         .await?;
     reporter.publish(&event).await?;
     delivery.ack(BasicAckOptions::default()).await?;

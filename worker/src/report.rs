@@ -81,12 +81,12 @@ impl Reporter {
             .with_message_id(event.event_id.to_string().into())
             .with_type(format!("pushfleet.event.{}", event.state.as_str()).into());
         self.publisher
-            .publish_raw(
-                &self.exchange,
-                &event.routing_key(),
-                &event.to_json(),
-                crate::broker::json(properties),
-            )
+            .publish(crate::broker::Message {
+                exchange: &self.exchange,
+                routing_key: &event.routing_key(),
+                body: &event.to_json(),
+                properties: crate::broker::json(properties),
+            })
             .await
     }
 }

@@ -378,19 +378,13 @@ impl Session {
 
         let publisher_channel = publisher.channel().clone();
         publishers.set(Some(publisher));
-        let shared = Arc::new(Shared {
-            config: Arc::clone(config),
-            pipeline: pipeline.clone(),
-            metrics: Arc::clone(status.metrics()),
-            publisher: publishers.publisher(),
-            topology,
-            worker_id: worker_id.clone(),
-            job_timeout: config.worker.job_timeout(),
-            retry: config.worker.retry_policy(),
-            cancels: Arc::clone(cancels),
-            signing_key: config.amqp.signing_key.clone(),
-            retry_buckets: Default::default(),
-        });
+        let shared = Arc::new(Shared::new(
+            Arc::clone(config),
+            pipeline.clone(),
+            Arc::clone(status.metrics()),
+            publishers.publisher(),
+            Arc::clone(cancels),
+        ));
         let node_url = std::iter::once(&config.amqp.url)
             .chain(&config.amqp.other_urls)
             .nth(node)

@@ -35,7 +35,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use crate::credentials::{CredentialError, Credentials, Login};
+use crate::credentials::{CredentialError, Login};
 
 mod de;
 mod describe;
@@ -453,22 +453,6 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The credentials to push with, read now (see [`Login::resolve`]): None for an
-    /// anonymous registry. Blocking; from async code, use
-    /// [`credentials_async`](Self::credentials_async).
-    pub fn credentials(&self) -> Result<Option<Credentials>, CredentialError> {
-        self.login.as_ref().map(Login::resolve).transpose()
-    }
-
-    /// As [`credentials`](Self::credentials), read on tokio's blocking pool (see
-    /// [`Login::resolve_async`]), so a slow credential helper does not stall other jobs.
-    pub async fn credentials_async(&self) -> Result<Option<Credentials>, CredentialError> {
-        match &self.login {
-            Some(login) => login.resolve_async().await.map(Some),
-            None => Ok(None),
-        }
-    }
-
     /// Whether jobs may push `repo` (a repository path without host, e.g. `team-a/app`).
     ///
     /// A repository must lie strictly inside a namespace: `team-a` allows `team-a/app` and
