@@ -24,11 +24,11 @@ async fn topology_declares_twice_and_a_job_round_trips() -> anyhow::Result<()> {
         "metadata": {"pipeline_run": 812}
     }))?)?;
     publisher
-        .publish_json(
+        .publish_raw(
             &topology.jobs_exchange(),
             JOB_ROUTING_KEY,
             &job.job.to_json(),
-            BasicProperties::default(),
+            pushfleet_worker::broker::json(BasicProperties::default()),
         )
         .await?;
 

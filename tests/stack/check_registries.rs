@@ -301,11 +301,11 @@ async fn a_check_request_is_answered_with_a_registry_checked_event() -> Result<(
     ];
     for body in &bodies {
         publisher
-            .publish_json(
+            .publish_raw(
                 &worker.topology.jobs_exchange(),
                 CHECK_ROUTING_KEY,
                 body,
-                lapin::BasicProperties::default(),
+                pushfleet_worker::broker::json(lapin::BasicProperties::default()),
             )
             .await?;
     }

@@ -58,11 +58,13 @@ async fn a_traceparent_is_the_parent_of_the_job_in_events_and_logs() -> Result<(
         let exchange = topology.jobs_exchange();
         async move {
             publisher
-                .publish_json(
+                .publish_raw(
                     &exchange,
                     JOB_ROUTING_KEY,
                     &serde_json::to_vec(&job)?,
-                    BasicProperties::default().with_headers(headers),
+                    pushfleet_worker::broker::json(
+                        BasicProperties::default().with_headers(headers),
+                    ),
                 )
                 .await?;
             anyhow::Ok(())

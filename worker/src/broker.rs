@@ -257,21 +257,8 @@ impl ConfirmedPublisher {
         self.frame_max
     }
 
-    /// Publishes a persistent JSON message and waits for the broker's confirm (at most
-    /// [`PUBLISH_TIMEOUT`]).
-    pub async fn publish_json(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), BrokerError> {
-        self.publish_raw(exchange, routing_key, body, json(properties))
-            .await
-    }
-
-    /// Publishes a persistent message with `properties` as given and waits for the broker's
-    /// confirm (at most [`PUBLISH_TIMEOUT`]).
+    /// Publishes a persistent message with `properties` as given (JSON: give [`json`]
+    /// properties) and waits for the broker's confirm (at most [`PUBLISH_TIMEOUT`]).
     pub async fn publish_raw(
         &self,
         exchange: &str,

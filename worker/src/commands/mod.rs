@@ -64,11 +64,11 @@ pub async fn cancel(file: Option<&Path>, job_id: &str) -> anyhow::Result<ExitCod
     crate::broker::declare_topology(publisher.channel(), &topology).await?;
     let message = pushfleet_shared::control::ControlMessage::cancel(job_id);
     publisher
-        .publish_json(
+        .publish_raw(
             &topology.control_exchange(),
             "",
             &message.to_json(),
-            Default::default(),
+            crate::broker::json(Default::default()),
         )
         .await?;
     eprintln!(

@@ -324,7 +324,12 @@ async fn publish(
     }
     let routing_key = Topology::pool_routing_key(&job.pool);
     publisher
-        .publish_json(&topology.jobs_exchange(), &routing_key, &body, properties)
+        .publish_raw(
+            &topology.jobs_exchange(),
+            &routing_key,
+            &body,
+            crate::broker::json(properties),
+        )
         .await?;
     let queue = topology.pool_queue(&job.pool);
     eprintln!(
