@@ -33,11 +33,17 @@ GRACE_ENV = "PUSHFLEET__WORKER__SHUTDOWN_GRACE_S"
 # The worker's `worker.concurrency` when its environment does not set it.
 DEFAULT_CONCURRENCY = 4
 CONCURRENCY_ENV = "PUSHFLEET__WORKER__CONCURRENCY"
+# The pools the worker serves (comma-separated) when its environment sets them; else the
+# default pool, whose queue is `<prefix>.jobs`.
+POOLS_ENV = "PUSHFLEET__WORKER__POOLS"
+DEFAULT_POOL = "default"
 # After the grace the worker still returns unfinished jobs and closes its connections.
 STOP_MARGIN_S = 10
 # KEDA's CRDs, from kedacore/keda (see schemas/README.md).
 KEDA_CRDS = ("keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml")
-JOBS_QUEUE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.jobs(\.[A-Za-z0-9_-]+)?$")
+JOBS_QUEUE = re.compile(
+    r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.jobs(?:\.(?P<pool>[A-Za-z0-9_-]+))?$"
+)
 
 Doc = dict[str, Any]
 
@@ -254,13 +260,16 @@ def check_scaled_object(
 ) -> None:
     target = doc["spec"]["scaleTargetRef"]["name"]
     concurrency = DEFAULT_CONCURRENCY
+    pools: list[str] | None = None
     if target not in deployments:
         problems.add(where, f"scales {target!r}, which is no Deployment here")
     else:
-        raw = worker_env(deployments[target]).get(
-            CONCURRENCY_ENV, str(DEFAULT_CONCURRENCY)
-        )
+        env = worker_env(deployments[target])
+        raw = env.get(CONCURRENCY_ENV, str(DEFAULT_CONCURRENCY))
         concurrency = int(raw) if raw.isdigit() else DEFAULT_CONCURRENCY
+        pools = [
+            p.strip() for p in env.get(POOLS_ENV, DEFAULT_POOL).split(",") if p.strip()
+        ]
     for trigger in doc["spec"].get("triggers", []):
         if trigger.get("type") != "rabbitmq":
             continue
@@ -274,8 +283,17 @@ def check_scaled_object(
             )
         if str(meta.get("excludeUnacknowledged", "false")).lower() == "true":
             problems.add(where, "excludeUnacknowledged would not count running jobs")
-        if not JOBS_QUEUE.match(str(meta.get("queueName", ""))):
+        queue = JOBS_QUEUE.match(str(meta.get("queueName", "")))
+        if not queue:
             problems.add(where, f"queueName {meta.get('queueName')!r} is no jobs queue")
+        elif pools is not None and (queue.group("pool") or DEFAULT_POOL) not in pools:
+            # Scaling on another pool's queue adds workers that never take those jobs.
+            problems.add(
+                where,
+                f"queueName {meta.get('queueName')!r} is the queue of pool "
+                f"{queue.group('pool') or DEFAULT_POOL!r}, which {target!r} does not serve "
+                f"(its pools: {', '.join(pools)})",
+            )
         # Jobs per worker above the concurrency would let KEDA ask for fewer workers than are
         # busy (each holds `concurrency` unacknowledged jobs).
         try:

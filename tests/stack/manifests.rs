@@ -117,6 +117,12 @@ const MISTAKES: &[Mistake] = &[
         expect: "no schema for policy/v1 PodDisruptionBudgets",
     },
     Mistake {
+        file: "k8s/copy-worker.yaml",
+        from: "queueName: pushfleet.jobs.copy\n",
+        to: "queueName: pushfleet.jobs\n",
+        expect: "queueName 'pushfleet.jobs' is the queue of pool 'default', which 'pushfleet-copy-worker' does not serve (its pools: copy)",
+    },
+    Mistake {
         file: "compose.yaml",
         from: "user: \"10001:10001\"",
         to: "user: \"0\"",
