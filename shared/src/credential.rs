@@ -73,23 +73,23 @@ pub(crate) enum Finding {
     },
 }
 
-/// Terms (from `schemas/credential-terms.json`, shared with the Python client) that mark a key
-/// as a credential when one of its words, or a run of consecutive words,
-/// spells one: `docker_password`, `accessToken`, `ssh_private_key`, `id_rsa`,
-/// `.dockerconfigjson`, `KUBECONFIG`. Words are split at anything that is not a letter or digit
-/// and at camelCase humps, and lowercased. Terms of [`LONG_TERM_LEN`] characters or more also
-/// count with a plural `s` (`passwords`, `tokens`) and at the end of the words run together
-/// (`registrytoken`, `dockerpassword`, `mykubeconfig`).
-static CREDENTIAL_TERMS: LazyLock<Vec<String>> = LazyLock::new(|| VOCABULARY.terms.clone());
-
-/// `schemas/credential-terms.json`: the credential terms and the token prefixes.
+/// The credential vocabulary, from `schemas/credential-terms.json` (shared with the Python
+/// client).
 #[derive(Default, serde::Deserialize)]
 struct Vocabulary {
+    /// Terms that mark a key as a credential when one of its words, or a run of consecutive
+    /// words, spells one: `docker_password`, `accessToken`, `ssh_private_key`, `id_rsa`,
+    /// `.dockerconfigjson`, `KUBECONFIG`. Words are split at anything that is not a letter or
+    /// digit and at camelCase humps, and lowercased. Terms of [`LONG_TERM_LEN`] characters or
+    /// more also count with a plural `s` (`passwords`, `tokens`) and at the end of the words
+    /// run together (`registrytoken`, `dockerpassword`, `mykubeconfig`).
     terms: Vec<String>,
+    /// Prefixes of access tokens that registries and forges issue (`glpat-`, `dckr_pat_`, ...).
     token_prefixes: Vec<String>,
 }
 
-// The file is part of this crate's source (compiled in); a test parses it.
+/// `schemas/credential-terms.json`: the file is part of this crate's source (compiled in); a
+/// test parses it.
 static VOCABULARY: LazyLock<Vocabulary> = LazyLock::new(|| {
     serde_json::from_str(include_str!("../../schemas/credential-terms.json")).unwrap_or_default()
 });
@@ -125,11 +125,11 @@ fn key_words(key: &str) -> Vec<String> {
 }
 
 fn is_term(run: &str) -> bool {
-    CREDENTIAL_TERMS.iter().any(|t| t == run) || run.strip_suffix('s').is_some_and(is_long_term)
+    VOCABULARY.terms.iter().any(|t| t == run) || run.strip_suffix('s').is_some_and(is_long_term)
 }
 
 fn is_long_term(word: &str) -> bool {
-    word.len() >= LONG_TERM_LEN && CREDENTIAL_TERMS.iter().any(|t| t == word)
+    word.len() >= LONG_TERM_LEN && VOCABULARY.terms.iter().any(|t| t == word)
 }
 
 /// Whether a key's name marks it as a credential. Keys that are not plain ASCII count too: a
@@ -145,7 +145,7 @@ pub(crate) fn is_credential_key(key: &str) -> bool {
     let words = key_words(key);
     // A run longer than the longest term (plus its plural `s`) cannot spell one: stopping there
     // keeps a hostile key of thousands of one-letter words linear.
-    let longest = CREDENTIAL_TERMS.iter().map(|t| t.len()).max().unwrap_or(0) + 1;
+    let longest = VOCABULARY.terms.iter().map(|t| t.len()).max().unwrap_or(0) + 1;
     let runs = (0..words.len()).any(|start| {
         let mut run = String::new();
         for word in &words[start..] {
@@ -161,7 +161,8 @@ pub(crate) fn is_credential_key(key: &str) -> bool {
     });
     let whole = words.concat();
     let whole = whole.strip_suffix('s').unwrap_or(&whole);
-    runs || CREDENTIAL_TERMS
+    runs || VOCABULARY
+        .terms
         .iter()
         .any(|t| t.len() >= LONG_TERM_LEN && whole.ends_with(t))
 }
@@ -461,14 +462,14 @@ pub(crate) fn find_credential_key(map: &Map<String, Value>, prefix: &str) -> Opt
 
 #[cfg(test)]
 mod tests {
-    use super::{CREDENTIAL_TERMS, VOCABULARY};
+    use super::VOCABULARY;
 
     #[test]
     fn the_terms_file_is_read() {
         assert_eq!(VOCABULARY.token_prefixes.len(), 9);
         assert!(VOCABULARY.token_prefixes.iter().any(|p| p == "glpat-"));
-        assert_eq!(CREDENTIAL_TERMS.len(), 24);
-        assert!(CREDENTIAL_TERMS.iter().any(|t| t == "password"));
-        assert!(CREDENTIAL_TERMS.iter().any(|t| t == "kubeconfig"));
+        assert_eq!(VOCABULARY.terms.len(), 24);
+        assert!(VOCABULARY.terms.iter().any(|t| t == "password"));
+        assert!(VOCABULARY.terms.iter().any(|t| t == "kubeconfig"));
     }
 }

@@ -394,9 +394,16 @@ impl InRegistry {
 
     /// The image written out on `host`: `host/repository[:tag][@digest]`.
     pub fn at(&self, host: &str) -> String {
-        let mut out = format!("{host}/{}", self.repository);
+        format!("{host}/{self}")
+    }
+}
+
+/// `repository[:tag][@digest]`, as written in a job.
+impl fmt::Display for InRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = self.repository.clone();
         push_tag_and_digest(&mut out, self.tag.as_deref(), self.digest.as_deref());
-        out
+        f.write_str(&out)
     }
 }
 

@@ -27,7 +27,7 @@ use pushfleet_tests::oci::{
 };
 use pushfleet_tests::process::{EventLog, Logs, WorkerProcess, delete_topology};
 use pushfleet_tests::{StackEnv, unique};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Every test here finishes within this.
 const LIMIT: Duration = Duration::from_secs(180);
@@ -60,10 +60,30 @@ fn copy_job(
     registry: &str,
     repository: &str,
     tags: &[&str],
-) -> serde_json::Value {
+) -> Value {
     let mut body = job(source, registry, repository, tags);
     body["source_registry"] = json!(source_registry);
     body
+}
+
+/// The `job_id` of a job body.
+fn job_id_of(body: &Value) -> Result<String> {
+    Ok(body["job_id"].as_str().context("job_id")?.to_owned())
+}
+
+/// Publishes `body` (with `routing_key`, else the default pool's) and returns every event of
+/// the job once it has ended.
+async fn run_job(
+    broker: &mut Broker,
+    body: &Value,
+    routing_key: Option<&str>,
+) -> Result<Vec<Event>> {
+    let job_id = job_id_of(body)?;
+    match routing_key {
+        Some(key) => broker.publish_job_with_key(body, key).await?,
+        None => broker.publish_job(body).await?,
+    }
+    broker.wait_for(&job_id).await
 }
 
 /// A two-platform OCI index in `repo`, tagged `multi`: its digest and its children's.
@@ -124,9 +144,7 @@ async fn a_daemon_free_worker_copies_a_multi_arch_index_between_registries() -> 
                 &target_repo,
                 &["1", "stable"],
             );
-            let job_id = first["job_id"].as_str().context("job_id")?.to_owned();
-            broker.publish_job(&first).await?;
-            let events = broker.wait_for(&job_id).await?;
+            let events = run_job(&mut broker, &first, None).await?;
             let (done, copy) = copied(&events)?;
             ensure!(
                 done.digest.as_deref() == Some(index_digest.as_str()),
@@ -173,9 +191,7 @@ async fn a_daemon_free_worker_copies_a_multi_arch_index_between_registries() -> 
 
             // The same copy again: every blob is already there.
             let again = copy_job("token-reader", &source, "basic", &target_repo, &["1"]);
-            let again_id = again["job_id"].as_str().context("job_id")?.to_owned();
-            broker.publish_job(&again).await?;
-            let events = broker.wait_for(&again_id).await?;
+            let events = run_job(&mut broker, &again, None).await?;
             let (done, copy) = copied(&events)?;
             ensure!(
                 done.digest.as_deref() == Some(index_digest.as_str()),
@@ -216,9 +232,7 @@ async fn a_copy_inside_one_registry_mounts_every_blob() -> Result<()> {
                 &target_repo,
                 &["1.0"],
             );
-            let job_id = body["job_id"].as_str().context("job_id")?.to_owned();
-            broker.publish_job(&body).await?;
-            let events = broker.wait_for(&job_id).await?;
+            let events = run_job(&mut broker, &body, None).await?;
             let (done, copy) = copied(&events)?;
             ensure!(done.digest.as_deref() == Some(digest.as_str()), "{done:#?}");
             ensure!(
@@ -256,11 +270,8 @@ async fn a_daemon_free_worker_refuses_daemon_jobs_with_a_coded_error() -> Result
             // A daemon-source job (no source_registry) published to the daemon-free pool.
             let mut daemon_job = job("myapp:0722", "basic", "production/myapp", &["0722"]);
             daemon_job["pool"] = json!(pool);
-            let job_id = daemon_job["job_id"].as_str().context("job_id")?.to_owned();
-            broker
-                .publish_job_with_key(&daemon_job, &routing_key)
-                .await?;
-            let events = broker.wait_for(&job_id).await?;
+            let job_id = job_id_of(&daemon_job)?;
+            let events = run_job(&mut broker, &daemon_job, Some(&routing_key)).await?;
             let failed = expect_failed(&events, "daemon_not_configured")?;
             let error = failed.error.as_ref().context("error")?;
             ensure!(!error.retryable, "{error:?}");
@@ -281,8 +292,7 @@ async fn a_daemon_free_worker_refuses_daemon_jobs_with_a_coded_error() -> Result
                 .await?
                 .context("the job is dead-lettered, not lost")?;
             ensure!(
-                serde_json::from_slice::<serde_json::Value>(&dead.data)?["job_id"]
-                    == job_id.as_str(),
+                serde_json::from_slice::<Value>(&dead.data)?["job_id"] == job_id.as_str(),
                 "the dead letter is the job"
             );
 
@@ -296,9 +306,7 @@ async fn a_daemon_free_worker_refuses_daemon_jobs_with_a_coded_error() -> Result
                 &["1"],
             );
             missing["pool"] = json!(pool);
-            let missing_id = missing["job_id"].as_str().context("job_id")?.to_owned();
-            broker.publish_job_with_key(&missing, &routing_key).await?;
-            let events = broker.wait_for(&missing_id).await?;
+            let events = run_job(&mut broker, &missing, Some(&routing_key)).await?;
             let failed = expect_failed(&events, "source_image_missing")?;
             let message = &failed.error.as_ref().context("error")?.message;
             ensure!(message.contains("token-reader"), "{message}");
@@ -306,9 +314,7 @@ async fn a_daemon_free_worker_refuses_daemon_jobs_with_a_coded_error() -> Result
             // A source registry the catalogue does not know.
             let mut unknown = copy_job("staging", "ci/app:1", "basic", "production/never", &["1"]);
             unknown["pool"] = json!(pool);
-            let unknown_id = unknown["job_id"].as_str().context("job_id")?.to_owned();
-            broker.publish_job_with_key(&unknown, &routing_key).await?;
-            let events = broker.wait_for(&unknown_id).await?;
+            let events = run_job(&mut broker, &unknown, Some(&routing_key)).await?;
             let failed = expect_failed(&events, "unknown_registry")?;
             let message = &failed.error.as_ref().context("error")?.message;
             ensure!(

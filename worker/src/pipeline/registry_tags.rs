@@ -7,7 +7,7 @@ use pushfleet_shared::ErrorCode;
 use pushfleet_shared::ImageRef;
 use pushfleet_shared::event::TagPath;
 
-use super::coded;
+use super::{coded, login_refused};
 use crate::credentials::Credentials;
 use crate::failure::JobFailure;
 use crate::registry::{Manifest, RegistryClient};
@@ -28,8 +28,8 @@ pub(super) struct RegistryTags<'a> {
 impl RegistryTags<'_> {
     /// Writes every tag of `targets` from the manifest the repository holds under `digest`;
     /// `None` (push instead) when that manifest cannot be used. A manifest kept in the cache
-    /// is used without reading it again; if writing from it fails, the entry is dropped and
-    /// the manifest read afresh (the registry may have lost it).
+    /// is used without reading it again; if writing from it fails in a way a lost manifest
+    /// explains ([`may_be_stale`]), the entry is dropped and the manifest read afresh.
     pub(super) async fn retag(
         &self,
         digest: &str,
@@ -40,6 +40,7 @@ impl RegistryTags<'_> {
         {
             match self.write(targets, &kept).await {
                 Ok(paths) => return Ok(Some((kept, paths))),
+                Err(failure) if !may_be_stale(failure.code()) => return Err(failure),
                 Err(failure) => {
                     tracing::info!(digest, error = %failure, "writing a tag from the kept manifest failed; reading it again");
                     self.cache.forget(self.registry, self.repository, digest);
@@ -139,5 +140,46 @@ impl RegistryTags<'_> {
             paths.push(TagPath::Retag);
         }
         Ok(paths)
+    }
+}
+
+/// Whether a failed write from a kept manifest may come from the registry having lost that
+/// manifest (deleted, garbage-collected). Failures about the tag, the login or the registry's
+/// availability would only happen again after reading it afresh.
+fn may_be_stale(code: ErrorCode) -> bool {
+    !(login_refused(code)
+        || matches!(
+            code,
+            ErrorCode::TagImmutable
+                | ErrorCode::RegistryUnreachable
+                | ErrorCode::RegistryTlsFailed
+                | ErrorCode::RegistryRateLimited
+                | ErrorCode::Timeout
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_a_lost_manifest_explains_read_it_again() {
+        for code in [
+            ErrorCode::PushFailed,
+            ErrorCode::BlobUploadInvalid,
+            ErrorCode::DigestMismatch,
+        ] {
+            assert!(may_be_stale(code), "{code}");
+        }
+        for code in [
+            ErrorCode::TagImmutable,
+            ErrorCode::RegistryAuthFailed,
+            ErrorCode::RegistryDenied,
+            ErrorCode::RegistryInsufficientScope,
+            ErrorCode::RegistryUnreachable,
+            ErrorCode::RegistryRateLimited,
+        ] {
+            assert!(!may_be_stale(code), "{code}");
+        }
     }
 }

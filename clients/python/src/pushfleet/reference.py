@@ -597,10 +597,10 @@ class InRegistry:
 
     def at(self, host: str) -> str:
         """The image written out on ``host``: ``host/repository[:tag][@digest]``."""
-        return f"{host}/{self.repository}" + _tag_and_digest(self.tag, self.digest)
+        return f"{host}/{self}"
 
     def __str__(self) -> str:
-        return self.at("")[1:]
+        return self.repository + _tag_and_digest(self.tag, self.digest)
 
 
 def parse_in_registry(input: str) -> InRegistry:
